@@ -24,7 +24,7 @@ import time
 import keras
 import numpy as np
 
-from cxrdata.augment import RandomAffine
+from cxrdata.layers.random_affine import RandomAffine
 
 # The reference ImageDataGenerator(rotation_range=15, zoom_range=0.2,
 # width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2).

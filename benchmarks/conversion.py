@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench-output/conversion.json")
     args = parser.parse_args(argv)
 
-    from cxrdata.convert import convert
+    from cxrdata.conversion import convert
     from cxrdata.synthetic import write_tree
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -241,7 +241,7 @@ def time_gpu(*, size, batch_size, warmup, batches, seed):
 
 def prepare(args, tmp):
     """The PNG tree and its converted dataset; returns (src, data, number of images)."""
-    from cxrdata.convert import convert
+    from cxrdata.conversion import convert
     from cxrdata.synthetic import write_tree
 
     src = args.src

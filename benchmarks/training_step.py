@@ -59,7 +59,7 @@ def _device() -> str:
 
 
 def _build(image_size: int, filters: tuple[int, ...]) -> keras.Model:
-    from cxrdata.augment import RandomAffine
+    from cxrdata.layers.random_affine import RandomAffine
     from cxrmodels.keras_metrics import default_metrics
     from cxrmodels.registry import create_model
 
@@ -81,7 +81,7 @@ def _time_steps(model, next_batch, *, warmup: int, steps: int) -> float:
 
 
 def _phantom_dataset(image_size: int, workdir: str) -> str:
-    from cxrdata.convert import convert
+    from cxrdata.conversion import convert
     from cxrdata.synthetic import write_tree
 
     write_tree(os.path.join(workdir, "src"), per_class=48, image_size=image_size, seed=0)

@@ -4,36 +4,55 @@ Importing `cxrdata` does not import TensorFlow: the functions that need it load
 it when first used, so `cxrdata.RandomAffine` works under any Keras backend.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-_LAZY = {
-    "convert": "cxrdata.convert",
-    "verify": "cxrdata.verify",
-    "inspect": "cxrdata.verify",
+__version__ = "0.1.0"
+
+# Public name -> the module that defines it. Loaded on first use (PEP 562) so
+# that `import cxrdata` stays free of TensorFlow; no module is named like one of
+# these functions, so importing a module never shadows its function.
+_EXPORTS = {
+    "convert": "cxrdata.conversion",
+    "ConversionResult": "cxrdata.conversion",
+    "verify": "cxrdata.verification",
+    "inspect": "cxrdata.verification",
     "load": "cxrdata.pipeline",
     "class_weights": "cxrdata.pipeline",
-    "RandomAffine": "cxrdata.augment",
-    "augmentation": "cxrdata.augment",
+    "RandomAffine": "cxrdata.layers.random_affine",
+    "augmentation": "cxrdata.layers.random_affine",
     "read_manifest": "cxrdata.manifest",
     "Manifest": "cxrdata.manifest",
     "preprocess_image": "cxrdata.preprocess",
     "PreprocessConfig": "cxrdata.preprocess",
     "decode_image": "cxrdata.sources",
 }
+_SUBMODULES = ("synthetic", "layers", "utils")
 
-__all__ = sorted(_LAZY) + ["synthetic"]
+if TYPE_CHECKING:  # what IDEs and type checkers see
+    from cxrdata import layers, synthetic, utils
+    from cxrdata.conversion import ConversionResult, convert
+    from cxrdata.layers.random_affine import RandomAffine, augmentation
+    from cxrdata.manifest import Manifest, read_manifest
+    from cxrdata.pipeline import class_weights, load
+    from cxrdata.preprocess import PreprocessConfig, preprocess_image
+    from cxrdata.sources import decode_image
+    from cxrdata.verification import inspect, verify
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    if name == "synthetic":
-        return importlib.import_module("cxrdata.synthetic")
-    raise AttributeError(f"module 'cxrdata' has no attribute {name!r}")
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"cxrdata.{name}")
+    else:
+        raise AttributeError(f"module 'cxrdata' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__():

@@ -89,7 +89,7 @@ def _synth(args) -> int:
 
 
 def _convert(args) -> int:
-    from cxrdata.convert import convert
+    from cxrdata.conversion import convert
 
     result = convert(args.src, args.out, labels=args.labels, group_by=args.group_by,
                      group_pattern=args.group_pattern, class_names=args.class_names,
@@ -103,7 +103,7 @@ def _convert(args) -> int:
 
 
 def _verify(args) -> int:
-    from cxrdata.verify import verify
+    from cxrdata.verification import verify
 
     result = verify(args.dataset, progress=not args.quiet and sys.stderr.isatty())
     print(result.summary(args.dataset))
@@ -111,7 +111,7 @@ def _verify(args) -> int:
 
 
 def _inspect(args) -> int:
-    from cxrdata.verify import inspect
+    from cxrdata.verification import inspect
 
     table, path = inspect(args.dataset, output=args.output, per_class=args.per_class, split=args.split)
     print(table)

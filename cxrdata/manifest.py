@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from cxrdata._io import atomic_write_text
+from cxrdata.utils.io import atomic_write_text
 
 MANIFEST_NAME = "dataset.json"
 REJECTS_NAME = "rejects.csv"

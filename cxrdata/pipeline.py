@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from cxrdata import _service
 from cxrdata.manifest import read_manifest
+from cxrdata.utils.argument_validation import check_seed
 from cxrdata.records import feature_spec
 
 LABEL_MODES = ("categorical", "int")
@@ -203,8 +204,7 @@ def _check_args(*, batch_size, seed, augment, label_mode, balance, cache, determ
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(
             f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+    check_seed(seed)
     if augment is not None and not isinstance(augment, keras.layers.Layer):
         raise TypeError(
             f"`augment` must be a Keras layer (for example `cxrdata.RandomAffine(...)`) or None. "

@@ -21,7 +21,7 @@ import os
 
 import tensorflow as tf
 
-from cxrdata._io import fsync_path
+from cxrdata.utils.io import fsync_path
 from cxrdata.manifest import ShardInfo
 
 FEATURE_KEYS = ("image", "height", "width", "label", "class_name", "group", "path", "sha256")

@@ -20,6 +20,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from cxrdata.utils.argument_validation import check_seed, is_int
+
 KINDS = ("normal", "covid", "pneumonia")
 _FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpeg"), "jpg": ("JPEG", ".jpeg")}
 _SPLITS = ("train", "val", "test")
@@ -190,12 +192,11 @@ def _check_tree_args(classes, per_class, image_size, seed, format, layout, split
         counts = dict(per_class)
     else:
         counts = {name: per_class for name in classes}
-    if not all(_is_int(c) and c >= 0 for c in counts.values()) or sum(counts.values()) < 1:
+    if not all(is_int(c) and c >= 0 for c in counts.values()) or sum(counts.values()) < 1:
         raise ValueError("`per_class` must be a non-negative int, or a dict of them, with at least one image "
                          f"in all. Received: per_class={per_class!r}")
     shape = _check_size(image_size)
-    if not _is_int(seed):
-        raise ValueError(f"`seed` must be an int. Received: seed={seed!r}")
+    check_seed(seed, allow_none=False)
     ext = str(format).lower()
     if ext not in _FORMATS:
         raise ValueError(f"`format` must be 'png' or 'jpeg'. Received: format={format!r}")
@@ -210,7 +211,7 @@ def _check_tree_args(classes, per_class, image_size, seed, format, layout, split
                          f"Received: splits={splits!r}")
     if not isinstance(masks, bool):
         raise ValueError(f"`masks` must be True or False. Received: masks={masks!r}")
-    if patients is not None and not (_is_int(patients) and patients >= 1):
+    if patients is not None and not (is_int(patients) and patients >= 1):
         raise ValueError(f"`patients` must be None or a positive int. Received: patients={patients!r}")
     if bit_depth not in (8, 16) or isinstance(bit_depth, bool):
         raise ValueError(f"`bit_depth` must be 8 or 16. Received: bit_depth={bit_depth!r}")
@@ -219,14 +220,10 @@ def _check_tree_args(classes, per_class, image_size, seed, format, layout, split
     return classes, counts, shape, ext, fractions
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _check_size(image_size) -> tuple[int, int]:
-    size = (image_size, image_size) if _is_int(image_size) else image_size
+    size = (image_size, image_size) if is_int(image_size) else image_size
     if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(_is_int(s) and 16 <= s <= 8192 for s in size)):
+            or not all(is_int(s) and 16 <= s <= 8192 for s in size)):
         raise ValueError("`image_size` must be an int or a (height, width) tuple of ints from 16 to 8192. "
                          f"Received: image_size={image_size!r}")
     return int(size[0]), int(size[1])

@@ -24,7 +24,7 @@ import math
 import os
 from typing import Any
 
-from cxrdata._io import atomic_write_bytes, atomic_write_text
+from cxrdata.utils.io import atomic_write_bytes, atomic_write_text
 
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.keras"

@@ -161,7 +161,7 @@ def augmentation_layer(opts: dict[str, Any]):
     strength = opts["augment_strength"]
     if opts["augment"] == "none" or strength == 0:
         return None
-    from cxrdata.augment import RandomAffine
+    from cxrdata.layers.random_affine import RandomAffine
 
     args = {k: v * strength for k, v in REFERENCE_AUGMENTATION.items()}
     return RandomAffine.from_image_data_generator(seed=opts["seed"], **args)

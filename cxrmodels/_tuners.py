@@ -31,7 +31,7 @@ import keras_tuner as kt
 from keras_tuner.src.distribute import utils as dist_utils  # no public name in keras-tuner 1.4
 from keras_tuner.src.engine import trial as trial_module
 
-from cxrdata._io import atomic_write_text
+from cxrdata.utils.io import atomic_write_text
 
 TRIAL_SIDECAR = "cxr_trial.json"
 HEARTBEAT_DIR = "cxr_heartbeats"

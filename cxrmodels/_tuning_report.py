@@ -22,7 +22,7 @@ import os
 import shutil
 from typing import Any
 
-from cxrdata._io import atomic_write_bytes, atomic_write_text
+from cxrdata.utils.io import atomic_write_bytes, atomic_write_text
 
 SEARCH_NAME = "search.json"
 TRIALS_NAME = "trials.csv"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrdata._io import atomic_write_text
+from cxrdata.utils.io import atomic_write_text
 from cxrmodels import _run
 
 

@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 
-from cxrdata._io import atomic_write_text
+from cxrdata.utils.io import atomic_write_text
 from cxrmodels import _run
 
 FORMATS = ("savedmodel", "keras")

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from cxrdata._io import atomic_write_bytes
+from cxrdata.utils.io import atomic_write_bytes
 from cxrmodels.metrics import _auc_text, _check_predictions, positive_class_index, roc_auc, roc_curve
 
 

@@ -210,7 +210,7 @@ def write_overlay(image: np.ndarray, heatmap: np.ndarray, path: str | os.PathLik
     from matplotlib import colormaps
     from PIL import Image
 
-    from cxrdata._io import atomic_write_bytes
+    from cxrdata.utils.io import atomic_write_bytes
 
     gray = np.repeat(image.astype(np.float32)[..., None] / 255.0, 3, axis=-1)
     heat = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]

@@ -309,7 +309,7 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
     Returns:
         The `keras.Model`.
     """
-    import cxrdata.augment  # noqa: F401  registers RandomAffine
+    import cxrdata.layers.random_affine  # noqa: F401  registers RandomAffine
     import cxrmodels._inputs  # noqa: F401  registers ImagePreprocessing
     import cxrmodels.keras_metrics  # noqa: F401  registers Specificity
 

@@ -212,7 +212,7 @@ def train(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", out: str |
                 net.fit(train_ds, validation_data=val_ds, epochs=opts["epochs"], class_weight=class_weight,
                         shuffle=False, callbacks=_callbacks(out, opts, resume), verbose=opts["verbose"])
             except Exception as e:  # a damaged shard: name it (the pipeline's checks cannot)
-                from cxrdata.verify import explain_read_error
+                from cxrdata.verification import explain_read_error
 
                 explained = explain_read_error(dataset_dir, e)
                 if explained is e:

@@ -24,7 +24,7 @@ import sys
 
 import keras_tuner
 
-from cxrdata.convert import convert
+from cxrdata.conversion import convert
 from cxrdata.synthetic import write_tree
 from cxrmodels.tuning import search
 

@@ -37,7 +37,7 @@ def phantom_tree(tmp_path):
 
 def _convert_phantoms(base, *, per_class, image_size, radius):
     """Writes phantoms under `base/src` and converts them into `base/data` (small shards)."""
-    from cxrdata.convert import convert
+    from cxrdata.conversion import convert
     from cxrdata.synthetic import write_tree
 
     write_tree(base / "src", per_class=per_class, image_size=image_size, seed=3)

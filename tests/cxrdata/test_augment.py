@@ -1,4 +1,4 @@
-"""Tests for `cxrdata.augment`: the RandomAffine layer and its helpers."""
+"""Tests for `cxrdata.layers.random_affine`: the RandomAffine layer and its helpers."""
 
 import importlib.util
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cxrdata import augment
-from cxrdata.augment import RandomAffine, augmentation
+from cxrdata.layers.random_affine import RandomAffine, augmentation
 
 REFERENCE = dict(rotation=15, zoom=0.2, width_shift=0.2, height_shift=0.2, shear=5)
 

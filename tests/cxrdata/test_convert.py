@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrdata.convert import convert
+from cxrdata.conversion import convert
 from cxrdata.manifest import read_manifest
 from cxrdata.preprocess import PreprocessConfig, preprocess_image
 from cxrdata.records import iter_records, parse_record

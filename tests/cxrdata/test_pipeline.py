@@ -242,7 +242,7 @@ def test_augment_layer_is_applied_and_dtype_kept(raw):
 
 
 def test_augment_with_random_affine(raw):
-    pytest.importorskip("cxrdata.augment")
+    pytest.importorskip("cxrdata.layers.random_affine")
     directory, order = raw
     ds = cxrdata.load(directory, "val", batch_size=4, shuffle=False,
                       augment=cxrdata.RandomAffine(rotation=10, seed=1))

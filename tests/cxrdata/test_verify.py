@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from cxrdata.manifest import read_manifest
-from cxrdata.verify import inspect, verify
+from cxrdata.verification import inspect, verify
 
 
 def _copy(dataset, tmp_path):
@@ -64,7 +64,7 @@ def test_explain_read_error_names_the_damaged_shard(converted_dataset, tmp_path)
     import cxrdata
     import tensorflow as tf
 
-    from cxrdata.verify import explain_read_error
+    from cxrdata.verification import explain_read_error
 
     data = _copy(converted_dataset, tmp_path)
     shard = read_manifest(data).splits["train"].shards[0].name

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import cxrdata
-from cxrdata.augment import RandomAffine
+from cxrdata.layers.random_affine import RandomAffine
 from cxrmodels.cli import main
 from cxrmodels.train import train
 
@@ -259,7 +259,7 @@ def test_mirrored_strategy_trains_on_the_cpu(converted_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_training_on_phantoms_learns(tmp_path):
-    from cxrdata.convert import convert
+    from cxrdata.conversion import convert
     from cxrdata.synthetic import write_tree
     from cxrmodels.evaluate import predict_split
     from cxrmodels.metrics import roc_auc

@@ -4,7 +4,7 @@ Kept apart from the layer: this is the migration table in code, with the
 reason and the replacement for every argument the layer does not cover.
 """
 
-from cxrdata.augment import _is_number
+from cxrdata.utils.argument_validation import is_number as _is_number
 
 _GENERATOR_DEFAULTS = {
     "rotation_range": 0,

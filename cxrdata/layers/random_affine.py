@@ -14,15 +14,12 @@ import sys
 import keras
 import numpy as np
 
-try:  # Keras' base for layers that also run inside tf.data under any backend.
-    from keras.src.layers.preprocessing.data_layer import DataLayer as _Base
-except ImportError:  # pragma: no cover - older or newer Keras
-    try:
-        from keras.src.layers.preprocessing.tf_data_layer import (
-            TFDataLayer as _Base,
-        )
-    except ImportError:
-        _Base = keras.layers.Layer
+from cxrdata.utils.argument_validation import check_seed
+from cxrdata.utils.argument_validation import is_number as _is_number
+
+from cxrdata.utils.compat import keras_data_layer_base
+
+_Base = keras_data_layer_base()  # Keras' base for layers that also run inside tf.data
 
 FILL_MODES = ("nearest", "constant", "reflect")
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -45,13 +42,6 @@ def _is_tf_tensor(x):
     tf = sys.modules.get("tensorflow")
     return tf is not None and tf.is_tensor(x) and not isinstance(x, keras.KerasTensor)
 
-
-def _is_number(value):
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
 
 
 _PAIR = "a non-negative number or a (low, high) pair"
@@ -182,9 +172,7 @@ class RandomAffine(_Base):
             )
         self.fill_value = float(fill_value)
         self.interpolation = _choice("interpolation", interpolation, INTERPOLATIONS)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.generator = keras.random.SeedGenerator(seed)
         if not hasattr(self, "backend"):
             self.backend = _OpsBackend()
@@ -358,7 +346,7 @@ class RandomAffine(_Base):
         >>> layer.zoom
         (0.8, 1.2)
         """
-        from cxrdata._idg import from_generator_kwargs
+        from cxrdata.layers._image_data_generator import from_generator_kwargs
 
         return cls(seed=seed, **from_generator_kwargs(kwargs))
 

@@ -147,7 +147,7 @@ def inspect(dataset_dir: str | os.PathLike, *, output: str | os.PathLike | None 
     import tensorflow as tf
     from PIL import Image, ImageDraw
 
-    from cxrdata._io import atomic_write_bytes
+    from cxrdata.utils.io import atomic_write_bytes
     from cxrdata.records import parse_record
 
     dataset_dir = os.fspath(dataset_dir)

@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from cxrdata import __version__
-from cxrdata._io import atomic_write_text, sha256_file
+from cxrdata.utils.io import atomic_write_text, sha256_file
 from cxrdata.manifest import MANIFEST_NAME, REJECTS_NAME, Manifest, ShardInfo, SplitInfo, shard_name
 from cxrdata.preprocess import PreprocessConfig, preprocess_image
 from cxrdata.sources import DecodeError, Source, decode_image, discover

@@ -1,0 +1,92 @@
+"""The one place private upstream APIs are reached, with the versions they were written for.
+
+Keras and keras-tuner keep some things we need out of their public API. Each is
+imported here, and nowhere else, so an upgrade that moves one fails in one
+place with a message that says which versions are supported.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# Written and tested against these; the checks below fail clearly outside them.
+KERAS_VERSIONS = ((3, 7), (4, 0))  # [low, high)
+KERAS_TUNER_VERSIONS = ((1, 4), (1, 5))
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    parts = version.split(".")
+    return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+
+
+def _unsupported(package: str, version: str, bounds, what: str, error: Exception) -> ImportError:
+    low, high = (".".join(map(str, b)) for b in bounds)
+    return ImportError(
+        f"cxr needs {what} from {package}, which moved in {package} {version} "
+        f"(supported: >={low},<{high}). Install a supported version, for example "
+        f"`pip install '{package}>={low},<{high}'`. ({type(error).__name__}: {error})"
+    )
+
+
+def check_version(package: str, version: str, bounds) -> None:
+    """Raises ImportError if `version` of `package` is outside `bounds` = (low, high)."""
+    low, high = bounds
+    if not (low <= _version_tuple(version) < high):
+        raise ImportError(
+            f"cxr supports {package} >={'.'.join(map(str, low))},<{'.'.join(map(str, high))}. "
+            f"Installed: {package} {version}."
+        )
+
+
+def keras_data_layer_base():
+    """Keras' base for preprocessing layers that also run inside tf.data under any backend.
+
+    Falls back to `keras.layers.Layer` (the layer then still works inside models).
+    """
+    import keras
+
+    for module, name in (
+        ("keras.src.layers.preprocessing.data_layer", "DataLayer"),
+        ("keras.src.layers.preprocessing.tf_data_layer", "TFDataLayer"),
+    ):
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    return keras.layers.Layer
+
+
+def keras_tuner_private():
+    """keras-tuner's distributed-search internals (no public name in keras-tuner 1.4).
+
+    Returns a namespace with `dist_utils`, `trial_module`, `oracle_client`,
+    `oracle_chief` and `protos`.
+    """
+    import types
+
+    import keras_tuner
+
+    try:
+        check_version("keras-tuner", keras_tuner.__version__, KERAS_TUNER_VERSIONS)
+        from keras_tuner.src import protos
+        from keras_tuner.src.distribute import oracle_chief, oracle_client
+        from keras_tuner.src.distribute import utils as dist_utils
+        from keras_tuner.src.engine import trial as trial_module
+    except ImportError as e:
+        raise _unsupported(
+            "keras-tuner", keras_tuner.__version__, KERAS_TUNER_VERSIONS, "distributed-search internals", e
+        ) from e
+    return types.SimpleNamespace(
+        dist_utils=dist_utils,
+        trial_module=trial_module,
+        oracle_client=oracle_client,
+        oracle_chief=oracle_chief,
+        protos=protos,
+    )
+
+
+def keras_file_utils():
+    """`keras.src.utils.file_utils` (used by tests to inspect Keras' own downloads)."""
+    from keras.src.utils import file_utils
+
+    return file_utils
