@@ -60,8 +60,8 @@ def _device() -> str:
 
 def _build(image_size: int, filters: tuple[int, ...]) -> keras.Model:
     from cxrdata.layers.random_affine import RandomAffine
-    from cxrmodels.keras_metrics import default_metrics
-    from cxrmodels.registry import create_model
+    from cxrmodels.evaluation.keras_metrics import default_metrics
+    from cxrmodels.models import create_model
 
     model = create_model("seed_cnn", input_shape=(image_size, image_size, 1), num_classes=2,
                          augment=RandomAffine(seed=0, **AFFINE), filters=filters)

@@ -6,10 +6,11 @@ it when first used, so `cxrdata.RandomAffine` works under any Keras backend.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+from cxrdata.utils.lazy import lazy_exports  # noqa: E402  (after __version__)
 
 # Public name -> the module that defines it. Loaded on first use (PEP 562) so
 # that `import cxrdata` stays free of TensorFlow; no module is named like one of
@@ -41,19 +42,4 @@ if TYPE_CHECKING:  # what IDEs and type checkers see
     from cxrdata.sources import decode_image
     from cxrdata.verification import inspect, verify
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"cxrdata.{name}")
-    else:
-        raise AttributeError(f"module 'cxrdata' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES, eager=("__version__",))

@@ -37,6 +37,7 @@ from cxrdata.manifest import MANIFEST_NAME, REJECTS_NAME, Manifest, ShardInfo, S
 from cxrdata.preprocess import PreprocessConfig, preprocess_image
 from cxrdata.sources import DecodeError, Source, decode_image, discover
 from cxrdata.splits import assign_splits, parse_ratios
+from cxrdata.utils.output_dir import FINISHED, OVERWRITE, check_output_dir, refuse_other_options
 
 PARTIAL_DIR = ".cxr-partial"
 ENCODINGS = ("raw", "png")
@@ -105,24 +106,15 @@ def _process_chunk(chunk: list[tuple[str, str, dict, str]]) -> list[tuple[bool, 
     return [_process(a) for a in chunk]
 
 
-def _check_out(out: str, *, overwrite: bool, resume: bool) -> None:
+def _check_out(out: str, *, overwrite: bool, resume: bool) -> str:
+    """The output folder rule (`cxrdata.utils.output_dir`) for a dataset; returns what to do."""
     if overwrite and resume:
         raise ValueError("Pass at most one of `overwrite` and `resume`.")
-    if not os.path.exists(out):
-        return
-    if not os.path.isdir(out):
-        raise NotADirectoryError(f"Output {out!r} exists and is not a folder.")
-    entries = [e for e in os.listdir(out)]
-    if not entries:
-        return
-    ours = os.path.exists(os.path.join(out, MANIFEST_NAME)) or os.path.exists(os.path.join(out, PARTIAL_DIR))
-    if not ours:
-        raise FileExistsError(f"Output folder {out!r} is not empty and holds no dataset. "
-                              "Choose a new or empty folder.")
-    if not (overwrite or resume):
-        state = "a dataset" if os.path.exists(os.path.join(out, MANIFEST_NAME)) else "an unfinished conversion"
-        raise FileExistsError(f"{out!r} already holds {state}. Pass --resume to finish or keep it, "
-                              "or --overwrite to replace it.")
+    return check_output_dir(
+        out, what="dataset", markers=(MANIFEST_NAME, PARTIAL_DIR), overwrite=overwrite,
+        finished=lambda p: os.path.exists(os.path.join(p, MANIFEST_NAME))
+        and not os.path.exists(os.path.join(p, PARTIAL_DIR)),
+        keep_finished=resume, finished_hint=" Pass --resume (resume=True) to keep it as it is.")
 
 
 def _clear_dataset(out: str) -> None:
@@ -221,11 +213,11 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"`workers` must be a positive int. Received: workers={workers!r}")
     out = os.fspath(out)
-    _check_out(out, overwrite=overwrite, resume=resume)
+    state = _check_out(out, overwrite=overwrite, resume=resume)
     listing = discover(src, labels=labels, group_by=group_by, group_pattern=group_pattern, class_names=class_names)
-    if resume and os.path.exists(os.path.join(out, MANIFEST_NAME)) and not os.path.exists(os.path.join(out, PARTIAL_DIR)):
+    if state == FINISHED:
         return _already_done(out, start)
-    if overwrite and os.path.isdir(out):
+    if state == OVERWRITE:
         _clear_dataset(out)
 
     index = {c: i for i, c in enumerate(listing.class_names)}
@@ -283,8 +275,7 @@ def _check_plan(partial: str, fingerprint: str, resume: bool) -> None:
         with open(path) as f:
             previous = json.load(f).get("fingerprint")
         if previous != fingerprint:
-            raise ValueError("The unfinished conversion in this folder used other inputs or options, so it "
-                             "cannot be resumed. Rerun with the same options, or pass --overwrite.")
+            refuse_other_options(os.path.dirname(partial), "conversion", ["its inputs or options"])
     atomic_write_text(path, json.dumps({"fingerprint": fingerprint}) + "\n")
 
 

@@ -177,12 +177,9 @@ def inspect(dataset_dir: str | os.PathLike, *, output: str | os.PathLike | None 
         draw.text((6, y + tile // 2 - 6), f"{cls}\n({info.counts.get(cls, 0)})", fill=255)
         for c, img in enumerate(images):
             grid.paste(Image.fromarray(img).resize((tile, tile)), (label_w + c * (tile + 4), y))
-    import io
+    from cxrdata.utils.figures import save_picture
 
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    path = os.fspath(output) if output else os.path.join(dataset_dir, "samples.png")
-    atomic_write_bytes(path, buf.getvalue())
+    path = save_picture(grid, os.fspath(output) if output else os.path.join(dataset_dir, "samples.png"))
     table = counts_table(manifest) + f"\n\nclasses: {', '.join(manifest.class_names)}; images " \
         f"{height}x{width}, {manifest.encoding}; equalize {manifest.preprocessing.get('equalize')}"
     return table, path

@@ -1,44 +1,67 @@
-"""cxrmodels: chest X-ray model factories, training, clinical evaluation and tuning.
+"""cxrmodels: chest X-ray model factories, training, clinical evaluation, serving and tuning.
+
+Subpackages, from the bottom of the import graph up:
+
+- `models`: the registry (`create_model`, `list_models`, `@register_model`),
+  one module per model family, input preprocessing, saving and loading.
+- `training`: `train`, its options, run folders and resume.
+- `evaluation`: numpy clinical metrics, Keras metrics, plots, `evaluate`.
+- `serving`: `predict` with Grad-CAM, and `export`.
+- `tuning`: keras-tuner searches (`search`, `CXRHyperModel`), distributed mode.
+- `cli`: the `cxr` command line, a thin layer over the public functions.
 
 Names are imported on first use, so `import cxrmodels` stays cheap and does
 not import TensorFlow; building models works under any Keras backend.
 """
 
-import importlib
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from cxrdata import __version__  # one version for the distribution
+from cxrdata.utils.lazy import lazy_exports
 
-_LAZY = {
-    "create_model": "cxrmodels.registry",
-    "list_models": "cxrmodels.registry",
-    "register_model": "cxrmodels.registry",
-    "model_options": "cxrmodels.registry",
-    "last_conv_layer_name": "cxrmodels.registry",
-    "load_model": "cxrmodels.registry",
-    "ImagePreprocessing": "cxrmodels._inputs",
-    "Specificity": "cxrmodels.keras_metrics",
-    "evaluate_predictions": "cxrmodels.metrics",
-    "train": "cxrmodels.train",
-    "TrainResult": "cxrmodels.train",
-    "gradcam": "cxrmodels.predict",
-    "evaluate": "cxrmodels.evaluate",
-    "predict": "cxrmodels.predict",
-    "export": "cxrmodels.export",
-    "CXRHyperModel": "cxrmodels.tuning",
-    "search": "cxrmodels.tuning",
-    "SearchResult": "cxrmodels.tuning",
+_EXPORTS = {
+    "create_model": "cxrmodels.models._registry",
+    "list_models": "cxrmodels.models._registry",
+    "register_model": "cxrmodels.models._registry",
+    "model_options": "cxrmodels.models._registry",
+    "last_conv_layer_name": "cxrmodels.models._registry",
+    "load_model": "cxrmodels.models.saving",
+    "save_model": "cxrmodels.models.saving",
+    "ImagePreprocessing": "cxrmodels.models.inputs",
+    "train": "cxrmodels.training.trainer",
+    "TrainResult": "cxrmodels.training.trainer",
+    "Specificity": "cxrmodels.evaluation.keras_metrics",
+    "evaluate_predictions": "cxrmodels.evaluation.clinical",
+    "evaluate": "cxrmodels.evaluation.evaluator",
+    "predict": "cxrmodels.serving.prediction",
+    "gradcam": "cxrmodels.serving.prediction",
+    "export": "cxrmodels.serving.exporting",
+    "CXRHyperModel": "cxrmodels.tuning.hypermodel",
+    "search": "cxrmodels.tuning.searcher",
+    "SearchResult": "cxrmodels.tuning.searcher",
 }
+_SUBMODULES = ("models", "training", "evaluation", "serving", "tuning")
 
-__all__ = sorted(_LAZY) + ["__version__"]
+if TYPE_CHECKING:  # what IDEs and type checkers see
+    from cxrmodels import evaluation, models, serving, training, tuning
+    from cxrmodels.evaluation.clinical import evaluate_predictions
+    from cxrmodels.evaluation.evaluator import evaluate
+    from cxrmodels.evaluation.keras_metrics import Specificity
+    from cxrmodels.models._registry import (
+        create_model,
+        last_conv_layer_name,
+        list_models,
+        model_options,
+        register_model,
+    )
+    from cxrmodels.models.inputs import ImagePreprocessing
+    from cxrmodels.models.saving import load_model, save_model
+    from cxrmodels.serving.exporting import export
+    from cxrmodels.serving.prediction import gradcam, predict
+    from cxrmodels.training.trainer import TrainResult, train
+    from cxrmodels.tuning.hypermodel import CXRHyperModel
+    from cxrmodels.tuning.searcher import SearchResult, search
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'cxrmodels' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES, eager=("__version__",))

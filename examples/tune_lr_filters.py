@@ -26,7 +26,7 @@ import keras_tuner
 
 from cxrdata.conversion import convert
 from cxrdata.synthetic import write_tree
-from cxrmodels.tuning import search
+from cxrmodels import search
 
 
 def main(argv=None) -> int:

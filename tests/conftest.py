@@ -60,7 +60,7 @@ def trained_run(converted_dataset, tmp_path_factory):
     Shared by the training, evaluation, prediction and export tests: do not
     train into it again (tests that need their own run make one).
     """
-    from cxrmodels.train import train
+    from cxrmodels.training.trainer import train
 
     run = tmp_path_factory.mktemp("trained") / "run"
     train(converted_dataset, out=run, epochs=2, batch_size=16, verbose=0,

@@ -84,7 +84,7 @@ def check_seed(value: Any, *, allow_none: bool = True, name: str = "seed") -> in
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> Any:
     """Raises ValueError unless `value` is one of `choices` (listed in the message)."""
     if value not in choices:
-        options = ", ".join(repr(c) for c in choices)
+        options = ", ".join(str(c) for c in choices)
         raise ValueError(f"`{name}` must be one of {options}. Received: {name}={value!r}")
     return value
 

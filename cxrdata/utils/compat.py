@@ -90,3 +90,53 @@ def keras_file_utils():
     from keras.src.utils import file_utils
 
     return file_utils
+
+
+# keras-tuner's private oracle and tuner methods we override or call. Each
+# override lives in a mixin built here, so a keras-tuner release that renames
+# one fails in this module, not deep inside a search.
+
+
+def reference_first_oracle_mixin():
+    """A mixin for keras-tuner oracles: the first trial takes every hyperparameter's default.
+
+    Overrides `Oracle._random_values` (private in keras-tuner 1.4).
+    """
+    import keras_tuner as kt
+
+    check_version("keras-tuner", kt.__version__, KERAS_TUNER_VERSIONS)
+
+    class ReferenceFirst:
+        def _random_values(self):
+            if not self._tried_so_far:
+                hps = kt.HyperParameters()
+                hps.merge(self.hyperparameters.space)
+                return hps.values
+            return super()._random_values()
+
+    return ReferenceFirst
+
+
+def quiet_build_tuner_mixin(quiet):
+    """A mixin for keras-tuner tuners that builds each trial's model inside `quiet()`.
+
+    Overrides `Tuner._build_hypermodel` (private in keras-tuner 1.4): Hyperband
+    loads an earlier trial's weights there.
+    """
+
+    class QuietBuild:
+        def _build_hypermodel(self, hp):
+            with quiet():
+                return super()._build_hypermodel(hp)
+
+    return QuietBuild
+
+
+def oracle_save_trial(oracle, trial) -> None:
+    """`Oracle._save_trial` (private in keras-tuner 1.4)."""
+    oracle._save_trial(trial)
+
+
+def tuner_is_worker(tuner) -> bool:
+    """`Tuner._is_worker()` (private in keras-tuner 1.4)."""
+    return tuner._is_worker()

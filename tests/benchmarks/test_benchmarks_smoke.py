@@ -79,10 +79,10 @@ def test_cxr_bench_help_lists_the_options_and_an_example():
 
 
 def test_cxr_bench_without_the_benchmarks_folder_says_so(tmp_path, monkeypatch, capsys):
-    import cxrdata._commands
+    import cxrmodels.cli.bench
     from cxrmodels.cli import main
 
-    monkeypatch.setattr(cxrdata._commands, "_BENCHMARKS", str(tmp_path / "benchmarks"))
+    monkeypatch.setattr(cxrmodels.cli.bench, "_BENCHMARKS", str(tmp_path / "benchmarks"))
     for argv in (["bench"], ["bench", "--per-class", "8"]):
         assert main(argv) == 2
         assert "benchmark scripts are not installed" in capsys.readouterr().err

@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-from cxrmodels import cnn, transfer  # noqa: F401  (registers the models)
-from cxrmodels import registry
-from cxrmodels._inputs import ImagePreprocessing
-from cxrmodels.registry import create_model, last_conv_layer_name, list_models, register_model
+from cxrmodels.models import cnn, transfer  # noqa: F401  (registers the models)
+from cxrmodels.models import _registry as registry
+from cxrmodels.models.inputs import ImagePreprocessing
+from cxrmodels.models import create_model, last_conv_layer_name, list_models, register_model
 
 BUILTIN = ["densenet121", "efficientnet_b0", "resnet50", "seed_cnn", "vgg19_transfer"]
 TINY_CNN = dict(filters=(4, 8, 8), dense_units=8)
@@ -367,7 +367,9 @@ def test_efficientnet_imagenet_h5_file_gets_keras_std_scaling(tmp_path):
 
 
 def test_imagenet_without_network_says_to_pass_a_local_file(monkeypatch):
-    from keras.src.utils import file_utils
+    from cxrdata.utils.compat import keras_file_utils
+
+    file_utils = keras_file_utils()
 
     def no_network(fname, origin, **kwargs):
         raise Exception(f"URL fetch failure on {origin}: None -- Name or service not known")
@@ -409,7 +411,7 @@ def test_models_build_under_jax_without_tensorflow():
     code = (
         "import sys, numpy as np\n"
         "import cxrmodels\n"
-        "from cxrmodels.registry import create_model\n"
+        "from cxrmodels.models import create_model\n"
         "m = create_model('seed_cnn', input_shape=(64, 64, 1), filters=(4, 8, 8), dense_units=8)\n"
         "p = m(np.zeros((2, 64, 64, 1), 'uint8'))\n"
         "assert p.shape == (2, 2) and str(p.dtype) == 'float32', (p.shape, p.dtype)\n"

@@ -14,9 +14,9 @@ from PIL import Image
 import cxrdata
 from cxrdata.records import iter_records, parse_record
 from cxrmodels.cli import main
-from cxrmodels.export import export
-from cxrmodels.predict import gradcam, predict
-from cxrmodels.registry import create_model
+from cxrmodels.serving.exporting import export
+from cxrmodels.serving.prediction import gradcam, predict
+from cxrmodels.models import create_model
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 import cxrdata
 from cxrdata.layers.random_affine import RandomAffine
 from cxrmodels.cli import main
-from cxrmodels.train import train
+from cxrmodels.training.trainer import train
 
 TINY = {"filters": (4, 8, 8), "dense_units": 8}
 
@@ -84,7 +84,7 @@ def test_config_has_everything_needed_to_rebuild(trained_run, converted_dataset)
     assert config["results"]["epochs"] == 2
 
     # The model rebuilt from config.json alone has the saved model's architecture.
-    from cxrmodels.registry import create_model
+    from cxrmodels.models import create_model
 
     rebuilt = create_model(config["model"]["name"], input_shape=tuple(config["model"]["input_shape"]),
                            num_classes=config["model"]["num_classes"], augment=RandomAffine(**{
@@ -146,7 +146,7 @@ def _unfinished_copy(trained_run, tmp_path):
 
 def test_unfinished_run_with_other_options_is_refused(trained_run, converted_dataset, tmp_path):
     run = _unfinished_copy(trained_run, tmp_path)
-    with pytest.raises(ValueError, match="other options.*learning_rate"):
+    with pytest.raises(FileExistsError, match="other options.*learning_rate"):
         train(converted_dataset, out=run, epochs=2, batch_size=16, learning_rate=0.01, verbose=0,
               model_kwargs=TINY)
 
@@ -261,8 +261,8 @@ def test_mirrored_strategy_trains_on_the_cpu(converted_dataset, tmp_path):
 def test_training_on_phantoms_learns(tmp_path):
     from cxrdata.conversion import convert
     from cxrdata.synthetic import write_tree
-    from cxrmodels.evaluate import predict_split
-    from cxrmodels.metrics import roc_auc
+    from cxrmodels.evaluation.evaluator import predict_split
+    from cxrmodels.evaluation.clinical import roc_auc
 
     write_tree(tmp_path / "src", per_class=60, image_size=128, seed=11)
     convert(tmp_path / "src", tmp_path / "data", image_size=64, radius=16, workers=1, progress=False)
@@ -305,7 +305,7 @@ def test_dataset_without_val_split_is_refused(converted_dataset, tmp_path):
 
 
 def test_cli_passes_model_options_only_when_given(monkeypatch, converted_dataset):
-    import cxrmodels.train
+    import cxrmodels
 
     calls = []
 
@@ -313,7 +313,7 @@ def test_cli_passes_model_options_only_when_given(monkeypatch, converted_dataset
         def summary(self):
             return "ok"
 
-    monkeypatch.setattr(cxrmodels.train, "train", lambda *a, **k: calls.append((a, k)) or _Result())
+    monkeypatch.setattr(cxrmodels, "train", lambda *a, **k: calls.append((a, k)) or _Result())
     assert main(["train", str(converted_dataset), "--out", "r", "--filters", "16", "32",
                  "--dense-units", "8", "--mixed-precision", "--lr", "0.01", "--quiet"]) == 0
     assert main(["train", str(converted_dataset), "--out", "r", "--mixed-precision", "bfloat16",
@@ -330,7 +330,7 @@ def test_training_on_a_damaged_shard_names_it(converted_dataset, tmp_path):
     import shutil
 
     import cxrdata
-    from cxrmodels.train import train
+    from cxrmodels.training.trainer import train
 
     data = shutil.copytree(converted_dataset, tmp_path / "data")
     shard = cxrdata.read_manifest(data).splits["train"].shards[0].name

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from cxrmodels.cli import main
-from cxrmodels.registry import create_model
-from cxrmodels.tuning import CXRHyperModel, SearchResult, objective_names, search
+from cxrmodels.models import create_model
+from cxrmodels.tuning.searcher import CXRHyperModel, SearchResult, objective_names, search
 
 # Tiny trials: 48x48 images, filters (4, 8, 16), 8 dense units, batches of 8.
 TINY = {"base_filters": 4, "dense_units": 8}
@@ -354,7 +354,7 @@ def test_fixed_and_narrowed_hyperparameters_with_tune_new_entries_false(tiny_dat
 
 
 def test_parse_hp():
-    from cxrmodels._tune_commands import parse_hp
+    from cxrmodels.cli.tuning import parse_hp
 
     assert parse_hp(["learning_rate=1e-4:1e-2", "pooling=max", "base_filters=16,32", "dropout=0"]) == {
         "learning_rate": (1e-4, 1e-2), "pooling": "max", "base_filters": [16, 32], "dropout": 0}

@@ -14,9 +14,10 @@ import time
 import keras_tuner as kt
 import pytest
 
-from cxrmodels import _tuners
+from cxrmodels.tuning import distribute as _distribute
+from cxrmodels.tuning import tuners as _tuners
 from cxrmodels.cli import main
-from cxrmodels.tuning import ENV_VARS, search
+from cxrmodels.tuning.searcher import ENV_VARS, search
 
 TIMEOUT = 240  # seconds: a bound on every wait, far above the ~1 minute the search takes
 
@@ -52,7 +53,7 @@ def test_cli_distributed_launch_without_the_variables_exits_2(tiny_data, tmp_pat
 
 
 def test_a_local_search_hides_the_kerastuner_variables(monkeypatch):
-    from cxrmodels.tuning import _kerastuner_env
+    from cxrmodels.tuning.searcher import _kerastuner_env
 
     _env(monkeypatch, KERASTUNER_TUNER_ID="tuner0", KERASTUNER_ORACLE_IP="127.0.0.1",
          KERASTUNER_ORACLE_PORT="8000")
@@ -65,12 +66,12 @@ def test_a_local_search_hides_the_kerastuner_variables(monkeypatch):
 
 def test_the_chief_ends_the_trial_of_a_worker_whose_heartbeat_stopped(tmp_path, monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr(_tuners.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_distribute.time, "monotonic", lambda: clock[0])
     beats = tmp_path / "beats"
     beats.mkdir()
     (beats / "tuner0").write_text("a 1")
     (beats / "tuner1").write_text("b 1")
-    liveness = _tuners._Liveness(str(beats), timeout=10)
+    liveness = _distribute.Liveness(str(beats), timeout=10)
     assert liveness.lost(["tuner0", "tuner1", "tuner2"]) == {}  # first sight starts each clock
     clock[0] = 108.0
     (beats / "tuner0").write_text("a 2")

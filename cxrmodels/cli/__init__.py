@@ -1,0 +1,95 @@
+"""`cxr`: one command line for converting, checking, training, evaluating and tuning.
+
+The CLI is a thin layer over the public functions of `cxrdata` and `cxrmodels`.
+Each package's `_commands` module registers its subcommands; heavy imports
+(TensorFlow) happen only inside the command that needs them, so `cxr --help`
+is instant.
+
+Exit codes: 0 success, 1 failure, 2 usage error (bad arguments or input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMAND_MODULES = ("cxrmodels.cli.data", "cxrmodels.cli.bench", "cxrmodels.cli.models", "cxrmodels.cli.tuning")
+
+EPILOG = """\
+typical session:
+  cxr synth phantoms/ --per-class 200            # CXR-like phantoms, no download needed
+  cxr convert phantoms/ data/ --image-size 299   # equalized, sharded TFRecords
+  cxr verify data/                               # re-read every shard against the manifest
+  cxr inspect data/                              # counts per split and class, sample grid
+  cxr train data/ --model seed_cnn --out runs/a  # mixed precision, callbacks, curves
+  cxr evaluate runs/a data/ --split test         # sensitivity, specificity, AUC with CI
+
+Run `cxr COMMAND --help` for each command's options and examples.
+"""
+
+
+class UsageError(Exception):
+    """Raised by a command for bad arguments found after parsing: exit code 2."""
+
+
+def image_size_arg(text: str) -> int | tuple[int, int]:
+    """argparse type for `--image-size`: `N` or `HxW` (also `H,W`)."""
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(values) in (1, 2) and all(v > 0 for v in values):
+        return values[0] if len(values) == 1 else tuple(values)
+    raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+
+
+def add_command(subparsers, name: str, *, help: str, examples: str, func) -> argparse.ArgumentParser:
+    """Adds one subcommand whose `--help` ends with `examples`."""
+    p = subparsers.add_parser(
+        name, help=help, description=help, epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=func, command=name)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cxrdata import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cxr", description="Fast, trustworthy chest X-ray classification with TensorFlow and Keras.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cxr {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-plugin noise on CPU hosts
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+        print(f"cxr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cxr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a failure, not a usage error: say what broke
+        print(f"cxr {args.command}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

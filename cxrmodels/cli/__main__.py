@@ -1,0 +1,5 @@
+import sys
+
+from cxrmodels.cli import main
+
+sys.exit(main())

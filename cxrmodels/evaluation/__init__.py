@@ -1,0 +1,22 @@
+"""Evaluation: numpy clinical metrics (`clinical`), Keras metrics, plots, and `evaluate`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cxrdata.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "evaluate": "cxrmodels.evaluation.evaluator",
+    "evaluate_predictions": "cxrmodels.evaluation.clinical",
+    "format_metrics_table": "cxrmodels.evaluation.clinical",
+    "Specificity": "cxrmodels.evaluation.keras_metrics",
+    "default_metrics": "cxrmodels.evaluation.keras_metrics",
+}
+
+if TYPE_CHECKING:
+    from cxrmodels.evaluation.clinical import evaluate_predictions, format_metrics_table
+    from cxrmodels.evaluation.evaluator import evaluate
+    from cxrmodels.evaluation.keras_metrics import Specificity, default_metrics
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

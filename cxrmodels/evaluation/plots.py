@@ -1,0 +1,118 @@
+"""Figures a clinical reader looks at: the ROC curve and the confusion matrix.
+
+matplotlib is imported inside each function and draws through the Agg canvas
+without pyplot, so the user's global backend is left alone. PNGs are written
+atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+from cxrdata.utils.figures import save_figure
+from cxrmodels.evaluation.clinical import _auc_text, _check_predictions, positive_class_index, roc_auc, roc_curve
+
+
+def _save_figure(fig, path) -> str:
+    return save_figure(fig, path, dpi=120, tight=True)
+
+
+def plot_roc(y_true, probs, *, class_names, path, metrics: dict | None = None) -> str:
+    """Writes a ROC curve PNG: the positive class for two classes, one-vs-rest curves for more.
+
+    Args:
+        y_true: Integer labels [N].
+        probs: Class probabilities [N, K].
+        class_names: The K class names.
+        path: Where to write the PNG (atomically).
+        metrics: `evaluate_predictions` output for the same predictions, to
+            show AUC CIs and mark the operating points. Defaults to None.
+
+    Returns:
+        `path`, as a string.
+
+    Raises:
+        ValueError: On bad inputs, or a two-class `y_true` holding one class.
+
+    Example:
+        >>> plot_roc(y, p, class_names=names, path="runs/a/roc.png", metrics=m)
+    """
+    from matplotlib.figure import Figure
+
+    class_names = [str(c) for c in class_names]
+    y, p = _check_predictions(y_true, probs, class_names)
+    fig = Figure(figsize=(5.5, 5.5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="chance")
+    if len(class_names) == 2:
+        pos = positive_class_index(class_names)
+        fpr, tpr, _ = roc_curve(y == pos, p[:, pos])
+        ci = metrics.get("auc_ci") if metrics else None
+        ax.plot(fpr, tpr, lw=2, label=f"{class_names[pos]}: AUC {_auc_text(roc_auc(y == pos, p[:, pos]), ci)}")
+        styles = {"at_threshold": dict(c="C3", marker="o"), "at_0.5": dict(mec="C3", mfc="none", marker="s")}
+        for key, style in styles.items():
+            r = metrics.get(key) if metrics else None
+            if r and r["sensitivity"] is not None and r["specificity"] is not None:
+                what = f"Youden, {metrics['threshold_source']}" if key == "at_threshold" else "default"
+                ax.plot(1 - r["specificity"], r["sensitivity"], ls="none", ms=8, **style,
+                        label=f"t={r['threshold']:.3f} ({what}): "
+                              f"sens {r['sensitivity']:.2f}, spec {r['specificity']:.2f}")
+        ax.set_title(f"ROC: {class_names[pos]} vs {class_names[1 - pos]} (n={len(y)})")
+    else:
+        for c, name in enumerate(class_names):
+            if (y == c).all() or not (y == c).any():
+                continue
+            fpr, tpr, _ = roc_curve(y == c, p[:, c])
+            ci = metrics["per_class"][name]["auc_ci"] if metrics else None
+            ax.plot(fpr, tpr, lw=1.5, label=f"{name}: AUC {_auc_text(roc_auc(y == c, p[:, c]), ci)}")
+        ax.set_title(f"ROC, one class vs the rest (n={len(y)})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal",
+           xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save_figure(fig, path)
+
+
+def plot_confusion_matrix(cm, *, class_names, path, title: str = "Confusion matrix") -> str:
+    """Writes a confusion matrix PNG: counts and row percentages, colored by row fraction.
+
+    Args:
+        cm: Counts [K, K], `cm[true][predicted]`.
+        class_names: The K class names.
+        path: Where to write the PNG (atomically).
+        title: The figure title. Defaults to "Confusion matrix".
+
+    Returns:
+        `path`, as a string.
+
+    Raises:
+        ValueError: If `cm` is not a square matrix of non-negative counts matching `class_names`.
+
+    Example:
+        >>> plot_confusion_matrix(m["confusion_matrix"], class_names=names, path="runs/a/cm.png")
+    """
+    from matplotlib.figure import Figure
+
+    cm, k = np.asarray(cm), len(class_names)
+    if cm.shape != (k, k) or (cm < 0).any():
+        raise ValueError(f"`cm` must be a [{k}, {k}] matrix of non-negative counts for {k} class names. "
+                         f"Received: cm.shape={cm.shape}")
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    size = 2.2 + 1.1 * k
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.add_subplot()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{int(cm[i, j])}\n{100 * frac[i, j]:.1f}%", ha="center", va="center",
+                    color="white" if frac[i, j] > 0.5 else "black", fontsize=10)
+    ax.set_xticks(range(k), [str(c) for c in class_names],
+                  rotation=30 if k > 3 else 0, ha="right" if k > 3 else "center")
+    ax.set_yticks(range(k), [str(c) for c in class_names])
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return _save_figure(fig, path)

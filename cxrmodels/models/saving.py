@@ -1,0 +1,114 @@
+"""Saving and loading models and weight files: atomic, strict, with clear errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+
+import keras
+
+
+def _count_h5_arrays(path) -> int:
+    import h5py  # a Keras dependency
+
+    count = 0
+
+    def visit(_, obj):
+        nonlocal count
+        count += isinstance(obj, h5py.Dataset)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return count
+
+
+def load_weights_file(model: keras.Model, path, *, strict: bool = True) -> None:
+    """Loads a weights file into `model`, raising ValueError on any mismatch.
+
+    Keras ignores arrays in a `.weights.h5` file that the model does not
+    use; with `strict=True` the file must hold exactly the model's arrays, so
+    a file saved from another model never loads halfway.
+
+    Args:
+        model: The built model.
+        path: A `.weights.h5`, legacy `.h5` or `.keras` file.
+        strict: Whether a `.weights.h5` must hold as many arrays as the model
+            has weights. Defaults to `True`.
+
+    Raises:
+        ValueError: If the file does not match the model, naming the file.
+    """
+    path = os.fspath(path)
+    if strict and path.endswith(".weights.h5"):
+        count = _count_h5_arrays(path)
+        if count != len(model.weights):
+            raise ValueError(
+                f"The weights file {path} does not match model {model.name!r}: it holds "
+                f"{count} arrays, the model has {len(model.weights)} weights."
+            )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+        except (ValueError, KeyError) as err:
+            # The error says it all; Keras' warnings about the same load are noise.
+            raise ValueError(
+                f"The weights file {path} does not match model {model.name!r}: {_short_reason(err)}"
+            ) from err
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def _short_reason(err: Exception) -> str:
+    """Keras' loading error without the variable values it prints."""
+    message = str(err)
+    first = message.splitlines()[0] if message else type(err).__name__
+    parts = [first.split(". Example", 1)[0].rstrip(".:")]
+    shapes = re.search(r"variable\.shape=\(.*?\), Received: value\.shape=\(.*?\)", message)
+    if shapes:
+        parts.append(shapes.group(0))
+    names = re.findall(r"<\w+ name=([^,>]+), built=", message)
+    if names:
+        parts.append(f"layers not loaded: {sorted(set(names))}")
+    return "; ".join(parts)[:1000]
+
+
+def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
+    """Loads a `.keras` model saved by this library (or any Keras model).
+
+    Importing this library's custom layers and metrics first registers them,
+    so `keras.saving.load_model` finds `ImagePreprocessing`, `RandomAffine`
+    and `Specificity` without `custom_objects`.
+
+    Args:
+        path: a `.keras` file.
+        compile: whether to restore the optimizer and compiled metrics.
+            Defaults to True.
+
+    Returns:
+        The `keras.Model`.
+    """
+    import cxrdata.layers.random_affine  # noqa: F401  registers RandomAffine
+    import cxrmodels.models.inputs  # noqa: F401  registers ImagePreprocessing
+    import cxrmodels.evaluation.keras_metrics  # noqa: F401  registers Specificity
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path!r}.")
+    return keras.saving.load_model(path, compile=compile)
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> None:
+    """Saves `model` to a `.keras` file atomically: never half-written under `path`.
+
+    Keras wants the `.keras` suffix on the temporary name too.
+    """
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,201 @@
+"""The training run folder: its file names, `config.json`, the history and its curves.
+
+A run folder (`cxr train ... --out RUN`) holds:
+
+| file                  | written                                                  |
+|-----------------------|----------------------------------------------------------|
+| `config.json`         | at the start (`"finished": false`) and last of all (`true`) |
+| `model.keras`         | best validation loss so far, and atomically at the end   |
+| `history.csv`         | one row per finished epoch (appended on resume)          |
+| `learning_curves.png` | accuracy and loss, train and validation, at the end      |
+| `backup/`             | the `BackupAndRestore` state while training runs         |
+| `logs/`               | TensorBoard logs                                         |
+
+`evaluate`, `predict` and `export` read a run through `read_config` and
+`load_model`, which raise FileNotFoundError for a folder that is not a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from typing import Any
+
+from cxrdata.utils.figures import save_figure
+from cxrdata.utils.io import atomic_write_bytes, atomic_write_text
+
+CONFIG_NAME = "config.json"
+MODEL_NAME = "model.keras"
+HISTORY_NAME = "history.csv"
+CURVES_NAME = "learning_curves.png"
+BACKUP_DIR = "backup"
+LOGS_DIR = "logs"
+FORMAT_VERSION = 1
+# Everything `train` writes into a run folder; `overwrite` removes only these.
+RUN_FILES = (CONFIG_NAME, MODEL_NAME, HISTORY_NAME, CURVES_NAME, BACKUP_DIR, LOGS_DIR,
+             "metrics.json", "roc.png", "confusion_matrix.png")
+
+
+def config_path(run_dir: str | os.PathLike) -> str:
+    return os.path.join(os.fspath(run_dir), CONFIG_NAME)
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Reads a run's `config.json`.
+
+    Raises:
+        FileNotFoundError: `run_dir` is missing or holds no `config.json`.
+        ValueError: `config.json` cannot be parsed.
+    """
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"No such run folder: {run_dir!r}")
+    path = config_path(run_dir)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{run_dir!r} is not a training run: it holds no {CONFIG_NAME}. "
+            f"Train one with `cxr train DATASET --out {run_dir}`."
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        config["model"]["name"], config["class_names"], config["preprocessing"]  # noqa: B018
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path!r} is not a valid run configuration: {e}") from e
+    return config
+
+
+def write_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
+    atomic_write_text(config_path(run_dir), json.dumps(config, indent=2) + "\n")
+
+
+def load_model(run_dir: str | os.PathLike, config: dict[str, Any] | None = None):
+    """Loads a run's `model.keras` (uncompiled), warning when the run did not finish.
+
+    Raises:
+        FileNotFoundError: the run holds no `model.keras`.
+    """
+    import warnings
+
+    from cxrmodels.models.saving import load_model as load_keras_model
+
+    run_dir = os.fspath(run_dir)
+    config = read_config(run_dir) if config is None else config
+    path = os.path.join(run_dir, MODEL_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Run {run_dir!r} holds no {MODEL_NAME}: its training stopped before the first "
+            f"epoch ended. Rerun the same `cxr train` command to resume it."
+        )
+    if not config.get("finished"):
+        warnings.warn(f"Run {run_dir!r} did not finish: using its best model so far.", stacklevel=3)
+    return load_keras_model(path, compile=False)
+
+
+def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
+    """Reads a CSVLogger file into `{column: values}`, one value per epoch.
+
+    A row repeated for the same epoch (an epoch rerun after a resume) keeps
+    its last copy; rows come out sorted by epoch. Missing file: `{}`.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    by_epoch: dict[int, dict[str, str]] = {}
+    for row in rows:
+        try:
+            by_epoch[int(row["epoch"])] = row
+        except (KeyError, TypeError, ValueError):
+            continue
+    columns = list(rows[0].keys()) if rows else []
+    history = {c: [] for c in columns}
+    for epoch in sorted(by_epoch):
+        for c in columns:
+            history[c].append(_number(by_epoch[epoch].get(c)))
+    if "epoch" in history:
+        history["epoch"] = [int(e) for e in history["epoch"]]
+    return history
+
+
+def _number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def write_history(path: str | os.PathLike, history: dict[str, list]) -> None:
+    """Writes `{column: values}` back as a CSVLogger-style file, atomically."""
+    columns = list(history)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    n = len(history[columns[0]]) if columns else 0
+    writer.writerows([history[c][i] for c in columns] for i in range(n))
+    atomic_write_text(path, buf.getvalue())
+
+
+def truncate_history(path: str | os.PathLike, epochs: int) -> None:
+    """Keeps the rows of the first `epochs` epochs (those a resumed run will not redo)."""
+    history = read_history(path)
+    if not history:
+        return
+    keep = [i for i, e in enumerate(history.get("epoch", [])) if e < epochs]
+    write_history(path, {c: [v[i] for i in keep] for c, v in history.items()})
+
+
+def plot_learning_curves(history: dict[str, list[float]], path: str | os.PathLike) -> str:
+    """Writes accuracy and loss per epoch, train and validation, as two panels (PNG).
+
+    Args:
+        history: `{metric: values}` with `accuracy`, `loss` and their `val_`
+            counterparts (any of them may be missing).
+        path: The PNG to write (atomically).
+
+    Returns:
+        `path` as a string.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from matplotlib.ticker import MaxNLocator
+
+    n = max((len(v) for v in history.values()), default=0)
+    epochs = list(range(1, n + 1))
+    losses = [v for v in history.get("val_loss", []) if not math.isnan(v)]
+    best = history["val_loss"].index(min(losses)) + 1 if losses else None
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    for i, (metric, title) in enumerate((("accuracy", "Model accuracy"), ("loss", "Model loss"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for key, label, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):
+            if history.get(key):
+                ax.plot(epochs, history[key], style, ms=3, label=label)
+        if best is not None:
+            ax.axvline(best, ls=":", c="0.5", lw=1, label=f"best val_loss (epoch {best})")
+        ax.set(title=title, xlabel="epoch", ylabel=metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if n:
+            ax.set_xlim(0.5, n + 0.5)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def sidecar(config: dict[str, Any]) -> dict[str, Any]:
+    """What a deployed model needs to know beside its weights (for `export`)."""
+    return {
+        "model": config["model"]["name"],
+        "input_shape": config["model"]["input_shape"],
+        "class_names": config["class_names"],
+        "positive_class": config.get("positive_class"),
+        "preprocessing": config["preprocessing"],
+        "dataset_digest": config.get("dataset", {}).get("digest"),
+        "library_version": config.get("library_version"),
+    }

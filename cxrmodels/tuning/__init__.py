@@ -1,0 +1,25 @@
+"""keras-tuner searches: `search`, `CXRHyperModel`, the space, tuners, distributed mode, report.
+
+As keras-tuner keeps `engine/`, `tuners/` and `distribute/` apart: `hypermodel`
+(what a trial builds and fits), `space` (the hyperparameters), `tuners` (the
+oracles), `distribute` (chief and workers), `report` (tables and figures) and
+`searcher` (the `search` entry point).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cxrdata.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "search": "cxrmodels.tuning.searcher",
+    "SearchResult": "cxrmodels.tuning.searcher",
+    "CXRHyperModel": "cxrmodels.tuning.hypermodel",
+}
+
+if TYPE_CHECKING:
+    from cxrmodels.tuning.hypermodel import CXRHyperModel
+    from cxrmodels.tuning.searcher import SearchResult, search
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

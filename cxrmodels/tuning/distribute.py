@@ -1,0 +1,129 @@
+"""keras-tuner's distributed mode, watched: worker heartbeats and the chief's server.
+
+keras-tuner runs a chief (the oracle, over gRPC) and workers configured by
+`KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`. Its
+chief never notices a dead worker; here each worker rewrites a heartbeat file
+in the search folder and the chief ends the trials of workers whose heartbeat
+stopped, so a search survives a lost machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+
+from cxrdata.utils import compat
+from cxrdata.utils.io import atomic_write_text
+
+HEARTBEAT_DIR = "cxr_heartbeats"
+HEARTBEAT_SECONDS = 2.0
+
+
+def wait_for_chief() -> None:
+    """Blocks until the chief serves (keras-tuner's client waits up to an hour), as a worker does.
+
+    A worker waits before it writes anything: the chief checks and writes the
+    search folder before it serves.
+    """
+    compat.keras_tuner_private().oracle_client.OracleClient(oracle=None).get_space()
+
+
+
+class Heartbeat:
+    """A daemon thread that rewrites `path` every few seconds while a worker runs."""
+
+    def __init__(self, path: str):
+        self._path, self._stop = path, threading.Event()
+        self._nonce = uuid.uuid4().hex[:12]  # a restarted worker never repeats a beat
+        self._thread = threading.Thread(target=self._run, name="cxr-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._beat(0)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self, count: int) -> None:
+        try:
+            os.makedirs(os.path.dirname(self._path), exist_ok=True)
+            atomic_write_text(self._path, f"{self._nonce} {count} {socket.gethostname()} {os.getpid()}\n")
+        except OSError:
+            pass  # a missed beat is harmless; a run of them is what the chief acts on
+
+    def _run(self) -> None:
+        count = 0
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            count += 1
+            self._beat(count)
+
+
+class Liveness:
+    """The chief's view of its workers: when each heartbeat file last changed, on its own clock."""
+
+    def __init__(self, heartbeat_dir: str, timeout: float):
+        self._dir, self._timeout = heartbeat_dir, timeout
+        self._last: dict[str, tuple[str | None, float]] = {}
+
+    def lost(self, tuner_ids) -> dict[str, str]:
+        now, lost = time.monotonic(), {}
+        for tuner_id in tuner_ids:
+            try:
+                with open(os.path.join(self._dir, tuner_id), encoding="utf-8") as f:
+                    beat = f.read()
+            except OSError:
+                beat = None
+            seen = self._last.get(tuner_id)
+            if seen is None or seen[0] != beat:
+                self._last[tuner_id] = (beat, now)
+            elif now - seen[1] > self._timeout:
+                lost[tuner_id] = (f"worker {tuner_id} lost: no heartbeat for {now - seen[1]:.0f}s "
+                                  f"(worker_timeout={self._timeout:g}s); trial ended by the chief")
+                del self._last[tuner_id]
+        return lost
+
+
+def serve(oracle, *, heartbeat_dir: str, worker_timeout: float, poll: float = 0.5) -> None:
+    """Runs the oracle's gRPC server until the search ends, ending the trials of lost workers.
+
+    keras-tuner's `oracle_chief.start_server` with a watch on the workers: its
+    exit test (no ongoing trial, no connected worker) never passes once a
+    worker has died, since the dead worker's trial and id stay on record.
+    """
+    from concurrent import futures
+
+    import grpc
+
+    kt_private = compat.keras_tuner_private()
+    protos, oracle_chief = kt_private.protos, kt_private.oracle_chief
+
+    address = f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    servicer = oracle_chief.OracleServicer(oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as err:
+        bound, reason = 0, err
+    else:
+        reason = "port taken or address not on this host"
+    if not bound:
+        raise OSError(f"The chief cannot listen on {address} ({reason}). Set KERASTUNER_ORACLE_IP to "
+                      "an address of this host (0.0.0.0 for all) and KERASTUNER_ORACLE_PORT to a free port.")
+    server.start()
+    liveness = Liveness(heartbeat_dir, worker_timeout)
+    try:
+        while True:
+            time.sleep(poll)
+            lost = liveness.lost(sorted(oracle.tuner_ids))
+            if lost:
+                for trial_id, reason in oracle.end_lost_trials(lost):
+                    print(f"cxr tune: trial {trial_id} FAILED: {reason}", flush=True)
+            if servicer.stop_triggered and oracle_chief.exit_chief(oracle):
+                break
+    finally:
+        server.stop(grace=2)

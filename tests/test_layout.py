@@ -1,0 +1,109 @@
+"""The layout's promises: public names stay functions, imports run one way, the CLI starts light."""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import pkgutil
+import re
+import subprocess
+import sys
+
+import cxrdata
+import cxrmodels
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = (cxrdata, cxrmodels)
+
+
+def _all_modules():
+    for package in PACKAGES:
+        yield package.__name__, package
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            yield info.name, None
+
+
+def test_public_functions_stay_functions_after_their_modules_are_imported(tmp_path):
+    import cxrdata.conversion  # noqa: F401
+    import cxrdata.verification  # noqa: F401
+    import cxrmodels.evaluation.evaluator  # noqa: F401
+    import cxrmodels.serving.exporting  # noqa: F401
+    import cxrmodels.serving.prediction  # noqa: F401
+    import cxrmodels.training.trainer  # noqa: F401
+    import cxrmodels.tuning.searcher  # noqa: F401
+    from cxrmodels.cli import main
+
+    # A CLI run in the same process imports the command modules too.
+    assert main(["synth", str(tmp_path / "p"), "--per-class", "1", "--image-size", "32"]) == 0
+    for package, names in (
+        (cxrmodels, ("train", "evaluate", "predict", "export", "search", "gradcam", "create_model")),
+        (cxrdata, ("convert", "verify", "inspect", "load")),
+    ):
+        for name in names:
+            value = getattr(package, name)
+            assert callable(value) and not isinstance(value, type(sys)), f"{package.__name__}.{name}"
+            assert value.__name__ == name
+
+
+def test_no_module_is_named_like_a_name_its_package_exports():
+    clashes = []
+    for name, _ in _all_modules():
+        parent, _, leaf = name.rpartition(".")
+        if not parent:
+            continue
+        exported = getattr(importlib.import_module(parent), "__all__", ())
+        if leaf in exported and leaf not in getattr(importlib.import_module(parent), "_SUBMODULES", ()):
+            clashes.append(name)
+    assert clashes == []
+
+
+def test_every_public_name_resolves_and_is_listed():
+    for package in (cxrdata, cxrmodels, cxrmodels.models, cxrmodels.training, cxrmodels.evaluation,
+                    cxrmodels.serving, cxrmodels.tuning, cxrdata.layers):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
+        assert set(package.__all__) <= set(dir(package))
+
+
+def _python_files(folder: str):
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def test_cxrdata_never_imports_cxrmodels():
+    offenders = [str(p.relative_to(ROOT)) for p in _python_files("cxrdata")
+                 if re.search(r"^\s*(from|import)\s+cxrmodels\b", p.read_text(), re.M)]
+    assert offenders == []
+
+
+def test_private_upstream_apis_only_in_the_compatibility_module():
+    pattern = re.compile(r"\b(keras|keras_tuner)\.src\b")
+    offenders = []
+    for folder in ("cxrdata", "cxrmodels", "benchmarks", "examples", "tests"):
+        for path in _python_files(folder):
+            if path.name in ("compat.py", "test_layout.py"):
+                continue
+            if pattern.search(path.read_text()):
+                offenders.append(str(path.relative_to(ROOT)))
+    # tf_keras's own image module is the baseline's reference, not a Keras 3 private API.
+    assert [p for p in offenders if "tf_keras" not in (ROOT / p).read_text()] == []
+
+
+def test_cxr_help_imports_no_tensorflow_and_runs_no_benchmark():
+    code = (
+        "import sys\n"
+        "from cxrmodels.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "for name in ('bench', 'train', 'convert', 'tune'):\n"
+        "    try:\n"
+        "        main([name, '--help'] if name != 'bench' else ['--version'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('TF' if 'tensorflow' in sys.modules else 'NO-TF')\n"
+        "print('BENCH' if 'input_pipeline' in sys.modules else 'NO-BENCH')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-2:] == ["NO-TF", "NO-BENCH"]
