@@ -35,7 +35,9 @@ from cxrdata import __version__
 from cxrdata.utils.io import atomic_write_text, sha256_file
 from cxrdata.manifest import MANIFEST_NAME, REJECTS_NAME, Manifest, ShardInfo, SplitInfo, shard_name
 from cxrdata.preprocess import PreprocessConfig, preprocess_image
+from cxrdata.dicom import DICOM_WINDOWS, MULTI_FRAME_POLICY
 from cxrdata.sources import DecodeError, Source, decode_image, discover
+from cxrdata.utils.argument_validation import check_choice
 from cxrdata.splits import assign_splits, parse_ratios
 from cxrdata.utils.output_dir import FINISHED, OVERWRITE, check_output_dir, refuse_other_options
 
@@ -86,7 +88,8 @@ def _process(args: tuple[str, str, dict, str]) -> tuple[bool, bytes | str, int, 
     try:
         with open(path, "rb") as f:
             data = f.read()
-        image = preprocess_image(decode_image(data, name=name), PreprocessConfig.from_dict(config_dict))
+        image = decode_image(data, name=name, dicom_window=config_dict["dicom_window"])
+        image = preprocess_image(image, PreprocessConfig.from_dict(config_dict))
     except DecodeError as e:
         return False, str(e), 0, 0
     except FileNotFoundError:
@@ -155,7 +158,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
             aspect: str = "stretch", equalize: str = "local", radius: int = 70, clip_limit: float = 0.01,
             interpolation: str = "bilinear", splits: str | Sequence[float] = (0.7, 0.15, 0.15),
             seed: int = 0, encoding: str = "raw", shard_size: float = 100, workers: int | None = None,
-            overwrite: bool = False, resume: bool = False, progress: bool = True) -> ConversionResult:
+            overwrite: bool = False, resume: bool = False, progress: bool = True,
+            dicom_window: str = "auto") -> ConversionResult:
     """Converts a chest X-ray folder tree or CSV into equalized, sharded TFRecords.
 
     Each image is decoded, turned to grayscale, resized to `image_size` and
@@ -187,6 +191,12 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
         overwrite: replace a dataset already in `out`.
         resume: finish an interrupted conversion in `out` (or keep a finished one).
         progress: show a progress bar. Defaults to True.
+        dicom_window: how DICOM stored values become 8 bits: "auto" (Rescale
+            Slope/Intercept, then the file's VOI LUT or first window, else the
+            0.5th-99.5th percentile range; 8-bit data without a window as is),
+            "minmax" (always that range) or "none" (the full BitsStored range,
+            as cxrdata 0.1 did). Recorded in the manifest's `preprocessing`.
+            Defaults to "auto".
 
     Returns:
         A `ConversionResult`.
@@ -205,6 +215,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
                               aspect=aspect, equalize=equalize, radius=radius, clip_limit=clip_limit,
                               interpolation=interpolation)
     ratios = parse_ratios(splits)
+    check_choice("dicom_window", dicom_window, DICOM_WINDOWS)
     if encoding not in ENCODINGS:
         raise ValueError(f"`encoding` must be one of {', '.join(ENCODINGS)}. Received: encoding={encoding!r}")
     if not shard_size > 0:
@@ -240,13 +251,19 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
     options = {"src": os.path.abspath(os.fspath(src)), "labels": os.fspath(labels) if labels else None,
                "group_by": group_by, "group_pattern": group_pattern, "layout": listing.layout,
                "splits": list(ratios), "seed": seed, "encoding": encoding, "shard_size_mb": shard_size}
-    fingerprint = _fingerprint(options, config, listing.class_names, plan)
+    preprocessing = _preprocessing(config, dicom_window)
+    fingerprint = _fingerprint(options, preprocessing, listing.class_names, plan)
     partial = os.path.join(out, PARTIAL_DIR)
     os.makedirs(partial, exist_ok=True)
     _check_plan(partial, fingerprint, resume)
 
-    _write_shards(out, partial, plan, listing.class_names, config, encoding, workers, progress)
-    return _finish(out, partial, plan, listing, config, encoding, options, rejects, start)
+    _write_shards(out, partial, plan, listing.class_names, preprocessing, encoding, workers, progress)
+    return _finish(out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start)
+
+
+def _preprocessing(config: PreprocessConfig, dicom_window: str) -> dict:
+    """The manifest's `preprocessing`: the config, and how DICOM files were decoded."""
+    return {**config.to_dict(), "dicom_window": dicom_window, "dicom_frames": MULTI_FRAME_POLICY}
 
 
 def _split_items(items, layout, ratios, seed, num_classes) -> list[str]:
@@ -260,8 +277,8 @@ def _split_items(items, layout, ratios, seed, num_classes) -> list[str]:
                          [it.sha256 for it in items], ratios=ratios, seed=seed, num_classes=num_classes)
 
 
-def _fingerprint(options, config, class_names, plan) -> str:
-    h = hashlib.sha256(json.dumps([options, config.to_dict(), list(class_names)], sort_keys=True).encode())
+def _fingerprint(options, preprocessing, class_names, plan) -> str:
+    h = hashlib.sha256(json.dumps([options, preprocessing, list(class_names)], sort_keys=True).encode())
     for split, shards in plan.items():
         for i, shard in enumerate(shards):
             for it in shard:
@@ -279,7 +296,7 @@ def _check_plan(partial: str, fingerprint: str, resume: bool) -> None:
     atomic_write_text(path, json.dumps({"fingerprint": fingerprint}) + "\n")
 
 
-def _write_shards(out, partial, plan, class_names, config, encoding, workers, progress) -> None:
+def _write_shards(out, partial, plan, class_names, preprocessing, encoding, workers, progress) -> None:
     from tqdm.auto import tqdm
 
     for name in os.listdir(out):  # leftovers of a killed run
@@ -287,7 +304,7 @@ def _write_shards(out, partial, plan, class_names, config, encoding, workers, pr
             os.unlink(os.path.join(out, name))
     pending = [(split, i, shard) for split, shards in plan.items() for i, shard in enumerate(shards)
                if not os.path.exists(os.path.join(out, shard_name(split, i, len(shards))))]
-    cfg = config.to_dict()
+    cfg = preprocessing
     tasks = [(it.source.path, os.path.basename(it.source.path), cfg, encoding)
              for _, _, shard in pending for it in shard]
     results = _OrderedResults(tasks, workers)  # starts the workers before TensorFlow loads here
@@ -372,7 +389,7 @@ class _OrderedResults:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _finish(out, partial, plan, listing, config, encoding, options, rejects, start) -> ConversionResult:
+def _finish(out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start) -> ConversionResult:
     splits = {}
     all_rejects = list(rejects)
     for split, shards in plan.items():
@@ -393,7 +410,7 @@ def _finish(out, partial, plan, listing, config, encoding, options, rejects, sta
     atomic_write_text(os.path.join(out, REJECTS_NAME), buf.getvalue())
     h, wd = config.image_size
     manifest = Manifest(class_names=listing.class_names, image_shape=(h, wd, 1), encoding=encoding,
-                        preprocessing=config.to_dict(), splits=splits, source=options,
+                        preprocessing=preprocessing, splits=splits, source=options,
                         library_version=__version__)
     manifest.write(out)
     shutil.rmtree(partial)

@@ -21,6 +21,19 @@ FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def dicom_window_of(preprocessing: dict[str, Any]) -> str:
+    """The `dicom_window` that DICOM files were decoded with, from a `preprocessing` dict.
+
+    Works on a manifest's `preprocessing` and on the copy a training run keeps.
+    Manifests written before the option existed lack the key; their DICOM files
+    were scaled over the full BitsStored range, which is `"none"`.
+
+    Example:
+        >>> decode_image(path, dicom_window=dicom_window_of(manifest.preprocessing))  # doctest: +SKIP
+    """
+    return str(preprocessing.get("dicom_window", "none"))
+
+
 def shard_name(split: str, index: int, count: int) -> str:
     """File name of shard `index` (0-based) of `count` in `split`."""
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
@@ -57,7 +70,8 @@ class Manifest:
         image_shape: `(height, width, channels)` of every image.
         encoding: `"raw"` (uint8 pixels) or `"png"`.
         preprocessing: every parameter that shaped the pixels (image size,
-            aspect handling, equalization and its radius).
+            aspect handling, equalization and its radius; `dicom_window` and
+            `dicom_frames`, how DICOM files were decoded: see `dicom_window`).
         splits: split name to `SplitInfo`.
         source: where the data came from and how it was split.
         library_version: the `cxrdata` version that wrote it.
@@ -76,6 +90,11 @@ class Manifest:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def dicom_window(self) -> str:
+        """How DICOM files were decoded ("auto", "minmax" or "none"); "none" for older manifests."""
+        return dicom_window_of(self.preprocessing)
 
     def split(self, name: str) -> SplitInfo:
         """Returns the split called `name`, or raises a ValueError listing those there are."""

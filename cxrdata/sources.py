@@ -2,7 +2,8 @@
 
 Decoding turns any supported file into a 2-D uint8 grayscale array: Pillow for
 PNG, JPEG, WebP, BMP and TIFF (8- and 16-bit gray, RGB, RGBA, palette), and
-tensorflow-io for DICOM (JPEG baseline, JPEG 2000, JPEG-LS, RLE, uncompressed).
+`cxrdata.dicom` for DICOM (header by pydicom; pixels by pydicom for uncompressed
+and RLE, by tensorflow-io for JPEG, JPEG-LS and JPEG 2000).
 """
 
 from __future__ import annotations
@@ -201,24 +202,55 @@ def is_dicom(data: bytes, name: str = "") -> bool:
     return data[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom"))
 
 
-def decode_image(data: bytes | str | os.PathLike, *, name: str = "") -> np.ndarray:
+def check_pixel_count(width: int, height: int) -> None:
+    """Raises DecodeError if an image has more pixels than `PIL.Image.MAX_IMAGE_PIXELS`.
+
+    The cap is Pillow's own defence against decompression bombs (89,478,485
+    pixels unless changed; None lifts it), read at each call. Pillow alone only
+    warns between one and two times the cap; here anything over it is rejected.
+    """
+    from PIL import Image
+
+    cap = Image.MAX_IMAGE_PIXELS
+    if cap is not None and width * height > cap:
+        raise DecodeError(f"image too large: {width}x{height} = {width * height} pixels, over the limit of "
+                          f"{cap} (PIL.Image.MAX_IMAGE_PIXELS)")
+
+
+def decode_image(data: bytes | str | os.PathLike, *, name: str = "", dicom_window: str = "auto") -> np.ndarray:
     """Decodes one image file into a 2-D uint8 grayscale array.
 
     8-bit data is kept as is; 16-bit data is scaled to 8 bits over its full
     range; color is converted with ITU-R 601 luma (as Keras' `color_mode="grayscale"`).
-    DICOM MONOCHROME1 images are inverted, and any BitsStored (8 to 16) is
-    scaled to the full 8-bit range.
+    An image of more than `PIL.Image.MAX_IMAGE_PIXELS` pixels is rejected
+    before its pixels are decoded. DICOM: see `cxrdata.dicom`; the header is
+    checked against the pixel data first, only the first frame is decoded,
+    and MONOCHROME1 images are inverted.
 
     Args:
         data: the file's bytes, or its path.
         name: the file name, used to recognize DICOM files without a preamble.
+        dicom_window: how DICOM stored values become 8 bits: "auto" (Rescale
+            Slope/Intercept, then the file's VOI LUT or first window; without
+            one, 8-bit data as is and other data over its 0.5th-99.5th
+            percentile range), "minmax" (always that percentile range) or
+            "none" (cxrdata 0.1's scaling over the full BitsStored range).
+            Defaults to "auto".
 
     Returns:
         A uint8 array of shape (height, width).
 
     Raises:
-        DecodeError: the data is empty, truncated, corrupt or not an image.
+        DecodeError: the data is empty, truncated, corrupt, too large or not an image.
+        ValueError: `dicom_window` is not one of the above.
+
+    Example:
+        >>> image = decode_image("chest.dcm", dicom_window="auto")  # doctest: +SKIP
     """
+    from cxrdata.dicom import DICOM_WINDOWS, decode_dicom
+    from cxrdata.utils.argument_validation import check_choice
+
+    check_choice("dicom_window", dicom_window, DICOM_WINDOWS)
     if not isinstance(data, (bytes, bytearray)):
         name = name or os.fspath(data)
         with open(data, "rb") as f:
@@ -226,7 +258,7 @@ def decode_image(data: bytes | str | os.PathLike, *, name: str = "") -> np.ndarr
     if not data:
         raise DecodeError("empty file")
     if is_dicom(data, name):
-        return _decode_dicom(bytes(data))
+        return decode_dicom(bytes(data), dicom_window=dicom_window)
     return _decode_pillow(bytes(data))
 
 
@@ -235,6 +267,7 @@ def _decode_pillow(data: bytes) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            check_pixel_count(*im.size)  # before any pixel is decoded
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -256,71 +289,3 @@ def _decode_pillow(data: bytes) -> np.ndarray:
         raise DecodeError(f"truncated or corrupt image: {e}") from None
     except Image.DecompressionBombError as e:
         raise DecodeError(f"image too large: {e}") from None
-
-
-def _decode_dicom(data: bytes) -> np.ndarray:
-    import tensorflow as tf
-    import tensorflow_io as tfio
-
-    tags = tfio.image.dicom_tags
-    _check_dicom_complete(data)
-    try:
-        values = tfio.image.decode_dicom_data(
-            data, tags=tf.constant([tags.PhotometricInterpretation, tags.BitsStored], tf.uint32)
-        ).numpy()
-        photometric = values[0].decode(errors="replace").strip().upper()
-        bits = int(values[1] or 8) if values[1].strip() else 8
-        if photometric == "MONOCHROME1":
-            # DCMTK inverts MONOCHROME1 itself, but off by one on some pixels (x -> 256 - x);
-            # decode the stored values as MONOCHROME2 and invert exactly below.
-            data = _relabel_monochrome1(data)
-        image = tfio.image.decode_dicom_image(data, dtype=tf.uint16, scale="preserve", on_error="strict").numpy()
-    except (tf.errors.OpError, ValueError, UnicodeError) as e:
-        raise DecodeError(f"unreadable DICOM: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if image.size == 0:
-        raise DecodeError("DICOM without pixel data")
-    if not 1 <= bits <= 16:
-        raise DecodeError(f"unsupported DICOM BitsStored={bits}")
-    arr = image[0].astype(np.int64)  # first frame
-    if arr.shape[-1] == 3:
-        arr = (arr[..., 0] * 299 + arr[..., 1] * 587 + arr[..., 2] * 114 + 500) // 1000
-    else:
-        arr = arr[..., 0]
-    top = (1 << bits) - 1
-    arr = np.clip(arr, 0, top)
-    if photometric == "MONOCHROME1":
-        arr = top - arr
-    if top != 255:
-        arr = (arr * 255 + top // 2) // top
-    return arr.astype(np.uint8)
-
-
-def _check_dicom_complete(data: bytes) -> None:
-    """Raises DecodeError unless the pixel data element is whole.
-
-    tensorflow-io's decoder can return an earlier call's image for a truncated
-    file, so completeness is checked here, before it runs.
-    """
-    at = data.rfind(b"\xe0\x7f\x10\x00")
-    if at < 0:
-        raise DecodeError("unreadable DICOM: no pixel data")
-    vr = data[at + 4:at + 6]
-    if vr in (b"OB", b"OW", b"OF", b"OD", b"UN", b"OV", b"OL"):  # explicit VR: 2 reserved bytes, 4-byte length
-        length, start = int.from_bytes(data[at + 8:at + 12], "little"), at + 12
-    else:
-        length, start = int.from_bytes(data[at + 4:at + 8], "little"), at + 8
-    if start > len(data):
-        raise DecodeError("truncated DICOM: pixel data cut off")
-    if length == 0xFFFFFFFF:  # encapsulated (compressed) frames end with a sequence delimiter
-        if data.find(b"\xfe\xff\xdd\xe0", start) < 0:
-            raise DecodeError("truncated DICOM: compressed pixel data cut off")
-    elif start + length > len(data):
-        raise DecodeError(f"truncated DICOM: pixel data needs {length} bytes, file has {len(data) - start}")
-
-
-def _relabel_monochrome1(data: bytes) -> bytes:
-    pixel_tag = data.find(b"\xe0\x7f\x10\x00")
-    index = data.find(b"MONOCHROME1")
-    if index < 0 or (0 <= pixel_tag < index):
-        raise ValueError("MONOCHROME1 tag not found before pixel data")
-    return data[:index] + b"MONOCHROME2" + data[index + len(b"MONOCHROME1"):]

@@ -9,7 +9,11 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-REALDATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+# `../shared/realdata` beside the checkout; from a git worktree nested one level deeper
+# (e.g. wt/<branch>/), the nearest ancestor that has one.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REALDATA = next((p / "shared" / "realdata" for p in _ROOT.parents if (p / "shared" / "realdata").is_dir()),
+                _ROOT.parent / "shared" / "realdata")
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,10 @@ def register(subparsers) -> None:
     p.add_argument("--encoding", choices=["raw", "png"], default="raw", help="default: raw uint8")
     p.add_argument("--shard-size", type=float, default=100, metavar="MB", help="target shard size (default: 100)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--dicom-window", choices=["auto", "minmax", "none"], default="auto",
+                   help="DICOM to 8 bits: auto = rescale, then the file's VOI LUT or first window, else "
+                        "the 0.5-99.5th percentile range; minmax = always that range; none = full "
+                        "BitsStored range, as cxr 0.1 (default: auto)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
     mode.add_argument("--resume", action="store_true", help="finish an interrupted conversion in OUT")
@@ -83,7 +87,7 @@ def _convert(args) -> int:
                      radius=args.radius, interpolation=args.interpolation, splits=args.splits,
                      seed=args.seed, encoding=args.encoding, shard_size=args.shard_size,
                      workers=args.workers, overwrite=args.overwrite, resume=args.resume,
-                     progress=not args.quiet and sys.stderr.isatty())
+                     progress=not args.quiet and sys.stderr.isatty(), dicom_window=args.dicom_window)
     print(result.summary(args.out))
     return 0
 
