@@ -116,8 +116,8 @@ def check_dataset(config: dict, manifest, dataset_dir: str) -> list[str]:
             f"The dataset {dataset_dir!r} holds {tuple(manifest.image_shape)} images but the model takes "
             f"{tuple(config['model']['input_shape'])}. Convert it with the run's preprocessing: "
             f"{_describe(config['preprocessing'])}.")
-    different = sorted(k for k in set(manifest.preprocessing) | set(config["preprocessing"])
-                       if manifest.preprocessing.get(k) != config["preprocessing"].get(k))
+    here, there = _normalized(manifest.preprocessing), _normalized(config["preprocessing"])
+    different = sorted(k for k in set(here) | set(there) if here.get(k) != there.get(k))
     if different:
         raise ValueError(
             f"The dataset {dataset_dir!r} was preprocessed differently from the run's training data ("
@@ -130,6 +130,15 @@ def check_dataset(config: dict, manifest, dataset_dir: str) -> list[str]:
         warnings.warn(message, stacklevel=3)
         return [message]
     return []
+
+
+def _normalized(preprocessing: dict) -> dict:
+    """`preprocessing` with the defaults of keys older manifests lack (their DICOM reading)."""
+    from cxrdata.dicom import MULTI_FRAME_POLICY
+    from cxrdata.manifest import dicom_window_of
+
+    return {**preprocessing, "dicom_window": dicom_window_of(preprocessing),
+            "dicom_frames": preprocessing.get("dicom_frames", MULTI_FRAME_POLICY)}
 
 
 def _describe(preprocessing: dict) -> str:

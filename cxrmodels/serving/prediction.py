@@ -82,16 +82,18 @@ def predict(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike] | str
 
 def _read_images(paths: list[str], config: dict) -> tuple[dict[int, np.ndarray], list[dict]]:
     """Decodes and preprocesses each file as `cxr convert` did for the run's dataset."""
+    from cxrdata.manifest import dicom_window_of
     from cxrdata.preprocess import PreprocessConfig, preprocess_image
     from cxrdata.sources import DecodeError, decode_image
 
     preprocessing = PreprocessConfig.from_dict(config["preprocessing"])
+    dicom_window = dicom_window_of(config["preprocessing"])  # as the training set's DICOMs were read
     expected = tuple(config["model"]["input_shape"][:2])
     images, results = {}, []
     for i, path in enumerate(paths):
         error = None
         try:
-            image = preprocess_image(decode_image(path), preprocessing)
+            image = preprocess_image(decode_image(path, dicom_window=dicom_window), preprocessing)
             if image.shape != expected:
                 error = f"preprocessed to {image.shape}, the model takes {expected}"
         except DecodeError as e:
