@@ -64,9 +64,7 @@ def _runners(layer, images):
         import jax
 
         layer(images[:1], training=True)  # builds the layer and its seeds
-        step = jax.jit(
-            lambda state, x: layer.stateless_call([], state, x, training=True)
-        )
+        step = jax.jit(lambda state, x: layer.stateless_call([], state, x, training=True))
         state = [v.value for v in layer.non_trainable_variables]
 
         def run():
@@ -152,8 +150,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     dtypes = tuple(args.dtypes.split(","))
     results = run(
-        batch=args.batch, size=args.size, dtypes=dtypes,
-        warmup=args.warmup, iterations=args.iterations,
+        batch=args.batch,
+        size=args.size,
+        dtypes=dtypes,
+        warmup=args.warmup,
+        iterations=args.iterations,
     )
     report = {
         "benchmark": "augment_speed",
@@ -167,8 +168,10 @@ def main(argv=None):
         "iterations": args.iterations,
         "results": results,
     }
-    print(f"{report['device']}, Keras {keras.__version__} ({report['backend']}), "
-          f"batch {args.batch} of {args.size}x{args.size}x1\n")
+    print(
+        f"{report['device']}, Keras {keras.__version__} ({report['backend']}), "
+        f"batch {args.batch} of {args.size}x{args.size}x1\n"
+    )
     print(_table(results))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -43,8 +43,9 @@ import tempfile
 import time
 
 # The reference notebook's augmentation, argument for argument.
-IDG_ARGS = dict(rotation_range=15, zoom_range=0.2, width_shift_range=0.2, height_shift_range=0.2,
-                shear_range=0.2)
+IDG_ARGS = dict(
+    rotation_range=15, zoom_range=0.2, width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2
+)
 
 IDG_1, IDG_N = "1a", "1b"
 KERAS3, LOAD, LOAD_AUG, RAW, GPU = "2", "3", "4", "5", "6"
@@ -61,26 +62,57 @@ TITLES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared with `cxr bench`)."""
-    parser.add_argument("--src", metavar="DIR",
-                        help="an existing class-folder tree of images to use instead of phantoms")
-    parser.add_argument("--per-class", type=int, default=400, metavar="N",
-                        help="phantoms per class (default: 400)")
-    parser.add_argument("--image-size", type=int, default=299, metavar="N",
-                        help="image side in pixels, and every method's target size (default: 299)")
-    parser.add_argument("--batches", type=int, default=100, metavar="N",
-                        help="timed batches per method and round (default: 100)")
+    parser.add_argument(
+        "--src", metavar="DIR", help="an existing class-folder tree of images to use instead of phantoms"
+    )
+    parser.add_argument(
+        "--per-class", type=int, default=400, metavar="N", help="phantoms per class (default: 400)"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=299,
+        metavar="N",
+        help="image side in pixels, and every method's target size (default: 299)",
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=100,
+        metavar="N",
+        help="timed batches per method and round (default: 100)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="default: 32")
-    parser.add_argument("--warmup", type=int, default=5, metavar="N",
-                        help="untimed batches before each timing (default: 5)")
-    parser.add_argument("--rounds", type=int, default=2, metavar="N",
-                        help="round-robin rounds; the best one counts (default: 2)")
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, metavar="N",
-                        help="generator processes of the multi-process row of (1) (default: all cores)")
+    parser.add_argument(
+        "--warmup", type=int, default=5, metavar="N", help="untimed batches before each timing (default: 5)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        metavar="N",
+        help="round-robin rounds; the best one counts (default: 2)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="generator processes of the multi-process row of (1) (default: all cores)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
-    parser.add_argument("--out", default="bench-output/input_pipeline.json", metavar="JSON",
-                        help="results (default: bench-output/input_pipeline.json)")
-    parser.add_argument("--plot", default="bench-output/input_pipeline.png", metavar="PNG",
-                        help="bar chart, '' for none (default: bench-output/input_pipeline.png)")
+    parser.add_argument(
+        "--out",
+        default="bench-output/input_pipeline.json",
+        metavar="JSON",
+        help="results (default: bench-output/input_pipeline.json)",
+    )
+    parser.add_argument(
+        "--plot",
+        default="bench-output/input_pipeline.png",
+        metavar="PNG",
+        help="bar chart, '' for none (default: bench-output/input_pipeline.png)",
+    )
 
 
 def _check(args) -> None:
@@ -106,8 +138,13 @@ def _idg_worker(src, size, batch_size, warmup, batches, seed, barrier, results):
 
         with contextlib.redirect_stdout(io.StringIO()):  # "Found N images belonging to..."
             flow = ImageDataGenerator(**IDG_ARGS).flow_from_directory(
-                src, target_size=(size, size), color_mode="grayscale", batch_size=batch_size,
-                class_mode="categorical", seed=seed)
+                src,
+                target_size=(size, size),
+                color_mode="grayscale",
+                batch_size=batch_size,
+                class_mode="categorical",
+                seed=seed,
+            )
         for _ in range(warmup):
             np.asarray(next(flow)[0])
     except BaseException as error:
@@ -134,9 +171,14 @@ def time_generator(src, *, processes, size, batch_size, warmup, batches, seed):
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(processes + 1), ctx.Queue()
     shares = [batches // processes + (i < batches % processes) for i in range(processes)]
-    workers = [ctx.Process(target=_idg_worker, daemon=True,
-                           args=(src, size, batch_size, warmup, share, seed + i, barrier, results))
-               for i, share in enumerate(shares)]
+    workers = [
+        ctx.Process(
+            target=_idg_worker,
+            daemon=True,
+            args=(src, size, batch_size, warmup, share, seed + i, barrier, results),
+        )
+        for i, share in enumerate(shares)
+    ]
     for w in workers:
         w.start()
     try:
@@ -150,8 +192,7 @@ def time_generator(src, *, processes, size, batch_size, warmup, batches, seed):
     for w in workers:
         w.join()
     images = sum(n for n, _ in done)
-    return {"images_per_second": images / wall,
-            "sum_of_process_rates": sum(n / s for n, s in done)}
+    return {"images_per_second": images / wall, "sum_of_process_rates": sum(n / s for n, s in done)}
 
 
 # --- (2)-(5) tf.data pipelines ---------------------------------------------------------------
@@ -175,12 +216,21 @@ def keras3_dataset(src, *, size, batch_size, seed):
     import tensorflow as tf
 
     ds = keras.utils.image_dataset_from_directory(
-        src, label_mode="categorical", color_mode="grayscale", image_size=(size, size),
-        batch_size=batch_size, shuffle=True, seed=seed, verbose=False)
+        src,
+        label_mode="categorical",
+        color_mode="grayscale",
+        image_size=(size, size),
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        verbose=False,
+    )
     # fill_mode "nearest" as ImageDataGenerator's default (the layers' own default is "reflect").
-    layers = [keras.layers.RandomRotation(15 / 360, fill_mode="nearest", seed=seed),
-              keras.layers.RandomZoom(0.2, fill_mode="nearest", seed=seed + 1),
-              keras.layers.RandomTranslation(0.2, 0.2, fill_mode="nearest", seed=seed + 2)]
+    layers = [
+        keras.layers.RandomRotation(15 / 360, fill_mode="nearest", seed=seed),
+        keras.layers.RandomZoom(0.2, fill_mode="nearest", seed=seed + 1),
+        keras.layers.RandomTranslation(0.2, 0.2, fill_mode="nearest", seed=seed + 2),
+    ]
 
     def augment(images, labels):
         for layer in layers:
@@ -199,6 +249,7 @@ def reference_layer(seed):
 def raw_dataset(data, *, batch_size):
     """The ceiling: read, batch and parse, nothing else."""
     import tensorflow as tf
+
     from cxrdata.manifest import read_manifest
     from cxrdata.records import feature_spec
 
@@ -251,8 +302,14 @@ def prepare(args, tmp):
     data = os.path.join(tmp, "data")
     # Every image in the train split, in about 4 shards per core, so reads can go in parallel.
     total_mb = sum(len(files) for _, _, files in os.walk(src)) * (args.image_size**2 + 400) / 1e6
-    result = convert(src, data, image_size=args.image_size, splits=(1.0, 0.0, 0.0),
-                     shard_size=max(total_mb / (4 * (os.cpu_count() or 1)), 0.01), progress=False)
+    result = convert(
+        src,
+        data,
+        image_size=args.image_size,
+        splits=(1.0, 0.0, 0.0),
+        shard_size=max(total_mb / (4 * (os.cpu_count() or 1)), 0.01),
+        progress=False,
+    )
     return src, data, result.num_converted
 
 
@@ -266,15 +323,21 @@ def run(args) -> dict:
     processes = args.processes
     titles = {**TITLES, IDG_N: TITLES[IDG_N].format(n=processes)}
     timing = dict(warmup=args.warmup, batches=args.batches)
-    print(f"Input pipeline benchmark: {args.batches} batches of {args.batch_size} per method and "
-          f"round, {args.rounds} round(s), {os.cpu_count()} CPU cores, load average "
-          f"{_load()}", flush=True)
+    print(
+        f"Input pipeline benchmark: {args.batches} batches of {args.batch_size} per method and "
+        f"round, {args.rounds} round(s), {os.cpu_count()} CPU cores, load average "
+        f"{_load()}",
+        flush=True,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         src, data, n_images = prepare(args, tmp)
-        print(f"data: {n_images} images at {args.image_size}x{args.image_size}, converted in "
-              f"{time.perf_counter() - start:.0f}s", flush=True)
+        print(
+            f"data: {n_images} images at {args.image_size}x{args.image_size}, converted in "
+            f"{time.perf_counter() - start:.0f}s",
+            flush=True,
+        )
 
         import tensorflow as tf
 
@@ -294,15 +357,17 @@ def run(args) -> dict:
         datasets = {
             KERAS3: keras3_dataset(src, size=size, batch_size=bs, seed=seed),
             LOAD: cxrdata.load(data, "train", batch_size=bs, repeat=True, seed=seed),
-            LOAD_AUG: cxrdata.load(data, "train", batch_size=bs, repeat=True, seed=seed,
-                                   augment=reference_layer(seed)),
+            LOAD_AUG: cxrdata.load(
+                data, "train", batch_size=bs, repeat=True, seed=seed, augment=reference_layer(seed)
+            ),
             RAW: raw_dataset(data, batch_size=bs),
         }
         for key, ds in datasets.items():
             methods[key] = lambda ds=ds: {"images_per_second": _rate(ds, **timing)}
         if gpus:
-            methods[GPU] = lambda: {"images_per_second": time_gpu(size=size, batch_size=bs, seed=seed,
-                                                                  **timing)}
+            methods[GPU] = lambda: {
+                "images_per_second": time_gpu(size=size, batch_size=bs, seed=seed, **timing)
+            }
         else:
             print("(6) skipped: no GPU visible to TensorFlow")
 
@@ -313,8 +378,9 @@ def run(args) -> dict:
                 result = measure()
                 rounds[key].append(result["images_per_second"])
                 details.setdefault(key, []).append(result)
-                print(f"  round {r + 1}: {titles[key]}: {result['images_per_second']:,.0f} images/s",
-                      flush=True)
+                print(
+                    f"  round {r + 1}: {titles[key]}: {result['images_per_second']:,.0f} images/s", flush=True
+                )
     rates = {key: max(values) for key, values in rounds.items()}
     return report(args, rates, rounds, details, titles, n_images=n_images, gpus=gpus)
 
@@ -341,9 +407,11 @@ def report(args, rates, rounds, details, titles, *, n_images, gpus) -> dict:
     for key, rate in rates.items():
         ratio = _ratio(rate, best_idg)
         rows.append([titles[key], rate, "n/a" if ratio is None else f"{ratio:.2f}x"])
-    print(f"\n{n_images} images at {args.image_size}x{args.image_size}, batch {args.batch_size}, "
-          f"{args.batches} batches per method (best of {args.rounds} round(s)), "
-          f"{os.cpu_count()} CPU cores, load average {_load()}\n")
+    print(
+        f"\n{n_images} images at {args.image_size}x{args.image_size}, batch {args.batch_size}, "
+        f"{args.batches} batches per method (best of {args.rounds} round(s)), "
+        f"{os.cpu_count()} CPU cores, load average {_load()}\n"
+    )
     print(markdown_table(["method", "images/s", "vs best of (1)"], rows))
 
     # name: (measured ratio, target)
@@ -363,24 +431,35 @@ def report(args, rates, rounds, details, titles, *, n_images, gpus) -> dict:
 
     payload = {
         "benchmark": "input_pipeline",
-        "images": n_images, "image_size": args.image_size, "batch_size": args.batch_size,
-        "batches": args.batches, "warmup": args.warmup, "rounds": args.rounds,
-        "processes": args.processes, "load_average": _load(),
+        "images": n_images,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "batches": args.batches,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "processes": args.processes,
+        "load_average": _load(),
         "gpu": [g.name for g in gpus],
         "methods": {key: titles[key] for key in rates},
         "images_per_second": rates,
         "images_per_second_by_round": rounds,
         "ratio_vs_best_of_1": {key: _ratio(rate, best_idg) for key, rate in rates.items()},
-        "generator_sum_of_process_rates": {k: [d["sum_of_process_rates"] for d in details[k]]
-                                           for k in (IDG_1, IDG_N) if k in details},
+        "generator_sum_of_process_rates": {
+            k: [d["sum_of_process_rates"] for d in details[k]] for k in (IDG_1, IDG_N) if k in details
+        },
         "targets": targets,
     }
     write_json(args.out, payload)
     print(f"wrote {args.out}")
     if args.plot:
-        plot(rates, titles, args.plot, best_idg=best_idg,
-             subtitle=f"{n_images} images {args.image_size}x{args.image_size}, batch {args.batch_size}, "
-                      f"{os.cpu_count()} CPU cores")
+        plot(
+            rates,
+            titles,
+            args.plot,
+            best_idg=best_idg,
+            subtitle=f"{n_images} images {args.image_size}x{args.image_size}, batch {args.batch_size}, "
+            f"{os.cpu_count()} CPU cores",
+        )
         print(f"wrote {args.plot}")
     return payload
 
@@ -411,7 +490,9 @@ def plot(rates, titles, path, *, best_idg, subtitle) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     run(parser.parse_args(argv))
     return 0

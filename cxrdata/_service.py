@@ -22,7 +22,7 @@ def check_service(service: str | None) -> None:
             f"`service` must be a dispatcher address string such as 'grpc://host:5050', "
             f"or None. Received: service={service!r} of type {type(service).__name__}"
         )
-    address = service[len(PROTOCOL):] if service.startswith(PROTOCOL) else ""
+    address = service[len(PROTOCOL) :] if service.startswith(PROTOCOL) else ""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(
@@ -55,7 +55,7 @@ def start_local_service(num_workers: int = 1):
     """
     service = tf.data.experimental.service
     dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
-    address = dispatcher.target[len(PROTOCOL):]
+    address = dispatcher.target[len(PROTOCOL) :]
     workers = [
         service.WorkerServer(service.WorkerConfig(dispatcher_address=address, port=0))
         for _ in range(num_workers)

@@ -50,10 +50,23 @@ _COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_
 def _uids():
     from pydicom import uid
 
-    native = {uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian, uid.ExplicitVRBigEndian,
-              uid.DeflatedExplicitVRLittleEndian, uid.RLELossless}
-    dcmtk = {uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1,
-             uid.JPEGLSLossless, uid.JPEGLSNearLossless, uid.JPEG2000Lossless, uid.JPEG2000}
+    native = {
+        uid.ImplicitVRLittleEndian,
+        uid.ExplicitVRLittleEndian,
+        uid.ExplicitVRBigEndian,
+        uid.DeflatedExplicitVRLittleEndian,
+        uid.RLELossless,
+    }
+    dcmtk = {
+        uid.JPEGBaseline8Bit,
+        uid.JPEGExtended12Bit,
+        uid.JPEGLossless,
+        uid.JPEGLosslessSV1,
+        uid.JPEGLSLossless,
+        uid.JPEGLSNearLossless,
+        uid.JPEG2000Lossless,
+        uid.JPEG2000,
+    }
     return native, dcmtk
 
 
@@ -83,8 +96,10 @@ def decode_dicom(data: bytes, *, dicom_window: str = "auto") -> np.ndarray:
     except Exception as e:  # decoders raise many types on corrupt data
         raise DecodeError(f"corrupt DICOM pixel data: {_first_line(e)}") from None
     if stored.shape[:2] != (rows, columns):
-        raise DecodeError(f"corrupt DICOM: decoded {stored.shape[0]}x{stored.shape[1]} pixels, "
-                          f"the header says {rows}x{columns}")
+        raise DecodeError(
+            f"corrupt DICOM: decoded {stored.shape[0]}x{stored.shape[1]} pixels, "
+            f"the header says {rows}x{columns}"
+        )
     if samples == 3:
         return _color_to_gray(stored, bits)
     return _to_uint8(stored, ds, bits, dicom_window)
@@ -110,15 +125,23 @@ def _read(data: bytes):
         raise DecodeError("unreadable DICOM: no pixel data")
     if "TransferSyntaxUID" not in ds.file_meta:  # a bare data set: pydicom found its encoding
         implicit, little = ds.original_encoding
-        ds.file_meta.TransferSyntaxUID = (uid.ImplicitVRLittleEndian if implicit else
-                                          uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian)
+        ds.file_meta.TransferSyntaxUID = (
+            uid.ImplicitVRLittleEndian
+            if implicit
+            else uid.ExplicitVRLittleEndian
+            if little
+            else uid.ExplicitVRBigEndian
+        )
     return ds
 
 
 def _check(ds, syntax) -> tuple[int, int, int, int, int]:
     """Checks the header against itself and the pixel data; returns (rows, columns, samples, bits, frames)."""
-    missing = [k for k in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PhotometricInterpretation")
-               if ds.get(k) in (None, "")]
+    missing = [
+        k
+        for k in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PhotometricInterpretation")
+        if ds.get(k) in (None, "")
+    ]
     if missing:
         raise DecodeError(f"unreadable DICOM: no {', '.join(missing)} in the header")
     rows, columns, allocated, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated), int(ds.BitsStored)
@@ -131,8 +154,9 @@ def _check(ds, syntax) -> tuple[int, int, int, int, int]:
     if int(ds.get("PixelRepresentation") or 0) not in (0, 1):
         raise DecodeError(f"unreadable DICOM: PixelRepresentation={ds.PixelRepresentation}")
     if not ((samples == 1 and photometric in _MONOCHROME) or (samples == 3 and photometric in _COLOR)):
-        raise DecodeError(f"unsupported DICOM PhotometricInterpretation={photometric} "
-                          f"with SamplesPerPixel={samples}")
+        raise DecodeError(
+            f"unsupported DICOM PhotometricInterpretation={photometric} " f"with SamplesPerPixel={samples}"
+        )
     try:
         check_pixel_count(columns, rows)
     except DecodeError as e:
@@ -145,11 +169,14 @@ def _check(ds, syntax) -> tuple[int, int, int, int, int]:
         actual = len(ds.PixelData)
         shape = f"{rows}x{columns}x{samples}x{allocated} bits x {frames} frame(s)"
         if actual < expected:
-            raise DecodeError(f"truncated DICOM: pixel data holds {actual} bytes, the header "
-                              f"({shape}) needs {expected}")
+            raise DecodeError(
+                f"truncated DICOM: pixel data holds {actual} bytes, the header " f"({shape}) needs {expected}"
+            )
         if actual > expected + 1:  # one byte pads odd lengths
-            raise DecodeError(f"inconsistent DICOM: pixel data holds {actual} bytes, the header "
-                              f"({shape}) says {expected}")
+            raise DecodeError(
+                f"inconsistent DICOM: pixel data holds {actual} bytes, the header "
+                f"({shape}) says {expected}"
+            )
     return rows, columns, samples, bits, frames
 
 
@@ -173,8 +200,16 @@ def _decode_dcmtk(ds, syntax, frames: int) -> np.ndarray:
     # presentation LUT, and MONOCHROME2 (DCMTK's own MONOCHROME1 inversion is off by one
     # on some pixels; inversion happens exactly in _to_uint8).
     single = Dataset()
-    for key in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit",
-                "PixelRepresentation", "PlanarConfiguration"):
+    for key in (
+        "Rows",
+        "Columns",
+        "SamplesPerPixel",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "PlanarConfiguration",
+    ):
         if key in ds:
             setattr(single, key, ds[key].value)
     photometric = str(ds.PhotometricInterpretation).strip().upper()
@@ -192,8 +227,9 @@ def _decode_dcmtk(ds, syntax, frames: int) -> np.ndarray:
     import tensorflow_io as tfio
 
     try:
-        image = tfio.image.decode_dicom_image(buf.getvalue(), dtype=tf.uint16, scale="preserve",
-                                              on_error="strict").numpy()
+        image = tfio.image.decode_dicom_image(
+            buf.getvalue(), dtype=tf.uint16, scale="preserve", on_error="strict"
+        ).numpy()
     except tf.errors.OpError as e:
         raise DecodeError(f"unreadable DICOM: {_first_line(e)}") from None
     if image.size == 0:
@@ -229,8 +265,11 @@ def _to_uint8(stored: np.ndarray, ds, bits: int, window: str) -> np.ndarray:
             arr = (arr * 255 + top // 2) // top
         return arr.astype(np.uint8)
 
-    rescaled = "ModalityLUTSequence" in ds or float(ds.get("RescaleSlope", 1) or 1) != 1 or \
-        float(ds.get("RescaleIntercept", 0) or 0) != 0
+    rescaled = (
+        "ModalityLUTSequence" in ds
+        or float(ds.get("RescaleSlope", 1) or 1) != 1
+        or float(ds.get("RescaleIntercept", 0) or 0) != 0
+    )
     values = apply_modality_lut(stored, ds)
     if window == "auto" and ds.get("VOILUTSequence"):
         unit = _voi_lut(values, ds)
@@ -252,8 +291,9 @@ def _voi_lut(values: np.ndarray, ds) -> np.ndarray:
     try:
         out = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
     except Exception as e:
-        raise DecodeError(f"invalid DICOM VOI LUT: {_first_line(e)}; use dicom_window='minmax' "
-                          "to ignore it") from None
+        raise DecodeError(
+            f"invalid DICOM VOI LUT: {_first_line(e)}; use dicom_window='minmax' " "to ignore it"
+        ) from None
     return np.clip(out.astype(np.float64) / ((1 << depth) - 1), 0.0, 1.0)
 
 
@@ -273,8 +313,9 @@ def _window(values: np.ndarray, ds) -> np.ndarray:
     try:
         out = apply_windowing(values.astype(np.float64), unit, index=0)
     except Exception as e:
-        raise DecodeError(f"invalid DICOM window: {_first_line(e)}; use dicom_window='minmax' "
-                          "to ignore it") from None
+        raise DecodeError(
+            f"invalid DICOM window: {_first_line(e)}; use dicom_window='minmax' " "to ignore it"
+        ) from None
     return np.clip(out, 0.0, 1.0)
 
 

@@ -27,10 +27,13 @@ class VerifyResult:
         if self.ok:
             return f"OK: {self.num_shards} shards, {self.num_records} records in {dataset_dir} match the manifest"
         return f"FAILED: {len(self.problems)} problem(s) in {dataset_dir}:\n" + "\n".join(
-            f"  {p}" for p in self.problems)
+            f"  {p}" for p in self.problems
+        )
 
 
-def _check_shard(path: str, expected, manifest: Manifest, split: str) -> tuple[int, dict[str, int], list[str]]:
+def _check_shard(
+    path: str, expected, manifest: Manifest, split: str
+) -> tuple[int, dict[str, int], list[str]]:
     import tensorflow as tf
 
     from cxrdata.records import parse_record
@@ -53,12 +56,18 @@ def _check_shard(path: str, expected, manifest: Manifest, split: str) -> tuple[i
         for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
             rec = parse_record(raw)
             n += 1
-            if not 0 <= rec["label"] < manifest.num_classes or manifest.class_names[rec["label"]] != rec["class_name"]:
-                problems.append(f"{name}: record {n} has label {rec['label']} / class {rec['class_name']!r}, "
-                                "not in the manifest's classes")
+            if (
+                not 0 <= rec["label"] < manifest.num_classes
+                or manifest.class_names[rec["label"]] != rec["class_name"]
+            ):
+                problems.append(
+                    f"{name}: record {n} has label {rec['label']} / class {rec['class_name']!r}, "
+                    "not in the manifest's classes"
+                )
                 break
             if (rec["height"], rec["width"]) != (height, width) or (
-                    manifest.encoding == "raw" and len(rec["image"]) != height * width):
+                manifest.encoding == "raw" and len(rec["image"]) != height * width
+            ):
                 problems.append(f"{name}: record {n} has the wrong image size")
                 break
             counts[rec["class_name"]] = counts.get(rec["class_name"], 0) + 1
@@ -101,8 +110,13 @@ def verify(dataset_dir: str | os.PathLike, *, progress: bool = False) -> VerifyR
     jobs = [(split, s) for split, info in manifest.splits.items() for s in info.shards]
     for split in manifest.splits:
         counts: dict[str, int] = {}
-        for s in tqdm([s for sp, s in jobs if sp == split], desc=f"Verifying {split}", unit="shard",
-                      disable=not progress, leave=False):
+        for s in tqdm(
+            [s for sp, s in jobs if sp == split],
+            desc=f"Verifying {split}",
+            unit="shard",
+            disable=not progress,
+            leave=False,
+        ):
             shards += 1
             path = os.path.join(dataset_dir, s.name)
             if not os.path.isfile(path):
@@ -131,8 +145,13 @@ def counts_table(manifest: Manifest) -> str:
     return "\n".join(rows)
 
 
-def inspect(dataset_dir: str | os.PathLike, *, output: str | os.PathLike | None = None,
-            per_class: int = 8, split: str = "train") -> tuple[str, str]:
+def inspect(
+    dataset_dir: str | os.PathLike,
+    *,
+    output: str | os.PathLike | None = None,
+    per_class: int = 8,
+    split: str = "train",
+) -> tuple[str, str]:
     """Summarizes a dataset and writes a PNG grid of sample images per class.
 
     Args:
@@ -147,7 +166,6 @@ def inspect(dataset_dir: str | os.PathLike, *, output: str | os.PathLike | None 
     import tensorflow as tf
     from PIL import Image, ImageDraw
 
-    from cxrdata.utils.io import atomic_write_bytes
     from cxrdata.records import parse_record
 
     dataset_dir = os.fspath(dataset_dir)
@@ -180,8 +198,10 @@ def inspect(dataset_dir: str | os.PathLike, *, output: str | os.PathLike | None 
     from cxrdata.utils.figures import save_picture
 
     path = save_picture(grid, os.fspath(output) if output else os.path.join(dataset_dir, "samples.png"))
-    table = counts_table(manifest) + f"\n\nclasses: {', '.join(manifest.class_names)}; images " \
+    table = (
+        counts_table(manifest) + f"\n\nclasses: {', '.join(manifest.class_names)}; images "
         f"{height}x{width}, {manifest.encoding}; equalize {manifest.preprocessing.get('equalize')}"
+    )
     return table, path
 
 
@@ -200,8 +220,11 @@ def explain_read_error(dataset_dir: str | os.PathLike, error: BaseException) -> 
         ...     raise explain_read_error("data/", e) from e
     """
     message = str(error)
-    if not ("expected to contain" in message or "corrupted record" in message
-            or "truncated record" in message.lower()):
+    if not (
+        "expected to contain" in message
+        or "corrupted record" in message
+        or "truncated record" in message.lower()
+    ):
         return error
     try:
         result = verify(dataset_dir)
@@ -212,4 +235,5 @@ def explain_read_error(dataset_dir: str | os.PathLike, error: BaseException) -> 
     return RuntimeError(
         f"Reading {os.fspath(dataset_dir)!r} failed because shards are damaged: "
         + "; ".join(result.problems)
-        + f". Convert the dataset again (cxr convert SRC {os.fspath(dataset_dir)} --overwrite).")
+        + f". Convert the dataset again (cxr convert SRC {os.fspath(dataset_dir)} --overwrite)."
+    )

@@ -43,11 +43,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The notebook's augmentation arguments. `RandomAffine.from_image_data_generator`
 # takes them unchanged, so the two sides below use the very same dict.
 AUGMENTATION = dict(
-    rotation_range=15,        # degrees, uniform in [-15, 15]              -> RandomAffine(rotation=15)
-    zoom_range=0.2,           # x and y factors drawn apart in [0.8, 1.2]  -> zoom=0.2
-    width_shift_range=0.2,    # fraction of the size (<1), pixels (>=1)    -> width_shift=0.2
-    height_shift_range=0.2,   #                                            -> height_shift=0.2
-    shear_range=0.2,          # DEGREES: 0.2 is almost no shear            -> shear=0.2
+    rotation_range=15,  # degrees, uniform in [-15, 15]              -> RandomAffine(rotation=15)
+    zoom_range=0.2,  # x and y factors drawn apart in [0.8, 1.2]  -> zoom=0.2
+    width_shift_range=0.2,  # fraction of the size (<1), pixels (>=1)    -> width_shift=0.2
+    height_shift_range=0.2,  #                                            -> height_shift=0.2
+    shear_range=0.2,  # DEGREES: 0.2 is almost no shear            -> shear=0.2
 )
 
 
@@ -55,8 +55,10 @@ def describe(name: str, images, labels) -> None:
     import numpy as np
 
     images, labels = np.asarray(images), np.asarray(labels)
-    print(f"  {name}: images {images.shape} {images.dtype} in [{images.min():g}, {images.max():g}], "
-          f"labels {labels.shape} {labels.dtype}")
+    print(
+        f"  {name}: images {images.shape} {images.dtype} in [{images.min():g}, {images.max():g}], "
+        f"labels {labels.shape} {labels.dtype}"
+    )
 
 
 def old_way(src: str, *, image_size: int, batch_size: int, seed: int) -> None:
@@ -72,7 +74,7 @@ def old_way(src: str, *, image_size: int, batch_size: int, seed: int) -> None:
         target_size=(image_size, image_size),  # resized on every read, every epoch
         color_mode="grayscale",
         batch_size=batch_size,
-        class_mode="categorical",              # one-hot float32 labels
+        class_mode="categorical",  # one-hot float32 labels
         shuffle=True,
         seed=seed,
     )
@@ -90,19 +92,22 @@ def build_model(image_size: int, num_classes: int, augment):
         from cxrmodels import create_model
 
         # The reference CNN; it takes uint8, casts and scales to [0, 1] itself.
-        return create_model("seed_cnn", input_shape=(image_size, image_size, 1),
-                            num_classes=num_classes, augment=augment)
+        return create_model(
+            "seed_cnn", input_shape=(image_size, image_size, 1), num_classes=num_classes, augment=augment
+        )
     except ImportError:  # an older cxr without the model registry: the same idea by hand
-        return keras.Sequential([
-            keras.Input((image_size, image_size, 1), dtype="uint8"),
-            augment,                                    # runs on the GPU when there is one
-            keras.layers.Rescaling(1 / 255),            # was ImageDataGenerator(rescale=1/255)
-            keras.layers.Conv2D(16, 3, activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(num_classes, activation="softmax"),
-        ])
+        return keras.Sequential(
+            [
+                keras.Input((image_size, image_size, 1), dtype="uint8"),
+                augment,  # runs on the GPU when there is one
+                keras.layers.Rescaling(1 / 255),  # was ImageDataGenerator(rescale=1/255)
+                keras.layers.Conv2D(16, 3, activation="relu"),
+                keras.layers.MaxPooling2D(2),
+                keras.layers.Conv2D(32, 3, activation="relu"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(num_classes, activation="softmax"),
+            ]
+        )
 
 
 def new_way(src: str, work: str, *, image_size: int, batch_size: int, seed: int, epochs: int) -> None:
@@ -112,8 +117,9 @@ def new_way(src: str, work: str, *, image_size: int, batch_size: int, seed: int,
     # 1. Once: what `target_size` and `color_mode="grayscale"` did on every read, plus the
     #    notebook's equalization, and the split that `validation_split` made.
     data = os.path.join(work, "data")
-    result = cxrdata.convert(src, data, image_size=image_size, splits=(0.7, 0.15, 0.15), seed=seed,
-                             progress=False)
+    result = cxrdata.convert(
+        src, data, image_size=image_size, splits=(0.7, 0.15, 0.15), seed=seed, progress=False
+    )
     print(f"  {result.summary(data)}")
 
     # 2. Every epoch: `batch_size`, `shuffle` and `seed` as in flow_from_directory;
@@ -137,10 +143,16 @@ def new_way(src: str, work: str, *, image_size: int, batch_size: int, seed: int,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--per-class", type=int, default=24, help="phantoms per class (default: 24)")
-    parser.add_argument("--image-size", type=int, default=64,
-                        help="299 as in the notebook; small by default to run in seconds (default: 64)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=64,
+        help="299 as in the notebook; small by default to run in seconds (default: 64)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="32 in the notebook (default: 8)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

@@ -30,7 +30,9 @@ from cxrmodels import search
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="tune-output", help="working folder (phantoms, data, search)")
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=64)
@@ -54,18 +56,31 @@ def main(argv=None) -> int:
     hp.Fixed("pooling", "max")
     hp.Fixed("augment_strength", 1.0)
 
-    result = search(data, model="seed_cnn", tuner="random", objective="val_auc",
-                    max_trials=args.max_trials, max_epochs=args.max_epochs, batch_size=16, directory=out,
-                    hyperparameters=hp, tune_new_entries=False, patience=2, verbose=0)
+    result = search(
+        data,
+        model="seed_cnn",
+        tuner="random",
+        objective="val_auc",
+        max_trials=args.max_trials,
+        max_epochs=args.max_epochs,
+        batch_size=16,
+        directory=out,
+        hyperparameters=hp,
+        tune_new_entries=False,
+        patience=2,
+        verbose=0,
+    )
     print(result.summary())
     print("\nBest hyperparameters:")
     print(json.dumps(result.best_hyperparameters, indent=2))
     print(f"\nOutputs in {out}:")
     for name, path in sorted(result.files.items()):
         print(f"  {name:28s} {path}")
-    print("\nTrain the best configuration for longer with:\n"
-          f"  cxrmodels.train({data!r}, out='runs/best', epochs=30, "
-          f"**json.load(open({result.files['best_hyperparameters.json']!r}))['train_kwargs'])")
+    print(
+        "\nTrain the best configuration for longer with:\n"
+        f"  cxrmodels.train({data!r}, out='runs/best', epochs=30, "
+        f"**json.load(open({result.files['best_hyperparameters.json']!r}))['train_kwargs'])"
+    )
     return 0
 
 

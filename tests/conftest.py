@@ -12,8 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # `../shared/realdata` beside the checkout; from a git worktree nested one level deeper
 # (e.g. wt/<branch>/), the nearest ancestor that has one.
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-REALDATA = next((p / "shared" / "realdata" for p in _ROOT.parents if (p / "shared" / "realdata").is_dir()),
-                _ROOT.parent / "shared" / "realdata")
+REALDATA = next(
+    (p / "shared" / "realdata" for p in _ROOT.parents if (p / "shared" / "realdata").is_dir()),
+    _ROOT.parent / "shared" / "realdata",
+)
 
 
 @pytest.fixture(scope="session")
@@ -45,16 +47,24 @@ def _convert_phantoms(base, *, per_class, image_size, radius):
     from cxrdata.synthetic import write_tree
 
     write_tree(base / "src", per_class=per_class, image_size=image_size, seed=3)
-    convert(base / "src", base / "data", image_size=image_size, radius=radius, shard_size=0.02,
-            workers=1, progress=False)
+    convert(
+        base / "src",
+        base / "data",
+        image_size=image_size,
+        radius=radius,
+        shard_size=0.02,
+        workers=1,
+        progress=False,
+    )
     return base / "data"
 
 
 @pytest.fixture(scope="session")
 def converted_dataset(tmp_path_factory):
     """A converted phantom dataset (2 classes, 64x64, a few shards per split), shared by tests."""
-    return _convert_phantoms(tmp_path_factory.mktemp("converted"),
-                             per_class={"COVID": 24, "Normal": 40}, image_size=64, radius=20)
+    return _convert_phantoms(
+        tmp_path_factory.mktemp("converted"), per_class={"COVID": 24, "Normal": 40}, image_size=64, radius=20
+    )
 
 
 @pytest.fixture(scope="session")
@@ -67,13 +77,20 @@ def trained_run(converted_dataset, tmp_path_factory):
     from cxrmodels.training.trainer import train
 
     run = tmp_path_factory.mktemp("trained") / "run"
-    train(converted_dataset, out=run, epochs=2, batch_size=16, verbose=0,
-          model_kwargs={"filters": (4, 8, 8), "dense_units": 8})
+    train(
+        converted_dataset,
+        out=run,
+        epochs=2,
+        batch_size=16,
+        verbose=0,
+        model_kwargs={"filters": (4, 8, 8), "dense_units": 8},
+    )
     return run
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A converted phantom dataset for tuning: 2 classes, 48x48, 28 train and 7 val images."""
-    return _convert_phantoms(tmp_path_factory.mktemp("tune_data"),
-                             per_class={"COVID": 16, "Normal": 24}, image_size=48, radius=12)
+    return _convert_phantoms(
+        tmp_path_factory.mktemp("tune_data"), per_class={"COVID": 16, "Normal": 24}, image_size=48, radius=12
+    )

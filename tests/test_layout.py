@@ -58,8 +58,16 @@ def test_no_module_is_named_like_a_name_its_package_exports():
 
 
 def test_every_public_name_resolves_and_is_listed():
-    for package in (cxrdata, cxrmodels, cxrmodels.models, cxrmodels.training, cxrmodels.evaluation,
-                    cxrmodels.serving, cxrmodels.tuning, cxrdata.layers):
+    for package in (
+        cxrdata,
+        cxrmodels,
+        cxrmodels.models,
+        cxrmodels.training,
+        cxrmodels.evaluation,
+        cxrmodels.serving,
+        cxrmodels.tuning,
+        cxrdata.layers,
+    ):
         for name in package.__all__:
             assert getattr(package, name) is not None, f"{package.__name__}.{name}"
         assert set(package.__all__) <= set(dir(package))
@@ -70,8 +78,11 @@ def _python_files(folder: str):
 
 
 def test_cxrdata_never_imports_cxrmodels():
-    offenders = [str(p.relative_to(ROOT)) for p in _python_files("cxrdata")
-                 if re.search(r"^\s*(from|import)\s+cxrmodels\b", p.read_text(), re.M)]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in _python_files("cxrdata")
+        if re.search(r"^\s*(from|import)\s+cxrmodels\b", p.read_text(), re.M)
+    ]
     assert offenders == []
 
 

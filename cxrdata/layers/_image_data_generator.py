@@ -60,8 +60,7 @@ def from_generator_kwargs(kwargs):
             default, instead = _GENERATOR_UNSUPPORTED[name]
             if not (value is default or (_is_number(value) and value == default)):
                 raise ValueError(
-                    f"`{name}` is not supported by RandomAffine: {instead}. "
-                    f"Received: {name}={value!r}"
+                    f"`{name}` is not supported by RandomAffine: {instead}. " f"Received: {name}={value!r}"
                 )
         elif name not in _GENERATOR_DEFAULTS:
             raise ValueError(

@@ -21,11 +21,7 @@ def is_int(value: Any) -> bool:
 
 def is_number(value: Any) -> bool:
     """True for finite ints and floats (Python or NumPy), False for bools."""
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _bounds(minimum, maximum) -> str:

@@ -7,7 +7,6 @@ import re
 
 from cxrmodels.cli import add_command
 
-
 EXAMPLES = """\
   cxr tune data/ --out tune/a                       # Hyperband on val_auc, 10 trials of <= 10 epochs
   cxr tune data/ --out tune/b --tuner random --max-trials 12 --max-epochs 5 \\
@@ -35,39 +34,87 @@ best_model.keras and search_plot.png.
 
 
 def register(subparsers) -> None:
-    p = add_command(subparsers, "tune", help="Search a model's hyperparameters (learning rate, filters, ...) "
-                    "with keras-tuner.", examples=EXAMPLES, func=_run)
+    p = add_command(
+        subparsers,
+        "tune",
+        help="Search a model's hyperparameters (learning rate, filters, ...) " "with keras-tuner.",
+        examples=EXAMPLES,
+        func=_run,
+    )
     p.add_argument("dataset", metavar="DATASET", help="a folder written by `cxr convert`, with train and val")
     p.add_argument("--out", required=True, metavar="DIR", help="the search folder; a rerun resumes it")
     p.add_argument("--model", default="seed_cnn", help="a registered model (default: seed_cnn)")
-    p.add_argument("--tuner", choices=("hyperband", "random", "bayesian"), default="hyperband",
-                   help="the search algorithm (default: hyperband; bayesian needs scikit-learn)")
-    p.add_argument("--objective", default="val_auc",
-                   help="a logged metric: [val_]loss, accuracy, auc, precision, recall, specificity; "
-                        "minimized for a loss, else maximized (default: val_auc)")
-    p.add_argument("--max-trials", type=int, default=10, help="trials in all, resumed ones included (default: 10)")
+    p.add_argument(
+        "--tuner",
+        choices=("hyperband", "random", "bayesian"),
+        default="hyperband",
+        help="the search algorithm (default: hyperband; bayesian needs scikit-learn)",
+    )
+    p.add_argument(
+        "--objective",
+        default="val_auc",
+        help="a logged metric: [val_]loss, accuracy, auc, precision, recall, specificity; "
+        "minimized for a loss, else maximized (default: val_auc)",
+    )
+    p.add_argument(
+        "--max-trials", type=int, default=10, help="trials in all, resumed ones included (default: 10)"
+    )
     p.add_argument("--max-epochs", type=int, default=10, help="epochs per trial (default: 10)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
-    p.add_argument("--patience", type=int, default=3,
-                   help="early stopping patience on the objective, in epochs (default: 3)")
-    p.add_argument("--hp", action="append", default=[], metavar="NAME=SPEC",
-                   help="fix (NAME=VALUE) or narrow (NAME=LOW:HIGH or NAME=A,B,C) a hyperparameter; repeatable")
-    p.add_argument("--tune-new-entries", action=argparse.BooleanOptionalAction, default=True,
-                   help="also search the hyperparameters --hp does not name (default: yes)")
-    p.add_argument("--mixed-precision", nargs="?", const="float16", default=False,
-                   choices=("float16", "bfloat16"), help="mixed_float16 (or bfloat16) trials")
-    p.add_argument("--augment", choices=("gpu", "cpu", "none"), default="gpu",
-                   help="RandomAffine in the model (gpu), in the pipeline (cpu) or none (default: gpu)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="early stopping patience on the objective, in epochs (default: 3)",
+    )
+    p.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help="fix (NAME=VALUE) or narrow (NAME=LOW:HIGH or NAME=A,B,C) a hyperparameter; repeatable",
+    )
+    p.add_argument(
+        "--tune-new-entries",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also search the hyperparameters --hp does not name (default: yes)",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        nargs="?",
+        const="float16",
+        default=False,
+        choices=("float16", "bfloat16"),
+        help="mixed_float16 (or bfloat16) trials",
+    )
+    p.add_argument(
+        "--augment",
+        choices=("gpu", "cpu", "none"),
+        default="gpu",
+        help="RandomAffine in the model (gpu), in the pipeline (cpu) or none (default: gpu)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the search and the trials (default: 0)")
     p.add_argument("--project-name", default="cxr_tune", help="keras-tuner's folder inside DIR")
     p.add_argument("--overwrite", action="store_true", help="replace a search already in DIR")
-    p.add_argument("--distributed", action="store_true",
-                   help="run as keras-tuner's chief or worker, per KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP "
-                        "and KERASTUNER_ORACLE_PORT")
-    p.add_argument("--worker-timeout", type=float, default=120.0,
-                   help="(chief) seconds without a worker's heartbeat before its trial fails (default: 120)")
-    p.add_argument("--verbose", choices=("auto", "0", "1", "2"), default="auto",
-                   help="keras-tuner and Keras progress output (default: auto)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="run as keras-tuner's chief or worker, per KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP "
+        "and KERASTUNER_ORACLE_PORT",
+    )
+    p.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=120.0,
+        help="(chief) seconds without a worker's heartbeat before its trial fails (default: 120)",
+    )
+    p.add_argument(
+        "--verbose",
+        choices=("auto", "0", "1", "2"),
+        default="auto",
+        help="keras-tuner and Keras progress output (default: auto)",
+    )
 
 
 def parse_hp(specs: list[str]) -> dict:
@@ -108,12 +155,25 @@ def _run(args) -> int:
     import cxrmodels
 
     result = cxrmodels.search(
-        args.dataset, model=args.model, tuner=args.tuner, objective=args.objective,
-        max_trials=args.max_trials, max_epochs=args.max_epochs, batch_size=args.batch_size,
-        directory=args.out, project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
-        hyperparameters=parse_hp(args.hp) or None, tune_new_entries=args.tune_new_entries,
-        mixed_precision=args.mixed_precision, augment=args.augment, patience=args.patience,
-        distributed=args.distributed, worker_timeout=args.worker_timeout,
-        verbose=args.verbose if args.verbose == "auto" else int(args.verbose))
+        args.dataset,
+        model=args.model,
+        tuner=args.tuner,
+        objective=args.objective,
+        max_trials=args.max_trials,
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        directory=args.out,
+        project_name=args.project_name,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        hyperparameters=parse_hp(args.hp) or None,
+        tune_new_entries=args.tune_new_entries,
+        mixed_precision=args.mixed_precision,
+        augment=args.augment,
+        patience=args.patience,
+        distributed=args.distributed,
+        worker_timeout=args.worker_timeout,
+        verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
+    )
     print(result.summary())
     return 0

@@ -19,8 +19,14 @@ from cxrdata.utils.io import atomic_write_text
 from cxrmodels.training import run_dir as _run
 
 
-def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, *, split: str = "test",
-             batch_size: int = 64, n_bootstrap: int = 1000) -> dict[str, Any]:
+def evaluate(
+    run_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    batch_size: int = 64,
+    n_bootstrap: int = 1000,
+) -> dict[str, Any]:
     """Evaluates a run's model on a split and writes its metrics and figures into the run.
 
     Predicts the split (and a validation split, for the threshold), computes
@@ -78,26 +84,48 @@ def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, *, spli
     if val_dir is not None:
         val_true, val_probs = predict_split(model, val_dir, "val", batch_size=batch_size)
     class_names = config["class_names"]
-    metrics = evaluate_predictions(y, probs, class_names=class_names, val_true=val_true,
-                                   val_probs=val_probs, n_bootstrap=n_bootstrap, seed=0)
+    metrics = evaluate_predictions(
+        y,
+        probs,
+        class_names=class_names,
+        val_true=val_true,
+        val_probs=val_probs,
+        n_bootstrap=n_bootstrap,
+        seed=0,
+    )
     metrics["warnings"] = notes + metrics["warnings"]
-    metrics.update({"split": split, "threshold_data": val_note, "model": config["model"]["name"],
-                    "run": os.path.abspath(run_dir),
-                    "dataset": {"path": os.path.abspath(dataset_dir), "digest": manifest.digest(),
-                                "same_as_training": manifest.digest() == config["dataset"]["digest"]}})
+    metrics.update(
+        {
+            "split": split,
+            "threshold_data": val_note,
+            "model": config["model"]["name"],
+            "run": os.path.abspath(run_dir),
+            "dataset": {
+                "path": os.path.abspath(dataset_dir),
+                "digest": manifest.digest(),
+                "same_as_training": manifest.digest() == config["dataset"]["digest"],
+            },
+        }
+    )
 
     suffix = "" if split == "test" else f"-{split}"
-    files = {"metrics": os.path.join(run_dir, f"metrics{suffix}.json"),
-             "roc": os.path.join(run_dir, f"roc{suffix}.png"),
-             "confusion_matrix": os.path.join(run_dir, f"confusion_matrix{suffix}.png")}
+    files = {
+        "metrics": os.path.join(run_dir, f"metrics{suffix}.json"),
+        "roc": os.path.join(run_dir, f"roc{suffix}.png"),
+        "confusion_matrix": os.path.join(run_dir, f"confusion_matrix{suffix}.png"),
+    }
     if len(class_names) == 2 and len(set(y.tolist())) < 2:
         files.pop("roc")  # a two-class ROC curve needs both classes
     metrics["files"] = {k: os.path.basename(v) for k, v in files.items()}
     atomic_write_text(files["metrics"], json.dumps(metrics, indent=2) + "\n")
     if "roc" in files:
         plot_roc(y, probs, class_names=class_names, path=files["roc"], metrics=metrics)
-    plot_confusion_matrix(metrics["confusion_matrix"], class_names=class_names, path=files["confusion_matrix"],
-                          title=f"{config['model']['name']} on {split} (argmax decision)")
+    plot_confusion_matrix(
+        metrics["confusion_matrix"],
+        class_names=class_names,
+        path=files["confusion_matrix"],
+        title=f"{config['model']['name']} on {split} (argmax decision)",
+    )
     metrics["files"] = files
     return metrics
 
@@ -109,24 +137,33 @@ def check_dataset(config: dict, manifest, dataset_dir: str) -> list[str]:
         ValueError: Its classes, image shape or preprocessing differ from the run's.
     """
     if list(manifest.class_names) != list(config["class_names"]):
-        raise ValueError(f"The dataset {dataset_dir!r} has classes {list(manifest.class_names)} but the run "
-                         f"was trained on {config['class_names']} (in that order).")
+        raise ValueError(
+            f"The dataset {dataset_dir!r} has classes {list(manifest.class_names)} but the run "
+            f"was trained on {config['class_names']} (in that order)."
+        )
     if list(manifest.image_shape) != list(config["model"]["input_shape"]):
         raise ValueError(
             f"The dataset {dataset_dir!r} holds {tuple(manifest.image_shape)} images but the model takes "
             f"{tuple(config['model']['input_shape'])}. Convert it with the run's preprocessing: "
-            f"{_describe(config['preprocessing'])}.")
+            f"{_describe(config['preprocessing'])}."
+        )
     here, there = _normalized(manifest.preprocessing), _normalized(config["preprocessing"])
     different = sorted(k for k in set(here) | set(there) if here.get(k) != there.get(k))
     if different:
         raise ValueError(
             f"The dataset {dataset_dir!r} was preprocessed differently from the run's training data ("
-            + ", ".join(f"{k}: {manifest.preprocessing.get(k)!r} here, {config['preprocessing'].get(k)!r} "
-                        "in training" for k in different)
-            + "). Convert it again with the run's settings.")
+            + ", ".join(
+                f"{k}: {manifest.preprocessing.get(k)!r} here, {config['preprocessing'].get(k)!r} "
+                "in training"
+                for k in different
+            )
+            + "). Convert it again with the run's settings."
+        )
     if manifest.digest() != config["dataset"]["digest"]:
-        message = (f"The dataset {dataset_dir!r} is not the one the run was trained on (its manifest "
-                   "digest differs); its preprocessing is the same, so it is evaluated as an external set.")
+        message = (
+            f"The dataset {dataset_dir!r} is not the one the run was trained on (its manifest "
+            "digest differs); its preprocessing is the same, so it is evaluated as an external set."
+        )
         warnings.warn(message, stacklevel=3)
         return [message]
     return []
@@ -137,8 +174,11 @@ def _normalized(preprocessing: dict) -> dict:
     from cxrdata.dicom import MULTI_FRAME_POLICY
     from cxrdata.manifest import dicom_window_of
 
-    return {**preprocessing, "dicom_window": dicom_window_of(preprocessing),
-            "dicom_frames": preprocessing.get("dicom_frames", MULTI_FRAME_POLICY)}
+    return {
+        **preprocessing,
+        "dicom_window": dicom_window_of(preprocessing),
+        "dicom_frames": preprocessing.get("dicom_frames", MULTI_FRAME_POLICY),
+    }
 
 
 def _describe(preprocessing: dict) -> str:

@@ -34,12 +34,19 @@ class Specificity(keras.metrics.Metric):
         0.5
     """
 
-    def __init__(self, class_id: int | None = None, thresholds: float = 0.5, name: str = "specificity",
-                 dtype=None):
+    def __init__(
+        self, class_id: int | None = None, thresholds: float = 0.5, name: str = "specificity", dtype=None
+    ):
         super().__init__(name=name, dtype=dtype)
-        if class_id is not None and (not isinstance(class_id, int) or isinstance(class_id, bool) or class_id < 0):
+        if class_id is not None and (
+            not isinstance(class_id, int) or isinstance(class_id, bool) or class_id < 0
+        ):
             raise ValueError(f"`class_id` must be None or an integer >= 0. Received: class_id={class_id}")
-        if isinstance(thresholds, bool) or not isinstance(thresholds, (int, float)) or not 0 <= thresholds <= 1:
+        if (
+            isinstance(thresholds, bool)
+            or not isinstance(thresholds, (int, float))
+            or not 0 <= thresholds <= 1
+        ):
             raise ValueError(f"`thresholds` must be a number in [0, 1]. Received: thresholds={thresholds}")
         self.class_id = class_id
         self.thresholds = float(thresholds)
@@ -57,8 +64,10 @@ class Specificity(keras.metrics.Metric):
             score, positive = ops.reshape(y_pred, [-1]), ops.reshape(truth, [-1]) > 0.5
         else:
             if width is not None and cid >= width:
-                raise ValueError(f"`class_id` must be less than the number of classes {width}. "
-                                 f"Received: class_id={cid}")
+                raise ValueError(
+                    f"`class_id` must be less than the number of classes {width}. "
+                    f"Received: class_id={cid}"
+                )
             score = ops.reshape(ops.take(y_pred, cid, axis=-1), [-1])
             if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == width:  # one-hot
                 positive = ops.reshape(ops.take(truth, cid, axis=-1), [-1]) > 0.5
@@ -68,7 +77,9 @@ class Specificity(keras.metrics.Metric):
         called = ops.cast(score > self.thresholds, self.dtype)
         weight = 1.0
         if sample_weight is not None:
-            weight = ops.broadcast_to(ops.reshape(ops.cast(sample_weight, self.dtype), [-1]), ops.shape(score))
+            weight = ops.broadcast_to(
+                ops.reshape(ops.cast(sample_weight, self.dtype), [-1]), ops.shape(score)
+            )
         self.true_negatives.assign_add(ops.sum(weight * negative * (1.0 - called)))
         self.false_positives.assign_add(ops.sum(weight * negative * called))
 
@@ -110,11 +121,20 @@ def default_metrics(num_classes: int, *, positive_index: int | None = None) -> l
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes}")
     if num_classes > 2:
-        return ["accuracy", keras.metrics.AUC(name="auc", multi_label=False),
-                keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")]
+        return [
+            "accuracy",
+            keras.metrics.AUC(name="auc", multi_label=False),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+        ]
     if positive_index not in (0, 1) or isinstance(positive_index, bool):
-        raise ValueError(f"`positive_index` must be 0 or 1 for two classes. Received: positive_index={positive_index}")
-    return ["accuracy", keras.metrics.AUC(name="auc", multi_label=True, num_labels=2),
-            keras.metrics.Precision(name="precision", class_id=positive_index),
-            keras.metrics.Recall(name="recall", class_id=positive_index),
-            Specificity(name="specificity", class_id=positive_index)]
+        raise ValueError(
+            f"`positive_index` must be 0 or 1 for two classes. Received: positive_index={positive_index}"
+        )
+    return [
+        "accuracy",
+        keras.metrics.AUC(name="auc", multi_label=True, num_labels=2),
+        keras.metrics.Precision(name="precision", class_id=positive_index),
+        keras.metrics.Recall(name="recall", class_id=positive_index),
+        Specificity(name="specificity", class_id=positive_index),
+    ]

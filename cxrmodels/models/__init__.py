@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from cxrmodels.models._registry import (
         ModelInfo,
         create_model,
-        model_info,
         last_conv_layer_name,
         list_models,
+        model_info,
         model_options,
         register_model,
     )

@@ -18,9 +18,7 @@ import dataclasses
 import importlib
 import inspect
 import os
-import re
-import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 
@@ -51,6 +49,7 @@ class ModelInfo:
     family: str = "custom"
     num_blocks: int | None = None
     min_input_size: int | None = None
+
 
 # Layers that only move, pool or rescale a feature map: Grad-CAM skips them.
 _NOT_FEATURE_LAYERS = (
@@ -113,9 +112,7 @@ def register_model(
             raise ValueError(f"`name` must be a non-empty string. Received: name={key!r}")
         existing = _MODELS.get(key)
         if existing is not None and existing.__qualname__ != f.__qualname__:
-            raise ValueError(
-                f"A model named {key!r} is already registered ({existing.__module__})."
-            )
+            raise ValueError(f"A model named {key!r} is already registered ({existing.__module__}).")
         _MODELS[key] = f
         _INFO[key] = ModelInfo(key, family, num_blocks, min_input_size)
         return f
@@ -161,8 +158,7 @@ def _get(name: str) -> Callable[..., keras.Model]:
     _load_builtin_models()
     if name not in _MODELS:
         raise ValueError(
-            f"`name` must be one of the registered models {sorted(_MODELS)}. "
-            f"Received: name={name!r}"
+            f"`name` must be one of the registered models {sorted(_MODELS)}. " f"Received: name={name!r}"
         )
     return _MODELS[name]
 
@@ -216,11 +212,9 @@ def create_model(
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise TypeError(
-            f"Model {name!r} got unexpected options {unknown}. "
-            f"Accepted options: {sorted(accepted)}."
+            f"Model {name!r} got unexpected options {unknown}. " f"Accepted options: {sorted(accepted)}."
         )
-    return fn(input_shape=input_shape, num_classes=num_classes, weights=weights, augment=augment,
-              **kwargs)
+    return fn(input_shape=input_shape, num_classes=num_classes, weights=weights, augment=augment, **kwargs)
 
 
 def last_conv_layer_name(model: keras.Model) -> str:

@@ -94,9 +94,7 @@ def seed_cnn(
         x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{i}_bn")(x)
         x = pool(2, name=f"block{i}_pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    outputs = _inputs.classifier_head(
-        x, num_classes=num_classes, dense_units=dense_units, dropout=dropout
-    )
+    outputs = _inputs.classifier_head(x, num_classes=num_classes, dense_units=dense_units, dropout=dropout)
     model = keras.Model(inputs, outputs, name="seed_cnn")
     if weights is not None:
         load_weights_file(model, weights)

@@ -209,17 +209,13 @@ def check_weights(weights, *, model: str, imagenet: bool) -> str | None:
 def check_num_classes(num_classes) -> None:
     """Raises ValueError unless `num_classes` is an int >= 2 (softmax over classes)."""
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ValueError(
-            f"`num_classes` must be an int >= 2. Received: num_classes={num_classes!r}"
-        )
+        raise ValueError(f"`num_classes` must be an int >= 2. Received: num_classes={num_classes!r}")
 
 
 def check_head(*, dense_units, dropout, pooling) -> None:
     """Checks the classifier head arguments shared by all models."""
     if not isinstance(dense_units, int) or isinstance(dense_units, bool) or dense_units < 0:
-        raise ValueError(
-            f"`dense_units` must be an int >= 0. Received: dense_units={dense_units!r}"
-        )
+        raise ValueError(f"`dense_units` must be an int >= 0. Received: dense_units={dense_units!r}")
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         raise ValueError(f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}")
     if pooling not in ("max", "avg"):
@@ -236,7 +232,5 @@ def classifier_head(x, *, num_classes: int, dense_units: int, dropout: float):
         x = keras.layers.Dense(dense_units, activation="relu", name="fc1")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    predictions = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="predictions"
-    )
+    predictions = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")
     return predictions(x)

@@ -90,8 +90,8 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
         The `keras.Model`.
     """
     import cxrdata.layers.random_affine  # noqa: F401  registers RandomAffine
-    import cxrmodels.models.inputs  # noqa: F401  registers ImagePreprocessing
     import cxrmodels.evaluation.keras_metrics  # noqa: F401  registers Specificity
+    import cxrmodels.models.inputs  # noqa: F401  registers ImagePreprocessing
 
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -37,8 +37,9 @@ FORMATS = ("savedmodel", "keras")
 SIDECAR_NAME = "cxr.json"
 
 
-def export(run_dir: str | os.PathLike, out: str | os.PathLike, *, format: str = "savedmodel",
-           overwrite: bool = False) -> str:
+def export(
+    run_dir: str | os.PathLike, out: str | os.PathLike, *, format: str = "savedmodel", overwrite: bool = False
+) -> str:
     """Exports a run's model for deployment into the folder `out`.
 
     `format="keras"` writes `out/model.keras` (a copy of the run's model, for
@@ -79,8 +80,10 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, *, format: str = 
     out = os.fspath(out)
     config = _run.read_config(run_dir)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
-        raise FileExistsError(f"{out!r} already exists and is not empty. Choose a new folder, or pass "
-                              "--overwrite (overwrite=True) to replace it.")
+        raise FileExistsError(
+            f"{out!r} already exists and is not empty. Choose a new folder, or pass "
+            "--overwrite (overwrite=True) to replace it."
+        )
     model = _run.load_model(run_dir, config)
     tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.{os.getpid()}.tmp")
     if os.path.exists(tmp):
@@ -88,11 +91,15 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, *, format: str = 
     try:
         if format == "keras":
             os.makedirs(tmp)
-            shutil.copyfile(os.path.join(os.fspath(run_dir), _run.MODEL_NAME), os.path.join(tmp, _run.MODEL_NAME))
+            shutil.copyfile(
+                os.path.join(os.fspath(run_dir), _run.MODEL_NAME), os.path.join(tmp, _run.MODEL_NAME)
+            )
         else:
             _write_savedmodel(model, config, tmp)
-        atomic_write_text(os.path.join(tmp, SIDECAR_NAME),
-                          json.dumps({"format": format, **_run.sidecar(config)}, indent=2) + "\n")
+        atomic_write_text(
+            os.path.join(tmp, SIDECAR_NAME),
+            json.dumps({"format": format, **_run.sidecar(config)}, indent=2) + "\n",
+        )
         if os.path.isdir(out):
             shutil.rmtree(out)
         elif os.path.exists(out):
@@ -112,22 +119,33 @@ def _write_savedmodel(model, config: dict, path: str) -> None:
     class_names = [str(c) for c in config["class_names"]]
 
     def predict_images(images):
-        return {"probabilities": tf.cast(model(images, training=False), tf.float32),
-                "class_names": tf.constant(class_names)}
+        return {
+            "probabilities": tf.cast(model(images, training=False), tf.float32),
+            "class_names": tf.constant(class_names),
+        }
 
     def serving_default(image_bytes):
-        images = tf.map_fn(lambda data: _decode(data, height, width), image_bytes,
-                           fn_output_signature=tf.TensorSpec([height, width, 1], tf.uint8))
+        images = tf.map_fn(
+            lambda data: _decode(data, height, width),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([height, width, 1], tf.uint8),
+        )
         if channels == 3:
             images = tf.image.grayscale_to_rgb(images)
         return predict_images(images)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name="serving_default", fn=serving_default,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    archive.add_endpoint(name="predict_images", fn=predict_images,
-                         input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")])
+    archive.add_endpoint(
+        name="serving_default",
+        fn=serving_default,
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+    )
+    archive.add_endpoint(
+        name="predict_images",
+        fn=predict_images,
+        input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")],
+    )
     archive.write_out(path, verbose=False)
 
 
@@ -146,7 +164,9 @@ def _decode(data, height: int, width: int):
     size = tf.shape(gray)[:2]
 
     def resize():
-        resized = tf.image.resize(tf.cast(gray, tf.float32), [height, width], method="bilinear", antialias=True)
+        resized = tf.image.resize(
+            tf.cast(gray, tf.float32), [height, width], method="bilinear", antialias=True
+        )
         return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
     same = tf.logical_and(tf.equal(size[0], height), tf.equal(size[1], width))

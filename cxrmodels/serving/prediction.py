@@ -10,7 +10,8 @@ and the other files are still predicted.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,13 @@ GRADCAM_ALPHA = 0.4  # weight of the heatmap over the image in the overlays
 GRADCAM_MIN_SIDE = 256
 
 
-def predict(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike] | str | os.PathLike, *,
-            gradcam_dir: str | os.PathLike | None = None, batch_size: int = 32) -> list[dict[str, Any]]:
+def predict(
+    run_dir: str | os.PathLike,
+    paths: Sequence[str | os.PathLike] | str | os.PathLike,
+    *,
+    gradcam_dir: str | os.PathLike | None = None,
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
     """Predicts class probabilities for image files with a trained run.
 
     Args:
@@ -61,8 +67,12 @@ def predict(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike] | str
     if not ok:
         return results
     batch = np.stack([images[i] for i in ok])[..., None]
-    probs = np.concatenate([np.asarray(model.predict_on_batch(batch[s:s + batch_size]), np.float64)
-                            for s in range(0, len(batch), batch_size)])
+    probs = np.concatenate(
+        [
+            np.asarray(model.predict_on_batch(batch[s : s + batch_size]), np.float64)
+            for s in range(0, len(batch), batch_size)
+        ]
+    )
     for i, p in zip(ok, probs):
         results[i]["probabilities"] = {name: float(v) for name, v in zip(class_names, p)}
         results[i]["predicted_class"] = class_names[int(np.argmax(p))]
@@ -72,7 +82,7 @@ def predict(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike] | str
         names = _overlay_names([paths[i] for i in ok])
         predicted = np.argmax(probs, axis=1)
         for s in range(0, len(batch), batch_size):
-            heatmaps = gradcam(model, batch[s:s + batch_size], class_index=predicted[s:s + batch_size])
+            heatmaps = gradcam(model, batch[s : s + batch_size], class_index=predicted[s : s + batch_size])
             for j, heat in enumerate(heatmaps):
                 path = os.path.join(gradcam_dir, names[s + j])
                 write_overlay(batch[s + j, ..., 0], heat, path)
@@ -106,8 +116,16 @@ def _read_images(paths: list[str], config: dict) -> tuple[dict[int, np.ndarray],
             error = f"{type(e).__name__}: {e}"
         if error is None:
             images[i] = image
-        results.append({"path": path, "ok": error is None, "error": error, "probabilities": {},
-                        "predicted_class": None, "gradcam": None})
+        results.append(
+            {
+                "path": path,
+                "ok": error is None,
+                "error": error,
+                "probabilities": {},
+                "predicted_class": None,
+                "gradcam": None,
+            }
+        )
     return images, results
 
 
@@ -155,8 +173,11 @@ def gradcam(model, images, *, class_index=None, layer_name: str | None = None) -
     x = tf.convert_to_tensor(images)
     with tf.GradientTape() as tape:
         features, scores, probs = grad_model(x, training=False)
-        index = tf.argmax(probs, axis=-1, output_type=tf.int32) if class_index is None else \
-            tf.broadcast_to(tf.cast(class_index, tf.int32), tf.shape(probs)[:1])
+        index = (
+            tf.argmax(probs, axis=-1, output_type=tf.int32)
+            if class_index is None
+            else tf.broadcast_to(tf.cast(class_index, tf.int32), tf.shape(probs)[:1])
+        )
         score = tf.gather(tf.cast(scores, tf.float32), index, axis=1, batch_dims=1)
     grads = tf.cast(tape.gradient(score, features), tf.float32)
     features = tf.cast(features, tf.float32)
@@ -177,8 +198,11 @@ def _feature_model(model, path: list[str]):
     import keras
 
     head = model.layers[-1]
-    logits_from = head if (isinstance(head, keras.layers.Dense)
-                           and getattr(head.activation, "__name__", "") == "softmax") else None
+    logits_from = (
+        head
+        if (isinstance(head, keras.layers.Dense) and getattr(head.activation, "__name__", "") == "softmax")
+        else None
+    )
     captured: dict[str, Any] = {}
     target = model.get_layer(path[0])
     inner = _feature_model(target, path[1:]) if len(path) > 1 else None
@@ -207,7 +231,6 @@ def write_overlay(image: np.ndarray, heatmap: np.ndarray, path: str | os.PathLik
     Both panels are scaled up by the same whole factor so the shorter side is at
     least `GRADCAM_MIN_SIDE` pixels: a 96-pixel overlay is too small to read.
     """
-    import io
 
     from matplotlib import colormaps
     from PIL import Image

@@ -31,7 +31,6 @@ def wait_for_chief() -> None:
     compat.keras_tuner_private().oracle_client.OracleClient(oracle=None).get_space()
 
 
-
 class Heartbeat:
     """A daemon thread that rewrites `path` every few seconds while a worker runs."""
 
@@ -81,8 +80,10 @@ class Liveness:
             if seen is None or seen[0] != beat:
                 self._last[tuner_id] = (beat, now)
             elif now - seen[1] > self._timeout:
-                lost[tuner_id] = (f"worker {tuner_id} lost: no heartbeat for {now - seen[1]:.0f}s "
-                                  f"(worker_timeout={self._timeout:g}s); trial ended by the chief")
+                lost[tuner_id] = (
+                    f"worker {tuner_id} lost: no heartbeat for {now - seen[1]:.0f}s "
+                    f"(worker_timeout={self._timeout:g}s); trial ended by the chief"
+                )
                 del self._last[tuner_id]
         return lost
 
@@ -112,8 +113,10 @@ def serve(oracle, *, heartbeat_dir: str, worker_timeout: float, poll: float = 0.
     else:
         reason = "port taken or address not on this host"
     if not bound:
-        raise OSError(f"The chief cannot listen on {address} ({reason}). Set KERASTUNER_ORACLE_IP to "
-                      "an address of this host (0.0.0.0 for all) and KERASTUNER_ORACLE_PORT to a free port.")
+        raise OSError(
+            f"The chief cannot listen on {address} ({reason}). Set KERASTUNER_ORACLE_IP to "
+            "an address of this host (0.0.0.0 for all) and KERASTUNER_ORACLE_PORT to a free port."
+        )
     server.start()
     liveness = Liveness(heartbeat_dir, worker_timeout)
     try:

@@ -6,16 +6,15 @@ live in `cxrmodels.tuning.space`.
 
 from __future__ import annotations
 
-import numbers
 import os
 from typing import Any
 
 import keras
 import keras_tuner as kt
 
-from cxrmodels.tuning import space as _tuning_space
 from cxrdata.utils.argument_validation import is_int
-from cxrmodels.training.options import AUGMENT_MODES, augmentation_layer, policy_name
+from cxrmodels.training.options import augmentation_layer
+from cxrmodels.tuning import space as _tuning_space
 
 METRIC_NAMES = ("loss", "accuracy", "auc", "precision", "recall", "specificity")
 _RESERVED = ("input_shape", "num_classes", "augment")
@@ -38,8 +37,10 @@ def check_objective(objective, num_classes: int) -> tuple[str, str]:
     """
     valid = objective_names(num_classes)
     if not isinstance(objective, str) or objective not in valid:
-        raise ValueError(f"`objective` must be a metric the model logs: {', '.join(valid)}. "
-                         f"Received: objective={objective!r}")
+        raise ValueError(
+            f"`objective` must be a metric the model logs: {', '.join(valid)}. "
+            f"Received: objective={objective!r}"
+        )
     return objective, "min" if objective.endswith("loss") else "max"
 
 
@@ -105,18 +106,29 @@ class CXRHyperModel(kt.HyperModel):
     >>> tuner.search("data/", epochs=10)  # doctest: +SKIP
     """
 
-    def __init__(self, model: str = "seed_cnn", *, input_shape, num_classes: int, class_names=None,
-                 hyperparameters=None, mixed_precision: bool | str = False, augment: str = "gpu",
-                 batch_size: int = 32, seed: int = 0, model_kwargs: dict[str, Any] | None = None,
-                 name: str | None = None):
-        from cxrmodels.models.inputs import check_input_shape, check_num_classes
+    def __init__(
+        self,
+        model: str = "seed_cnn",
+        *,
+        input_shape,
+        num_classes: int,
+        class_names=None,
+        hyperparameters=None,
+        mixed_precision: bool | str = False,
+        augment: str = "gpu",
+        batch_size: int = 32,
+        seed: int = 0,
+        model_kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+    ):
         from cxrmodels.evaluation.clinical import positive_class_index
         from cxrmodels.models._registry import model_options
-
+        from cxrmodels.models.inputs import check_input_shape, check_num_classes
         from cxrmodels.training.options import SharedOptions
 
-        shared = SharedOptions.check(model=model, batch_size=batch_size, seed=seed,
-                                     mixed_precision=mixed_precision, augment=augment)
+        shared = SharedOptions.check(
+            model=model, batch_size=batch_size, seed=seed, mixed_precision=mixed_precision, augment=augment
+        )
         from cxrmodels.models import model_info
 
         options = model_options(model)  # an unknown name lists the known ones
@@ -124,14 +136,19 @@ class CXRHyperModel(kt.HyperModel):
         input_shape = check_input_shape(input_shape, min_size=1, model=model)
         check_num_classes(num_classes)
         if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"`class_names` must hold {num_classes} names. Received: class_names={class_names!r}")
+            raise ValueError(
+                f"`class_names` must hold {num_classes} names. Received: class_names={class_names!r}"
+            )
         super().__init__(name=name or f"cxr_{model}")
         self.model_name, self.input_shape, self.num_classes = model, tuple(input_shape), num_classes
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.policy = shared.policy
         self.augment, self.batch_size, self.seed = shared.augment, shared.batch_size, shared.seed
-        self.positive_index = (positive_class_index(class_names) if class_names is not None else 1) \
-            if num_classes == 2 else None
+        self.positive_index = (
+            (positive_class_index(class_names) if class_names is not None else 1)
+            if num_classes == 2
+            else None
+        )
         self.space = _tuning_space.space_for(model, options, self.input_shape)
         self.model_kwargs = self._check_model_kwargs(model_kwargs, options)
         self._overrides = _tuning_space.normalize_overrides(hyperparameters, self.space)
@@ -145,14 +162,21 @@ class CXRHyperModel(kt.HyperModel):
         tuned = set(self.space.names) | ({"filters"} if self._family == "cnn" else set())
         for key in model_kwargs:
             if key in _RESERVED or key in tuned:
-                raise ValueError(f"`model_kwargs` must not set {key!r}: "
-                                 + ("the search sets it." if key in _RESERVED else
-                                    "it is a hyperparameter; fix it with `hyperparameters` instead "
-                                    "(hp.Fixed, or {name: value}).")
-                                 + f" Received: model_kwargs={model_kwargs!r}")
+                raise ValueError(
+                    f"`model_kwargs` must not set {key!r}: "
+                    + (
+                        "the search sets it."
+                        if key in _RESERVED
+                        else "it is a hyperparameter; fix it with `hyperparameters` instead "
+                        "(hp.Fixed, or {name: value})."
+                    )
+                    + f" Received: model_kwargs={model_kwargs!r}"
+                )
             if key not in options and key != "weights":
-                raise TypeError(f"Model {self.model_name!r} has no option {key!r}. Accepted: "
-                                f"{sorted(set(options) - tuned)}. Received: model_kwargs={model_kwargs!r}")
+                raise TypeError(
+                    f"Model {self.model_name!r} has no option {key!r}. Accepted: "
+                    f"{sorted(set(options) - tuned)}. Received: model_kwargs={model_kwargs!r}"
+                )
         return dict(model_kwargs)
 
     @property
@@ -193,11 +217,18 @@ class CXRHyperModel(kt.HyperModel):
                 keras.config.set_dtype_policy(self.policy)
             keras.utils.set_random_seed(self.seed)
             aug = self._augmentation(values) if self.augment == "gpu" else None
-            net = create_model(self.model_name, input_shape=self.input_shape, num_classes=self.num_classes,
-                               augment=aug, **self._model_args(values))
-            net.compile(optimizer=keras.optimizers.Adam(values["learning_rate"]),
-                        loss=keras.losses.CategoricalCrossentropy(),
-                        metrics=default_metrics(self.num_classes, positive_index=self.positive_index))
+            net = create_model(
+                self.model_name,
+                input_shape=self.input_shape,
+                num_classes=self.num_classes,
+                augment=aug,
+                **self._model_args(values),
+            )
+            net.compile(
+                optimizer=keras.optimizers.Adam(values["learning_rate"]),
+                loss=keras.losses.CategoricalCrossentropy(),
+                metrics=default_metrics(self.num_classes, positive_index=self.positive_index),
+            )
         finally:
             keras.config.set_dtype_policy(previous)
         return net
@@ -214,34 +245,48 @@ class CXRHyperModel(kt.HyperModel):
 
             dataset_dir, args = os.fspath(args[0]), args[1:]
             aug = self._augmentation(self.resolve(hp)) if self.augment == "cpu" else None
-            train_ds = cxrdata.load(dataset_dir, "train", batch_size=self.batch_size, shuffle=True,
-                                    seed=self.seed, augment=aug)
-            kwargs["validation_data"] = cxrdata.load(dataset_dir, "val", batch_size=self.batch_size,
-                                                     shuffle=False)
+            train_ds = cxrdata.load(
+                dataset_dir, "train", batch_size=self.batch_size, shuffle=True, seed=self.seed, augment=aug
+            )
+            kwargs["validation_data"] = cxrdata.load(
+                dataset_dir, "val", batch_size=self.batch_size, shuffle=False
+            )
             kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would warn
             return model.fit(train_ds, *args, **kwargs)
         return model.fit(*args, **kwargs)
 
     def resolve(self, hp) -> dict[str, Any]:
         """Every hyperparameter's value in `hp`, else its override's default, else its reference value."""
-        defaults = {e.name: e.value if isinstance(e, kt.engine.hyperparameters.Fixed) else e.default
-                    for e in self._overrides.space}
+        defaults = {
+            e.name: e.value if isinstance(e, kt.engine.hyperparameters.Fixed) else e.default
+            for e in self._overrides.space
+        }
         values = hp.values if isinstance(hp, kt.HyperParameters) else dict(hp)
-        return {name: values.get(name, defaults.get(name, self.space.reference[name]))
-                for name in self.space.names}
+        return {
+            name: values.get(name, defaults.get(name, self.space.reference[name]))
+            for name in self.space.names
+        }
 
     def train_kwargs(self, values: dict[str, Any]) -> dict[str, Any]:
         """`cxrmodels.train` arguments that train the model of `values` (from `resolve`)."""
-        model_kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in self._model_args(values).items()}
-        return {"model": self.model_name, "learning_rate": float(values["learning_rate"]),
-                "augment_strength": float(values["augment_strength"]), "augment": self.augment,
-                "mixed_precision": self.policy or False, "batch_size": self.batch_size, "seed": self.seed,
-                "model_kwargs": model_kwargs}
+        model_kwargs = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in self._model_args(values).items()
+        }
+        return {
+            "model": self.model_name,
+            "learning_rate": float(values["learning_rate"]),
+            "augment_strength": float(values["augment_strength"]),
+            "augment": self.augment,
+            "mixed_precision": self.policy or False,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "model_kwargs": model_kwargs,
+        }
 
     def _model_args(self, values: dict[str, Any]) -> dict[str, Any]:
         args = dict(self.model_kwargs)
         if self._family == "cnn":
-            args["filters"] = tuple(int(values["base_filters"]) * 2 ** i for i in range(int(values["blocks"])))
+            args["filters"] = tuple(int(values["base_filters"]) * 2**i for i in range(int(values["blocks"])))
         for name in ("dense_units", "dropout", "pooling", "trainable_blocks"):
             if name in values:
                 args[name] = values[name]
@@ -250,6 +295,10 @@ class CXRHyperModel(kt.HyperModel):
         return args
 
     def _augmentation(self, values: dict[str, Any]):
-        return augmentation_layer({"augment": self.augment, "seed": self.seed,
-                                   "augment_strength": float(values["augment_strength"])})
-
+        return augmentation_layer(
+            {
+                "augment": self.augment,
+                "seed": self.seed,
+                "augment_strength": float(values["augment_strength"]),
+            }
+        )

@@ -22,9 +22,9 @@ import os
 import shutil
 from typing import Any
 
-from cxrdata.utils.output_dir import OVERWRITE, RESUME, check_output_dir, refuse_other_options
 from cxrdata.utils.figures import save_figure
-from cxrdata.utils.io import atomic_write_bytes, atomic_write_text
+from cxrdata.utils.io import atomic_write_text
+from cxrdata.utils.output_dir import OVERWRITE, RESUME, check_output_dir, refuse_other_options
 
 SEARCH_NAME = "search.json"
 TRIALS_NAME = "trials.csv"
@@ -36,8 +36,21 @@ FORMAT_VERSION = 1
 _TUNER_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
 # Settings a resumed search must share with the one in the folder; others (max_trials,
 # patience, verbose, the distributed launch) may change between runs.
-IDENTITY = ("model", "model_kwargs", "dataset_digest", "tuner", "objective", "max_epochs", "batch_size",
-            "seed", "mixed_precision", "augment", "hyperparameters", "tune_new_entries", "project_name")
+IDENTITY = (
+    "model",
+    "model_kwargs",
+    "dataset_digest",
+    "tuner",
+    "objective",
+    "max_epochs",
+    "batch_size",
+    "seed",
+    "mixed_precision",
+    "augment",
+    "hyperparameters",
+    "tune_new_entries",
+    "project_name",
+)
 
 
 def read_search(out: str) -> dict[str, Any]:
@@ -73,8 +86,13 @@ def prepare(out: str, config: dict, *, overwrite: bool) -> bool:
         FileExistsError: `out` holds other files, or a search with other settings (without `overwrite`).
     """
     # A search has no finished state: a rerun with the same settings continues it.
-    state = check_output_dir(out, what=f"search ({SEARCH_NAME})", markers=(SEARCH_NAME,),
-                             overwrite=overwrite, finished=lambda p: False)
+    state = check_output_dir(
+        out,
+        what=f"search ({SEARCH_NAME})",
+        markers=(SEARCH_NAME,),
+        overwrite=overwrite,
+        finished=lambda p: False,
+    )
     resumed = False
     if state in (OVERWRITE, RESUME):
         try:
@@ -86,8 +104,9 @@ def prepare(out: str, config: dict, *, overwrite: bool) -> bool:
         if overwrite:
             clear(out, previous.get("project_name"))
         else:
-            refuse_other_options(out, f"search of model {previous.get('model')!r}",
-                                 differences(previous, config))
+            refuse_other_options(
+                out, f"search of model {previous.get('model')!r}", differences(previous, config)
+            )
             resumed = True
             config = {**previous, **config, "started": previous.get("started", config.get("started"))}
     os.makedirs(out, exist_ok=True)
@@ -98,12 +117,16 @@ def prepare(out: str, config: dict, *, overwrite: bool) -> bool:
 def check_worker(out: str, config: dict) -> None:
     """Raises ValueError unless the chief's `search.json` in the shared `out` matches this worker."""
     if not os.path.isfile(os.path.join(out, SEARCH_NAME)):
-        raise ValueError(f"{os.path.join(out, SEARCH_NAME)!r} not found, though the chief serves: every "
-                         "process must see the same `directory` (one machine, or a shared filesystem).")
+        raise ValueError(
+            f"{os.path.join(out, SEARCH_NAME)!r} not found, though the chief serves: every "
+            "process must see the same `directory` (one machine, or a shared filesystem)."
+        )
     changed = differences(read_search(out), config)
     if changed:
-        raise ValueError(f"The chief's search in {out!r} has other settings than this worker "
-                         f"({'; '.join(changed)}). Launch every process with the same options.")
+        raise ValueError(
+            f"The chief's search in {out!r} has other settings than this worker "
+            f"({'; '.join(changed)}). Launch every process with the same options."
+        )
 
 
 def clear(out: str, project_name: str | None) -> None:
@@ -124,8 +147,10 @@ def trial_rows(tuner, hypermodel, objective: str) -> list[dict[str, Any]]:
     oracle = tuner.oracle
     trials = sorted(oracle.trials.values(), key=lambda t: (len(t.trial_id), t.trial_id))
     # Hyperband's bookkeeping (tuner/epochs, tuner/trial_id, ...): the same columns in every row.
-    extra = sorted({k for t in trials for k in t.hyperparameters.values if k.startswith("tuner/")},
-                   key=lambda k: (_TUNER_KEYS.index(k) if k in _TUNER_KEYS else len(_TUNER_KEYS), k))
+    extra = sorted(
+        {k for t in trials for k in t.hyperparameters.values if k.startswith("tuner/")},
+        key=lambda k: (_TUNER_KEYS.index(k) if k in _TUNER_KEYS else len(_TUNER_KEYS), k),
+    )
     rows = []
     for trial in trials:
         side = read_sidecar(os.path.join(tuner.project_dir, f"trial_{trial.trial_id}"))
@@ -136,10 +161,16 @@ def trial_rows(tuner, hypermodel, objective: str) -> list[dict[str, Any]]:
         completed = status == "COMPLETED" and trial.score is not None
         row = {"trial_id": trial.trial_id, **hypermodel.resolve(trial.hyperparameters)}
         row.update({k: trial.hyperparameters.values.get(k) for k in extra})
-        row.update({objective: trial.score if completed else None, "status": status,
-                    "epochs": side.get("epochs"), "seconds": side.get("seconds"),
-                    "tuner_id": oracle.trial_tuners.get(trial.trial_id) or side.get("tuner_id"),
-                    "note": note})
+        row.update(
+            {
+                objective: trial.score if completed else None,
+                "status": status,
+                "epochs": side.get("epochs"),
+                "seconds": side.get("seconds"),
+                "tuner_id": oracle.trial_tuners.get(trial.trial_id) or side.get("tuner_id"),
+                "note": note,
+            }
+        )
         rows.append(row)
     return rows
 
@@ -163,8 +194,16 @@ def best_row(rows: list[dict], objective: str, direction: str) -> dict | None:
     return min(done, key=lambda r: sign * r[objective])
 
 
-def plot(rows: list[dict], path: str, *, objective: str, direction: str, second: str, title: str,
-         defaults: dict[str, Any] | None = None) -> str:
+def plot(
+    rows: list[dict],
+    path: str,
+    *,
+    objective: str,
+    direction: str,
+    second: str,
+    title: str,
+    defaults: dict[str, Any] | None = None,
+) -> str:
     """Writes the objective against the learning rate (log) and against `second`, as two panels.
 
     A trial with every hyperparameter in `defaults` (the reference model, unless
@@ -173,8 +212,11 @@ def plot(rows: list[dict], path: str, *, objective: str, direction: str, second:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    done = [r for r in rows if r["status"] == "COMPLETED" and r.get(objective) is not None
-            and not math.isnan(r[objective])]
+    done = [
+        r
+        for r in rows
+        if r["status"] == "COMPLETED" and r.get(objective) is not None and not math.isnan(r[objective])
+    ]
     best = best_row(done, objective, direction)
     reference = [r for r in done if defaults and all(r.get(k) == v for k, v in defaults.items())]
     fig = Figure(figsize=(11, 4.4))
@@ -185,12 +227,26 @@ def plot(rows: list[dict], path: str, *, objective: str, direction: str, second:
         ys = [r[objective] for r in done]
         ax.scatter(xs, ys, s=36, alpha=0.8, label="completed trial")
         if reference:
-            ax.scatter([r[name] for r in reference], [r[objective] for r in reference], s=150,
-                       facecolors="none", edgecolors="black", linewidths=1.2, zorder=4,
-                       label="default values (reference)")
+            ax.scatter(
+                [r[name] for r in reference],
+                [r[objective] for r in reference],
+                s=150,
+                facecolors="none",
+                edgecolors="black",
+                linewidths=1.2,
+                zorder=4,
+                label="default values (reference)",
+            )
         if best is not None:
-            ax.scatter([best[name]], [best[objective]], marker="*", s=260, c="tab:red", zorder=3,
-                       label=f"best (trial {best['trial_id']})")
+            ax.scatter(
+                [best[name]],
+                [best[objective]],
+                marker="*",
+                s=260,
+                c="tab:red",
+                zorder=3,
+                label=f"best (trial {best['trial_id']})",
+            )
         if name == "learning_rate" or (name == "base_filters" and xs):
             ax.set_xscale("log", base=10 if name == "learning_rate" else 2)
         if name != "learning_rate" and xs:
@@ -198,9 +254,11 @@ def plot(rows: list[dict], path: str, *, objective: str, direction: str, second:
             ax.set_xticks(ticks)
             ax.set_xticklabels([str(t) for t in ticks])
             ax.minorticks_off()
-        ax.set(xlabel=name + (" (log scale)" if name == "learning_rate" else ""),
-               ylabel=f"{objective} ({'higher' if direction == 'max' else 'lower'} is better)",
-               title=f"{objective} against {name}")
+        ax.set(
+            xlabel=name + (" (log scale)" if name == "learning_rate" else ""),
+            ylabel=f"{objective} ({'higher' if direction == 'max' else 'lower'} is better)",
+            title=f"{objective} against {name}",
+        )
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     failed = len(rows) - len(done)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from keras_tuner.engine import hyperparameters as hpt
 
@@ -46,38 +47,79 @@ def _choices(base, reference):
 
 
 def _params(num_blocks: int | None, max_blocks: int) -> dict[str, _Param]:
-    return {p.name: p for p in (
-        _Param("learning_rate", "float", "a positive number", lambda v: _is_real(v) and v > 0,
-               lambda hp, ref: hp.Float("learning_rate", 1e-5, 1e-2, sampling="log", default=ref),
-               "Adam's learning rate; log scale from 1e-5 to 1e-2"),
-        _Param("base_filters", "int", "an int >= 1", lambda v: _is_int(v) and v >= 1,
-               lambda hp, ref: hp.Choice("base_filters", _choices((8, 16, 32, 64), ref), default=ref),
-               "filters of the first conv block; each later block doubles them"),
-        _Param("blocks", "int", f"an int from 1 to {max_blocks} (the input size allows no more)",
-               lambda v: _is_int(v) and 1 <= v <= max_blocks,
-               lambda hp, ref: hp.Int("blocks", 1, max_blocks, default=ref),
-               "conv blocks (not tuned unless given)"),
-        _Param("dense_units", "int", "an int >= 0", lambda v: _is_int(v) and v >= 0,
-               lambda hp, ref: hp.Choice(
-                   "dense_units", _choices((32, 64, 128, 256, 512) if num_blocks is None else (0, 64, 128, 256),
-                                           ref), default=ref),
-               "units of the hidden Dense layer (0: none)"),
-        _Param("dropout", "float", "a number in [0, 1)", lambda v: _is_real(v) and 0 <= v < 1,
-               lambda hp, ref: hp.Float("dropout", 0.0, 0.5, step=0.1, default=ref),
-               "dropout before the last Dense layer"),
-        _Param("pooling", "str", "'max' or 'avg'", lambda v: v in ("max", "avg"),
-               lambda hp, ref: hp.Choice("pooling", ["max", "avg"], default=ref),
-               "pooling of each conv block"),
-        _Param("augment_strength", "float", f"a number from 0 to {MAX_AUGMENT_STRENGTH:g}",
-               lambda v: _is_real(v) and 0 <= v <= MAX_AUGMENT_STRENGTH,
-               lambda hp, ref: hp.Float("augment_strength", 0.0, 2.0, step=0.5, default=ref),
-               "scale on RandomAffine's reference ranges (0: no augmentation)"),
-        _Param("trainable_blocks", "int",
-               "an int >= 0" if num_blocks is None else f"an int from 0 to {num_blocks}",
-               lambda v: _is_int(v) and 0 <= v <= (num_blocks if num_blocks is not None else 10**6),
-               lambda hp, ref: hp.Int("trainable_blocks", 0, num_blocks, default=ref),
-               "backbone blocks unfrozen for fine-tuning"),
-    )}
+    return {
+        p.name: p
+        for p in (
+            _Param(
+                "learning_rate",
+                "float",
+                "a positive number",
+                lambda v: _is_real(v) and v > 0,
+                lambda hp, ref: hp.Float("learning_rate", 1e-5, 1e-2, sampling="log", default=ref),
+                "Adam's learning rate; log scale from 1e-5 to 1e-2",
+            ),
+            _Param(
+                "base_filters",
+                "int",
+                "an int >= 1",
+                lambda v: _is_int(v) and v >= 1,
+                lambda hp, ref: hp.Choice("base_filters", _choices((8, 16, 32, 64), ref), default=ref),
+                "filters of the first conv block; each later block doubles them",
+            ),
+            _Param(
+                "blocks",
+                "int",
+                f"an int from 1 to {max_blocks} (the input size allows no more)",
+                lambda v: _is_int(v) and 1 <= v <= max_blocks,
+                lambda hp, ref: hp.Int("blocks", 1, max_blocks, default=ref),
+                "conv blocks (not tuned unless given)",
+            ),
+            _Param(
+                "dense_units",
+                "int",
+                "an int >= 0",
+                lambda v: _is_int(v) and v >= 0,
+                lambda hp, ref: hp.Choice(
+                    "dense_units",
+                    _choices((32, 64, 128, 256, 512) if num_blocks is None else (0, 64, 128, 256), ref),
+                    default=ref,
+                ),
+                "units of the hidden Dense layer (0: none)",
+            ),
+            _Param(
+                "dropout",
+                "float",
+                "a number in [0, 1)",
+                lambda v: _is_real(v) and 0 <= v < 1,
+                lambda hp, ref: hp.Float("dropout", 0.0, 0.5, step=0.1, default=ref),
+                "dropout before the last Dense layer",
+            ),
+            _Param(
+                "pooling",
+                "str",
+                "'max' or 'avg'",
+                lambda v: v in ("max", "avg"),
+                lambda hp, ref: hp.Choice("pooling", ["max", "avg"], default=ref),
+                "pooling of each conv block",
+            ),
+            _Param(
+                "augment_strength",
+                "float",
+                f"a number from 0 to {MAX_AUGMENT_STRENGTH:g}",
+                lambda v: _is_real(v) and 0 <= v <= MAX_AUGMENT_STRENGTH,
+                lambda hp, ref: hp.Float("augment_strength", 0.0, 2.0, step=0.5, default=ref),
+                "scale on RandomAffine's reference ranges (0: no augmentation)",
+            ),
+            _Param(
+                "trainable_blocks",
+                "int",
+                "an int >= 0" if num_blocks is None else f"an int from 0 to {num_blocks}",
+                lambda v: _is_int(v) and 0 <= v <= (num_blocks if num_blocks is not None else 10**6),
+                lambda hp, ref: hp.Int("trainable_blocks", 0, num_blocks, default=ref),
+                "backbone blocks unfrozen for fine-tuning",
+            ),
+        )
+    }
 
 
 @dataclass(frozen=True)
@@ -134,11 +176,14 @@ def check_input_size(space: Space, overrides: hpt.HyperParameters, input_shape) 
             raise ValueError(
                 f"`input_shape` must be at least {need}x{need} for {space.model}'s {space.reference['blocks']} "
                 f"blocks, or fix fewer blocks: hyperparameters={{'blocks': 2}} "
-                f"(hp.Fixed('blocks', 2)). Received: input_shape={tuple(input_shape)}")
+                f"(hp.Fixed('blocks', 2)). Received: input_shape={tuple(input_shape)}"
+            )
     need = info.min_input_size
     if need is not None and min(input_shape[:2]) < need:
-        raise ValueError(f"`input_shape` must be at least {need}x{need} for "
-                         f"{space.model!r}. Received: input_shape={tuple(input_shape)}")
+        raise ValueError(
+            f"`input_shape` must be at least {need}x{need} for "
+            f"{space.model!r}. Received: input_shape={tuple(input_shape)}"
+        )
 
 
 def normalize_overrides(hyperparameters, space: Space) -> hpt.HyperParameters:
@@ -156,9 +201,11 @@ def normalize_overrides(hyperparameters, space: Space) -> hpt.HyperParameters:
             out.merge([_from_dict_entry(name, spec, space)])
         return out
     if not isinstance(hyperparameters, hpt.HyperParameters):
-        raise TypeError("`hyperparameters` must be None, a keras_tuner.HyperParameters or a dict "
-                        "{name: value, (low, high) or [choices]}. "
-                        f"Received: hyperparameters={hyperparameters!r}")
+        raise TypeError(
+            "`hyperparameters` must be None, a keras_tuner.HyperParameters or a dict "
+            "{name: value, (low, high) or [choices]}. "
+            f"Received: hyperparameters={hyperparameters!r}"
+        )
     for entry in hyperparameters.space:
         _check_name(entry.name, space)
         _check_entry(entry, space.params[entry.name])
@@ -170,7 +217,8 @@ def _check_name(name, space: Space) -> None:
     if name not in space.names:
         raise ValueError(
             f"`hyperparameters` names must be among those of {space.model!r}: {', '.join(space.names)}. "
-            f"Received: {name!r}")
+            f"Received: {name!r}"
+        )
 
 
 def _describe(entry) -> str:
@@ -180,8 +228,10 @@ def _describe(entry) -> str:
 
 def _check_entry(entry, param: _Param) -> None:
     def bad(values, why=""):
-        raise ValueError(f"`hyperparameters` entry {param.name!r} must be {param.requirement}"
-                         f"{why}. Received: {_describe(entry)} ({', '.join(map(repr, values))})")
+        raise ValueError(
+            f"`hyperparameters` entry {param.name!r} must be {param.requirement}"
+            f"{why}. Received: {_describe(entry)} ({', '.join(map(repr, values))})"
+        )
 
     if isinstance(entry, hpt.Boolean):
         bad([], ": a Boolean does not apply")
@@ -209,17 +259,21 @@ def _from_dict_entry(name, spec, space: Space):
     param, ref = space.params[name], space.reference[name]
     if isinstance(spec, tuple):
         if param.kind == "str":
-            raise ValueError(f"`hyperparameters[{name!r}]` must be a value or a list of choices, "
-                             f"not a range. Received: {spec!r}")
+            raise ValueError(
+                f"`hyperparameters[{name!r}]` must be a value or a list of choices, "
+                f"not a range. Received: {spec!r}"
+            )
         if len(spec) != 2 or not all(_is_real(v) for v in spec):
-            raise ValueError(f"`hyperparameters[{name!r}]` as a tuple must be (low, high). "
-                             f"Received: {spec!r}")
+            raise ValueError(
+                f"`hyperparameters[{name!r}]` as a tuple must be (low, high). " f"Received: {spec!r}"
+            )
         low, high = spec
         if low > high:
             raise ValueError(f"`hyperparameters[{name!r}]` must have low <= high. Received: {spec!r}")
         if not all(param.valid(v) for v in spec):
-            raise ValueError(f"`hyperparameters[{name!r}]` bounds must each be {param.requirement}. "
-                             f"Received: {spec!r}")
+            raise ValueError(
+                f"`hyperparameters[{name!r}]` bounds must each be {param.requirement}. " f"Received: {spec!r}"
+            )
         default = ref if low <= ref <= high else None
         if param.kind == "int":
             return hpt.Int(name, int(low), int(high), default=default)
@@ -227,11 +281,12 @@ def _from_dict_entry(name, spec, space: Space):
         return hpt.Float(name, float(low), float(high), sampling=sampling, default=default)
     if isinstance(spec, list):
         if not spec or not all(param.valid(v) for v in spec):
-            raise ValueError(f"`hyperparameters[{name!r}]` choices must each be {param.requirement}. "
-                             f"Received: {spec!r}")
+            raise ValueError(
+                f"`hyperparameters[{name!r}]` choices must each be {param.requirement}. "
+                f"Received: {spec!r}"
+            )
         values = [float(v) for v in spec] if param.kind == "float" else list(spec)
         return hpt.Choice(name, values, default=ref if ref in values else None)
     if not param.valid(spec):
         raise ValueError(f"`hyperparameters[{name!r}]` must be {param.requirement}. Received: {spec!r}")
     return hpt.Fixed(name, float(spec) if param.kind == "float" else spec)
-

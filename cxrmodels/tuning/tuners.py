@@ -22,12 +22,11 @@ import datetime
 import json
 import os
 import socket
-import threading
 import time
-import uuid
 import warnings
 
 import keras_tuner as kt
+
 from cxrdata.utils import compat
 from cxrdata.utils.io import atomic_write_text
 from cxrmodels.tuning.distribute import HEARTBEAT_DIR, Heartbeat, serve
@@ -117,14 +116,21 @@ class _TunerMixin(compat.quiet_build_tuner_mixin(lambda: _quiet_optimizer_reload
 
     def _write_sidecar(self, trial, *, status, message=None):
         start, started = self.trial_started.get(trial.trial_id, (None, _now()))
-        record = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, "host": socket.gethostname(),
-                  "pid": os.getpid(), "started": started, "status": status,
-                  "epochs": self.trial_epochs.get(trial.trial_id, 0),
-                  "seconds": None if status == _RUNNING or start is None
-                  else round(time.perf_counter() - start, 3),
-                  "message": _last_line(message)}
-        atomic_write_text(os.path.join(self.get_trial_dir(trial.trial_id), TRIAL_SIDECAR),
-                          json.dumps(record, indent=2) + "\n")
+        record = {
+            "trial_id": trial.trial_id,
+            "tuner_id": self.tuner_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": started,
+            "status": status,
+            "epochs": self.trial_epochs.get(trial.trial_id, 0),
+            "seconds": None if status == _RUNNING or start is None else round(time.perf_counter() - start, 3),
+            "message": _last_line(message),
+        }
+        atomic_write_text(
+            os.path.join(self.get_trial_dir(trial.trial_id), TRIAL_SIDECAR),
+            json.dumps(record, indent=2) + "\n",
+        )
 
     def load_model(self, trial):
         with _quiet_optimizer_reload():
@@ -135,8 +141,11 @@ class _TunerMixin(compat.quiet_build_tuner_mixin(lambda: _quiet_optimizer_reload
             if "verbose" in fit_kwargs:
                 self.oracle.verbose = fit_kwargs["verbose"]
             self.save()
-            serve(self.oracle, heartbeat_dir=os.path.join(self.project_dir, HEARTBEAT_DIR),
-                   worker_timeout=self.worker_timeout)
+            serve(
+                self.oracle,
+                heartbeat_dir=os.path.join(self.project_dir, HEARTBEAT_DIR),
+                worker_timeout=self.worker_timeout,
+            )
             return
         heartbeat = None
         if compat.tuner_is_worker(self):
@@ -159,13 +168,26 @@ class _HyperbandTuner(_TunerMixin, kt.Hyperband):
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
 
 
-def make_tuner(kind: str, *, hypermodel, objective, max_trials: int, maxtrial_epochs: int, seed: int,
-               hyperparameters, tune_new_entries: bool, directory: str, project_name: str,
-               overwrite: bool, worker_timeout: float):
+def make_tuner(
+    kind: str,
+    *,
+    hypermodel,
+    objective,
+    max_trials: int,
+    maxtrial_epochs: int,
+    seed: int,
+    hyperparameters,
+    tune_new_entries: bool,
+    directory: str,
+    project_name: str,
+    overwrite: bool,
+    worker_timeout: float,
+):
     """Builds the tuner of `kind` ("hyperband", "random" or "bayesian") with our oracle."""
     # keras-tuner reads seed 0 as "no seed" (a random one); shift it so every seed counts.
-    common = dict(objective=objective, seed=seed + 1, hyperparameters=hyperparameters,
-                  tune_new_entries=tune_new_entries)
+    common = dict(
+        objective=objective, seed=seed + 1, hyperparameters=hyperparameters, tune_new_entries=tune_new_entries
+    )
     if kind == "hyperband":
         oracle = _HyperbandOracle(maxtrial_epochs=maxtrial_epochs, factor=3, **common)
         oracle.max_trials = max_trials  # Hyperband has no cap of its own; the base Oracle honors it
@@ -174,8 +196,13 @@ def make_tuner(kind: str, *, hypermodel, objective, max_trials: int, maxtrial_ep
         oracle, tuner_class = _RandomOracle(max_trials=max_trials, **common), _Tuner
     else:
         oracle, tuner_class = _BayesianOracle(max_trials=max_trials, **common), _Tuner
-    tuner = tuner_class(oracle=oracle, hypermodel=hypermodel, directory=directory,
-                        project_name=project_name, overwrite=overwrite)
+    tuner = tuner_class(
+        oracle=oracle,
+        hypermodel=hypermodel,
+        directory=directory,
+        project_name=project_name,
+        overwrite=overwrite,
+    )
     tuner.worker_timeout, tuner.trial_epochs, tuner.trial_started = worker_timeout, {}, {}
     return tuner
 

@@ -35,7 +35,9 @@ def _shard_digests(out):
 
 def test_class_folder_tree_converts_every_image_exactly(phantom_tree, tmp_path):
     src = phantom_tree(per_class=10, image_size=80)
-    result = convert(src, tmp_path / "out", image_size=48, radius=12, shard_size=0.01, workers=1, progress=False)
+    result = convert(
+        src, tmp_path / "out", image_size=48, radius=12, shard_size=0.01, workers=1, progress=False
+    )
     manifest, rows = _records(tmp_path / "out")
     assert manifest.class_names == ("COVID", "Normal") and manifest.image_shape == (48, 48, 1)
     assert result.num_converted == 20 == len(rows) and not result.rejects
@@ -45,12 +47,16 @@ def test_class_folder_tree_converts_every_image_exactly(phantom_tree, tmp_path):
         expected = preprocess_image(decode_image(src / row["path"]), config)
         np.testing.assert_array_equal(np.frombuffer(row["image"], np.uint8).reshape(48, 48), expected)
         assert row["class_name"] == manifest.class_names[row["label"]] == row["path"].split("/")[0]
-    counts = {s: {c: sum(1 for r in rows if r["split"] == s and r["class_name"] == c) for c in manifest.class_names}
-              for s in manifest.splits}
+    counts = {
+        s: {c: sum(1 for r in rows if r["split"] == s and r["class_name"] == c) for c in manifest.class_names}
+        for s in manifest.splits
+    }
     assert counts == {s: i.counts for s, i in manifest.splits.items()}
     assert {s: i.counts for s, i in manifest.splits.items()} == {
-        "train": {"COVID": 7, "Normal": 7}, "val": {"COVID": 2, "Normal": 1}, "test": {"COVID": 1, "Normal": 2}} \
-        or all(abs(i.counts["COVID"] - i.counts["Normal"]) <= 1 for i in manifest.splits.values())
+        "train": {"COVID": 7, "Normal": 7},
+        "val": {"COVID": 2, "Normal": 1},
+        "test": {"COVID": 1, "Normal": 2},
+    } or all(abs(i.counts["COVID"] - i.counts["Normal"]) <= 1 for i in manifest.splits.values())
 
 
 def test_same_inputs_and_seed_give_identical_shards_for_any_worker_count(phantom_tree, tmp_path):
@@ -71,8 +77,16 @@ def test_split_folders_are_honoured(phantom_tree, tmp_path):
 
 def test_csv_with_patients_keeps_each_patient_in_one_split(phantom_tree, tmp_path):
     src = phantom_tree(per_class=24, patients=3)
-    convert(src, tmp_path / "out", labels=src / "labels.csv", group_by="patient", image_size=32,
-            equalize="none", workers=1, progress=False)
+    convert(
+        src,
+        tmp_path / "out",
+        labels=src / "labels.csv",
+        group_by="patient",
+        image_size=32,
+        equalize="none",
+        workers=1,
+        progress=False,
+    )
     _, rows = _records(tmp_path / "out")
     assert len(rows) == 48
     split_of = {}
@@ -107,15 +121,18 @@ def test_formats_and_bad_files(tmp_path, realdata):
     Image.fromarray(np.stack([gray] * 3, -1)).save(src / "Normal" / "rgb.png")
     shutil.copy(realdata / "dicom" / "siim-mono2-jpeg.dcm", src / "Normal" / "mono2.dcm")
     good = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(good, format="PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(
+        good, format="PNG"
+    )
     (src / "Normal" / "truncated.png").write_bytes(good.getvalue()[:2000])
     (src / "Normal" / "empty.png").write_bytes(b"")
     (src / "Normal" / "scan.dat").write_bytes(b"not an image at all")
     (src / "Normal" / "notes.doc").write_bytes(b"skipped silently")
     (src / "Normal" / "readme.txt").write_text("skipped silently")
     (src / "Normal" / ".hidden.png").write_text("skipped silently")
-    result = convert(src, tmp_path / "out", image_size=32, equalize="none", splits=(0.5, 0.5), workers=2,
-                     progress=False)
+    result = convert(
+        src, tmp_path / "out", image_size=32, equalize="none", splits=(0.5, 0.5), workers=2, progress=False
+    )
     assert result.num_converted == 5
     with open(tmp_path / "out" / "rejects.csv", newline="") as f:
         rejects = {r["path"]: r["reason"] for r in csv.DictReader(f)}
@@ -135,8 +152,10 @@ def test_png_encoding_holds_the_same_pixels_as_raw(phantom_tree, tmp_path):
     _, png = _records(tmp_path / "png")
     assert [r["path"] for r in raw] == [r["path"] for r in png]
     for a, b in zip(raw, png):
-        np.testing.assert_array_equal(np.frombuffer(a["image"], np.uint8).reshape(32, 32),
-                                      np.asarray(Image.open(io.BytesIO(b["image"]))))
+        np.testing.assert_array_equal(
+            np.frombuffer(a["image"], np.uint8).reshape(32, 32),
+            np.asarray(Image.open(io.BytesIO(b["image"]))),
+        )
 
 
 def test_dicom_monochrome1_converts_to_255_minus_monochrome2(tmp_path, realdata):
@@ -145,19 +164,24 @@ def test_dicom_monochrome1_converts_to_255_minus_monochrome2(tmp_path, realdata)
         (src / cls).mkdir(parents=True)
         shutil.copy(realdata / "dicom" / name, src / cls / name)
     # at native size no resampling happens, so the identity is exact
-    convert(src, tmp_path / "out", image_size=1024, equalize="none", splits=(1.0, 0.0), workers=1, progress=False)
+    convert(
+        src, tmp_path / "out", image_size=1024, equalize="none", splits=(1.0, 0.0), workers=1, progress=False
+    )
     _, rows = _records(tmp_path / "out")
     img = {r["class_name"]: np.frombuffer(r["image"], np.uint8).astype(int) for r in rows}
     np.testing.assert_array_equal(img["a"], 255 - img["b"])
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(splits="0.6,0.3,0.3"), ValueError, "add up to 1"),
-    (dict(encoding="jpeg"), ValueError, "encoding"),
-    (dict(shard_size=0), ValueError, "shard_size"),
-    (dict(workers=0), ValueError, "workers"),
-    (dict(equalize="fancy"), ValueError, "equalize"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(splits="0.6,0.3,0.3"), ValueError, "add up to 1"),
+        (dict(encoding="jpeg"), ValueError, "encoding"),
+        (dict(shard_size=0), ValueError, "shard_size"),
+        (dict(workers=0), ValueError, "workers"),
+        (dict(equalize="fancy"), ValueError, "equalize"),
+    ],
+)
 def test_bad_arguments_fail_before_any_work(phantom_tree, tmp_path, kwargs, error, match):
     src = phantom_tree(per_class=2)
     with pytest.raises(error, match=match):
@@ -174,7 +198,9 @@ def test_missing_source_empty_class_and_unknown_csv_label(phantom_tree, tmp_path
         convert(src, tmp_path / "out", progress=False)
     shutil.rmtree(src / "Pneumonia")
     with pytest.raises(ValueError, match="'COVID'"):
-        convert(src, tmp_path / "out", labels=src / "labels.csv", class_names=["Normal", "Other"], progress=False)
+        convert(
+            src, tmp_path / "out", labels=src / "labels.csv", class_names=["Normal", "Other"], progress=False
+        )
 
 
 def test_existing_dataset_is_never_overwritten_silently(phantom_tree, tmp_path):
@@ -198,7 +224,18 @@ def test_existing_dataset_is_never_overwritten_silently(phantom_tree, tmp_path):
 @pytest.mark.slow
 def test_killed_conversion_resumes_to_the_same_bytes(phantom_tree, tmp_path):
     src = phantom_tree(per_class=60, image_size=96)
-    args = [str(src), "--image-size", "96", "--radius", "30", "--shard-size", "0.03", "--workers", "1", "--quiet"]
+    args = [
+        str(src),
+        "--image-size",
+        "96",
+        "--radius",
+        "30",
+        "--shard-size",
+        "0.03",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     cmd = [sys.executable, "-m", "cxrmodels.cli", "convert"]
     subprocess.run(cmd + [*args[:1], str(tmp_path / "whole"), *args[1:]], check=True, capture_output=True)
     expected = _shard_digests(tmp_path / "whole")
@@ -207,8 +244,11 @@ def test_killed_conversion_resumes_to_the_same_bytes(phantom_tree, tmp_path):
     kills = 0
     for attempt in range(6):
         flags = ["--resume"] if attempt else []
-        proc = subprocess.Popen(cmd + [*args[:1], str(out), *args[1:], *flags],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd + [*args[:1], str(out), *args[1:], *flags],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         target = 2 + 3 * attempt
         deadline = time.time() + 60
         while proc.poll() is None and time.time() < deadline:
@@ -230,6 +270,7 @@ def test_killed_conversion_resumes_to_the_same_bytes(phantom_tree, tmp_path):
     assert _shard_digests(out) == expected
     for name, digest in expected.items():
         import hashlib
+
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
     assert not any(n.startswith(".") for n in os.listdir(out))
 

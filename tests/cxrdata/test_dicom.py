@@ -22,8 +22,16 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless, g
 REAL = ("siim-mono2-jpeg.dcm", "siim-mono1-fake-jpeg.dcm")
 
 
-def _dataset(pixels, *, bits_stored, bits_allocated=None, signed=False, photometric="MONOCHROME2",
-             pixel_data=None, **tags):
+def _dataset(
+    pixels,
+    *,
+    bits_stored,
+    bits_allocated=None,
+    signed=False,
+    photometric="MONOCHROME2",
+    pixel_data=None,
+    **tags,
+):
     """A CR file in ExplicitVRLittleEndian; `pixels` is (rows, columns) or (frames, rows, columns)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
@@ -68,7 +76,9 @@ def test_huge_header_with_tiny_pixel_data_is_rejected_fast_without_allocating():
     assert len(data) < 5000
     tracemalloc.start()
     start = time.perf_counter()
-    with pytest.raises(DecodeError, match=r"image too large: 30000x30000 = 900000000 pixels.*MAX_IMAGE_PIXELS"):
+    with pytest.raises(
+        DecodeError, match=r"image too large: 30000x30000 = 900000000 pixels.*MAX_IMAGE_PIXELS"
+    ):
         decode_image(data, name="bomb.dcm")
     elapsed = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
@@ -89,8 +99,11 @@ def test_compressed_header_over_the_cap_is_rejected_before_decoding(monkeypatch)
 def test_rows_edited_upwards_is_a_reject_not_a_zero_padded_image():
     ds = _dataset(GRADIENT_12, bits_stored=12)
     ds.Rows = 128
-    with pytest.raises(DecodeError, match=r"truncated DICOM: pixel data holds 8192 bytes, the header "
-                                          r"\(128x64x1x16 bits x 1 frame\(s\)\) needs 16384"):
+    with pytest.raises(
+        DecodeError,
+        match=r"truncated DICOM: pixel data holds 8192 bytes, the header "
+        r"\(128x64x1x16 bits x 1 frame\(s\)\) needs 16384",
+    ):
         _decode(ds)
 
 
@@ -139,8 +152,11 @@ def test_multi_frame_jpeg_decodes_frame_0_through_tensorflow_io():
         return buf.getvalue()
 
     first = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 2
-    ds = _dataset(np.zeros((3, 64, 64)), bits_stored=8,
-                  pixel_data=encapsulate([jpeg(first), jpeg(255 - first), jpeg(first // 2)]))
+    ds = _dataset(
+        np.zeros((3, 64, 64)),
+        bits_stored=8,
+        pixel_data=encapsulate([jpeg(first), jpeg(255 - first), jpeg(first // 2)]),
+    )
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds["PixelData"].VR = "OB"
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -180,8 +196,14 @@ def test_robust_range_uses_the_documented_percentiles():
 
 
 def test_rescale_and_window_match_a_hand_computation():
-    ds = _dataset(GRADIENT_12, bits_stored=12, RescaleSlope=2, RescaleIntercept=-1024,
-                  WindowCenter=[1000, 3000], WindowWidth=[500, 100])
+    ds = _dataset(
+        GRADIENT_12,
+        bits_stored=12,
+        RescaleSlope=2,
+        RescaleIntercept=-1024,
+        WindowCenter=[1000, 3000],
+        WindowWidth=[500, 100],
+    )
     out = _decode(ds)
     # PS3.3 C.11.2.1.2.1 (LINEAR) on the rescaled values, first window, output range [0, 255]
     x = GRADIENT_12 * 2.0 - 1024
@@ -211,8 +233,14 @@ def test_voi_lut_sequence_is_honoured():
 
 
 def test_none_reproduces_the_old_full_bits_stored_scaling():
-    ds = _dataset(GRADIENT_12, bits_stored=12, RescaleSlope=2, RescaleIntercept=-1024,
-                  WindowCenter=1000, WindowWidth=500)
+    ds = _dataset(
+        GRADIENT_12,
+        bits_stored=12,
+        RescaleSlope=2,
+        RescaleIntercept=-1024,
+        WindowCenter=1000,
+        WindowWidth=500,
+    )
     np.testing.assert_array_equal(_decode(ds, dicom_window="none"), (GRADIENT_12 * 255 + 2047) // 4095)
 
 
@@ -232,8 +260,10 @@ def test_invalid_window_is_a_reject_that_names_the_way_out():
 
 
 def test_bad_dicom_window_fails_before_reading():
-    with pytest.raises(ValueError, match=r"`dicom_window` must be one of 'auto', 'minmax', 'none'. "
-                                         r"Received: dicom_window='window'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`dicom_window` must be one of auto, minmax, none. " r"Received: dicom_window='window'",
+    ):
         decode_image("/nonexistent.dcm", dicom_window="window")
 
 
@@ -256,7 +286,9 @@ def test_real_8_bit_files_keep_their_stored_values_in_auto_and_none(realdata):
         stored = ds.pixel_array.astype(int)  # pydicom's own decoder (Pillow) as the reference
         expected = 255 - stored if ds.PhotometricInterpretation == "MONOCHROME1" else stored
         for window in ("auto", "none"):
-            np.testing.assert_array_equal(decode_image(path, dicom_window=window), expected, err_msg=path.name)
+            np.testing.assert_array_equal(
+                decode_image(path, dicom_window=window), expected, err_msg=path.name
+            )
 
 
 def test_convert_records_dicom_window_and_real_dicoms_convert(tmp_path, realdata):
@@ -269,8 +301,16 @@ def test_convert_records_dicom_window_and_real_dicoms_convert(tmp_path, realdata
     bad = _dataset(GRADIENT_12, bits_stored=12)
     bad.Rows = 128
     (src / "b" / "edited.dcm").write_bytes(_bytes(bad))
-    result = convert(src, tmp_path / "out", image_size=64, equalize="none", splits=(1.0, 0.0), workers=1,
-                     progress=False, dicom_window="minmax")
+    result = convert(
+        src,
+        tmp_path / "out",
+        image_size=64,
+        equalize="none",
+        splits=(1.0, 0.0),
+        workers=1,
+        progress=False,
+        dicom_window="minmax",
+    )
     assert result.num_converted == 6
     with open(tmp_path / "out" / "rejects.csv", newline="") as f:
         rejects = {r["path"]: r["reason"] for r in csv.DictReader(f)}
@@ -281,8 +321,13 @@ def test_convert_records_dicom_window_and_real_dicoms_convert(tmp_path, realdata
 
 
 def test_old_manifests_read_as_dicom_window_none():
-    old = Manifest(class_names=("a",), image_shape=(8, 8, 1), encoding="raw",
-                   preprocessing={"image_size": [8, 8], "equalize": "none"}, splits={})
+    old = Manifest(
+        class_names=("a",),
+        image_shape=(8, 8, 1),
+        encoding="raw",
+        preprocessing={"image_size": [8, 8], "equalize": "none"},
+        splits={},
+    )
     assert Manifest.from_dict(old.to_dict()).dicom_window == "none"
     assert dicom_window_of({"dicom_window": "auto"}) == "auto"
 

@@ -50,12 +50,15 @@ def test_stretch_ignores_aspect():
     assert out[:, :14].max() == 0 and out[:, 18:].min() == 255
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"image_size": 4}, "image_size"),
-    ({"aspect": "squash"}, "aspect"),
-    ({"equalize": "adaptive"}, "equalize"),
-    ({"radius": 0}, "radius"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image_size": 4}, "image_size"),
+        ({"aspect": "squash"}, "aspect"),
+        ({"equalize": "adaptive"}, "equalize"),
+        ({"radius": 0}, "radius"),
+    ],
+)
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PreprocessConfig(**kwargs)

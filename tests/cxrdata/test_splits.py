@@ -25,10 +25,13 @@ def test_units_join_shared_groups_and_identical_files():
 
 def test_stratified_counts_close_to_ratios():
     labels = [0] * 300 + [1] * 100
-    out = assign_splits(labels, [""] * 400, [str(i) for i in range(400)], ratios=(0.7, 0.15, 0.15),
-                        seed=0, num_classes=2)
+    out = assign_splits(
+        labels, [""] * 400, [str(i) for i in range(400)], ratios=(0.7, 0.15, 0.15), seed=0, num_classes=2
+    )
     for cls, total in ((0, 300), (1, 100)):
-        got = {s: sum(1 for l, o in zip(labels, out) if l == cls and o == s) for s in ("train", "val", "test")}
+        got = {
+            s: sum(1 for l, o in zip(labels, out) if l == cls and o == s) for s in ("train", "val", "test")
+        }
         assert abs(got["train"] - 0.7 * total) <= 1
         assert abs(got["val"] - 0.15 * total) <= 1
         assert abs(got["test"] - 0.15 * total) <= 1
@@ -44,8 +47,10 @@ def test_same_seed_same_split_other_seed_differs():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 15), st.integers(0, 40)), min_size=1, max_size=120),
-       st.integers(0, 10_000))
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 15), st.integers(0, 40)), min_size=1, max_size=120),
+    st.integers(0, 10_000),
+)
 def test_no_patient_and_no_duplicate_file_straddles_two_splits(rows, seed):
     labels = [r[0] for r in rows]
     groups = [f"p{r[1]}" for r in rows]
@@ -58,6 +63,7 @@ def test_no_patient_and_no_duplicate_file_straddles_two_splits(rows, seed):
 
 
 def test_zero_ratio_split_gets_nothing():
-    out = assign_splits([0, 1] * 20, [""] * 40, [str(i) for i in range(40)], ratios=(0.8, 0.2, 0.0),
-                        seed=0, num_classes=2)
+    out = assign_splits(
+        [0, 1] * 20, [""] * 40, [str(i) for i in range(40)], ratios=(0.8, 0.2, 0.0), seed=0, num_classes=2
+    )
     assert "test" not in out and out.count("val") == 8

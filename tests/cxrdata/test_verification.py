@@ -29,7 +29,9 @@ def test_verify_catches_one_flipped_byte(converted_dataset, tmp_path):
     result = verify(data)
     assert not result.ok
     assert all(shard in p for p in result.problems)
-    cli = subprocess.run([sys.executable, "-m", "cxrmodels.cli", "verify", str(data)], capture_output=True, text=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "cxrmodels.cli", "verify", str(data)], capture_output=True, text=True
+    )
     assert cli.returncode == 1 and shard in cli.stdout
 
 
@@ -61,9 +63,9 @@ def test_inspect_prints_counts_and_writes_a_grid(converted_dataset, tmp_path):
 
 
 def test_explain_read_error_names_the_damaged_shard(converted_dataset, tmp_path):
-    import cxrdata
     import tensorflow as tf
 
+    import cxrdata
     from cxrdata.verification import explain_read_error
 
     data = _copy(converted_dataset, tmp_path)

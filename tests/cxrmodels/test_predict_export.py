@@ -14,9 +14,9 @@ from PIL import Image
 import cxrdata
 from cxrdata.records import iter_records, parse_record
 from cxrmodels.cli import main
+from cxrmodels.models import create_model
 from cxrmodels.serving.exporting import export
 from cxrmodels.serving.prediction import gradcam, predict
-from cxrmodels.models import create_model
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,9 @@ def test_keras_export_reloads_with_identical_predictions(trained_run, model, tes
     out = export(trained_run, tmp_path / "k", format="keras")
     assert sorted(os.listdir(out)) == ["cxr.json", "model.keras"]
     reloaded = keras.saving.load_model(os.path.join(out, "model.keras"))
-    np.testing.assert_array_equal(reloaded.predict(test_batch[0], verbose=0), model.predict(test_batch[0], verbose=0))
+    np.testing.assert_array_equal(
+        reloaded.predict(test_batch[0], verbose=0), model.predict(test_batch[0], verbose=0)
+    )
     assert json.loads((tmp_path / "k" / "cxr.json").read_text())["format"] == "keras"
 
 
@@ -170,8 +172,10 @@ def test_export_refuses_a_non_empty_folder_unless_overwrite(trained_run, tmp_pat
     (tmp_path / "out" / "old.txt").write_text("x")
     with pytest.raises(FileExistsError, match="not empty.*--overwrite"):
         export(trained_run, tmp_path / "out", format="keras")
-    assert main(["export", str(trained_run), "--format", "keras", "--out", str(tmp_path / "out"),
-                 "--overwrite"]) == 0
+    assert (
+        main(["export", str(trained_run), "--format", "keras", "--out", str(tmp_path / "out"), "--overwrite"])
+        == 0
+    )
     assert sorted(os.listdir(tmp_path / "out")) == ["cxr.json", "model.keras"]
     with pytest.raises(ValueError, match="`format` must be one of savedmodel, keras"):
         export(trained_run, tmp_path / "x", format="onnx")

@@ -23,13 +23,17 @@ def test_types_and_ranges():
         check_choice("mode", "c", ("a", "b"))
 
 
-@pytest.mark.parametrize("call", [
-    lambda: check_seed(1.5),
-    lambda: __import__("cxrdata").RandomAffine(seed=1.5),
-    lambda: __import__("cxrmodels.training.options", fromlist=["_"]).SharedOptions.check(
-        model="seed_cnn", batch_size=8, seed="1"),
-    lambda: __import__("cxrdata").synthetic.write_tree("unused", seed=1.5),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: check_seed(1.5),
+        lambda: __import__("cxrdata").RandomAffine(seed=1.5),
+        lambda: __import__("cxrmodels.training.options", fromlist=["_"]).SharedOptions.check(
+            model="seed_cnn", batch_size=8, seed="1"
+        ),
+        lambda: __import__("cxrdata").synthetic.write_tree("unused", seed=1.5),
+    ],
+)
 def test_a_seed_of_the_wrong_type_is_the_same_error_everywhere(call):
     with pytest.raises(TypeError, match=r"`seed` must be an integer >= 0"):
         call()
