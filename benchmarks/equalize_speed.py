@@ -28,9 +28,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, write_json  # noqa: E402
-
 import numpy as np  # noqa: E402
+from _common import markdown_table, write_json  # noqa: E402
 from skimage.filters.rank import equalize  # noqa: E402
 from skimage.morphology import disk  # noqa: E402
 
@@ -46,9 +45,7 @@ def _images(size, count):
     from cxrdata.synthetic import make_phantom
 
     labels = ("normal", "covid", "pneumonia")
-    return np.stack(
-        [make_phantom(size, label=labels[i % 3], seed=i) for i in range(count)]
-    )
+    return np.stack([make_phantom(size, label=labels[i % 3], seed=i) for i in range(count)])
 
 
 class _PeakRss:
@@ -145,26 +142,33 @@ def run(*, sizes=(128, 224, 299, 512), radius=70, batch=2, rounds=2, warmup=1, w
             single, expected = _time_skimage(images, radius, rounds)
             rows = [("scikit-image, 1 process", single, None, True)]
             pooled, outputs = _time_skimage(images, radius, rounds, pool)
-            rows.append((f"scikit-image, {workers} processes", pooled, None,
-                         bool(np.array_equal(outputs, expected))))
+            rows.append(
+                (f"scikit-image, {workers} processes", pooled, None, bool(np.array_equal(outputs, expected)))
+            )
             layer = LocalEqualization(radius)
             for name, device in _layer_devices():
                 for mode, jit in (("tf.function", False), ("XLA", True)):
                     speed, outputs, peak = _time_layer(
-                        layer, images[..., None], device=device, jit=jit,
-                        warmup=warmup, rounds=rounds,
+                        layer,
+                        images[..., None],
+                        device=device,
+                        jit=jit,
+                        warmup=warmup,
+                        rounds=rounds,
                     )
                     identical = bool(np.array_equal(outputs[..., 0], expected))
                     rows.append((f"layer {mode} {name}", speed, peak, identical))
             for method, speed, peak, identical in rows:
-                results.append({
-                    "size": size,
-                    "method": method,
-                    "images_per_s": round(speed, 2),
-                    "vs_skimage_1_process": round(speed / single, 3),
-                    "peak_mb": None if peak is None else round(peak, 1),
-                    "identical": identical,
-                })
+                results.append(
+                    {
+                        "size": size,
+                        "method": method,
+                        "images_per_s": round(speed, 2),
+                        "vs_skimage_1_process": round(speed / single, 3),
+                        "peak_mb": None if peak is None else round(peak, 1),
+                        "identical": identical,
+                    }
+                )
             keras.backend.clear_session()
     return results
 
@@ -185,36 +189,49 @@ def _rows(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="128,224,299,512",
-                        help="comma-separated square image sizes (default: %(default)s)")
+    parser.add_argument(
+        "--sizes", default="128,224,299,512", help="comma-separated square image sizes (default: %(default)s)"
+    )
     parser.add_argument("--radius", type=int, default=70, help="disk radius (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=2, help="images per batch (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="timed passes (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="processes of the scikit-image pool (default: all cores)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes of the scikit-image pool (default: all cores)"
+    )
     parser.add_argument("--out", default="bench-output/equalize_speed.json")
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))
     for name in ("radius", "batch", "rounds", "warmup"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             parser.error(f"--{name} must be >= 1")
-    results = run(sizes=sizes, radius=args.radius, batch=args.batch, rounds=args.rounds,
-                  warmup=args.warmup, workers=args.workers)
+    results = run(
+        sizes=sizes,
+        radius=args.radius,
+        batch=args.batch,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        workers=args.workers,
+    )
     devices = ", ".join(name for name, _ in _layer_devices())
-    print(f"LocalEqualization vs skimage.filters.rank.equalize, disk({args.radius}), "
-          f"batch {args.batch}, {args.rounds} rounds, {os.cpu_count()} cores, layer on {devices}\n")
+    print(
+        f"LocalEqualization vs skimage.filters.rank.equalize, disk({args.radius}), "
+        f"batch {args.batch}, {args.rounds} rounds, {os.cpu_count()} cores, layer on {devices}\n"
+    )
     print(markdown_table(HEADERS, _rows(results)))
-    write_json(args.out, {
-        "benchmark": "equalize_speed",
-        "radius": args.radius,
-        "sizes": list(sizes),
-        "batch": args.batch,
-        "rounds": args.rounds,
-        "warmup": args.warmup,
-        "devices": devices,
-        "results": results,
-    })
+    write_json(
+        args.out,
+        {
+            "benchmark": "equalize_speed",
+            "radius": args.radius,
+            "sizes": list(sizes),
+            "batch": args.batch,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "devices": devices,
+            "results": results,
+        },
+    )
     print(f"\nwrote {args.out}")
     if not all(r["identical"] for r in results):
         sys.exit("some outputs differ from scikit-image")

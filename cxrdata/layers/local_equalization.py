@@ -144,8 +144,7 @@ class LocalEqualization(_Base):
             and height * _LEVELS * (width + 1) > _MAX_TABLE_SIZE
         ):
             raise ValueError(
-                "`images` must have height * 256 * (width + 1) < 2**31. "
-                f"Received: images.shape={shape}"
+                "`images` must have height * 256 * (width + 1) < 2**31. " f"Received: images.shape={shape}"
             )
         dtype = keras.backend.standardize_dtype(inputs.dtype)
         if dtype == "bool" or not ("int" in dtype or "float" in dtype):
@@ -193,9 +192,7 @@ def _equalize(xp, image, radius):
     steps = -(-len(widths) // _ROWS_PER_STEP)
     padding = steps * _ROWS_PER_STEP - len(widths)
     step_shape = (steps, _ROWS_PER_STEP, 1, 1)
-    all_widths = xp.convert_to_tensor(
-        np.array(widths + [-1] * padding, "int32").reshape(step_shape)
-    )
+    all_widths = xp.convert_to_tensor(np.array(widths + [-1] * padding, "int32").reshape(step_shape))
     all_dys = xp.convert_to_tensor(
         (np.arange(steps * _ROWS_PER_STEP, dtype="int32") - radius).reshape(step_shape)
     )

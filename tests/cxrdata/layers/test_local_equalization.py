@@ -96,9 +96,7 @@ def test_batch_of_different_images_is_equalized_image_by_image():
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="needs the TF backend")
 def test_xla_compiled_model_keeps_jit_compile_and_gives_the_same_bytes():
     images = random_images((4, 48, 40, 1), seed=6)
-    model = keras.Sequential(
-        [keras.Input((48, 40, 1), dtype="uint8"), LocalEqualization(radius=11)]
-    )
+    model = keras.Sequential([keras.Input((48, 40, 1), dtype="uint8"), LocalEqualization(radius=11)])
     model.compile(jit_compile=True)
     outputs = model.predict(images, batch_size=2, verbose=0)
     assert model.jit_compile is True
@@ -148,7 +146,11 @@ def test_jax_backend_gives_the_same_bytes(tmp_path):
     }
     result = subprocess.run(
         [sys.executable, "-c", JAX_SCRIPT, str(tmp_path / "in.npy"), str(tmp_path / "out.npy")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = np.load(tmp_path / "out.npy")
@@ -188,6 +190,4 @@ def test_config_round_trip_and_saved_model(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert loaded.layers[-1].radius == 12
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(loaded(images)), reference(images, 12)
-    )
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images)), reference(images, 12))
