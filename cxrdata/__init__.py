@@ -22,6 +22,7 @@ _EXPORTS = {
     "inspect": "cxrdata.verification",
     "load": "cxrdata.pipeline",
     "class_weights": "cxrdata.pipeline",
+    "LocalEqualization": "cxrdata.layers.local_equalization",
     "RandomAffine": "cxrdata.layers.random_affine",
     "augmentation": "cxrdata.layers.random_affine",
     "read_manifest": "cxrdata.manifest",
@@ -35,6 +36,7 @@ _SUBMODULES = ("synthetic", "layers", "utils")
 if TYPE_CHECKING:  # what IDEs and type checkers see
     from cxrdata import layers, synthetic, utils
     from cxrdata.conversion import ConversionResult, convert
+    from cxrdata.layers.local_equalization import LocalEqualization
     from cxrdata.layers.random_affine import RandomAffine, augmentation
     from cxrdata.manifest import Manifest, read_manifest
     from cxrdata.pipeline import class_weights, load
