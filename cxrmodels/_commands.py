@@ -40,8 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--resize-in-model", action="store_true",
                    help="resize inside the model when --image-size differs from the dataset's")
     p.add_argument("--seed", type=int, default=0, help="default: 0")
-    p.add_argument("--strategy", choices=["mirrored"], default=None,
-                   help="tf.distribute.MirroredStrategy over this machine's GPUs")
+    p.add_argument("--strategy", choices=["mirrored", "multi-worker"], default=None,
+                   help="mirrored: this machine's GPUs; multi-worker: the processes or machines in "
+                        "TF_CONFIG (run the same command on each)")
     p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs (default: 10)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
     g = p.add_argument_group("model options (passed only when given; see each model's defaults)")
@@ -92,7 +93,8 @@ def _train(args) -> int:
                    balance=args.balance, image_size=args.image_size, resize_in_model=args.resize_in_model,
                    seed=args.seed, overwrite=args.overwrite, strategy=args.strategy, model_kwargs=model_kwargs,
                    augment_strength=args.augment_strength, patience=args.patience, verbose=verbose)
-    print(result.summary())
+    # A multi-worker run's other workers return None: the chief wrote the run folder.
+    print(result.summary() if result is not None else f"Worker done; the chief wrote {args.out}.")
     return 0
 
 
