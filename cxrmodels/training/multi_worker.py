@@ -167,7 +167,7 @@ def train_multi_worker(dataset_dir: str, out: str, config: dict, opts: dict, *, 
         # The others hold fresh weights and no history: they get the chief's state.
         state = loop.broadcast([done, resume.best if resume.best is not None else math.nan,
                                 resume.best_epoch, resume.wait, resume.stopped])
-        done, best, best_epoch, wait, stopped = int(state[0]), state[1], int(state[2]), int(state[3]), bool(state[4])
+        done, best, wait, stopped = int(state[0]), state[1], int(state[3]), bool(state[4])
         best = None if math.isnan(best) else best
         loop.broadcast_variables(net.weights + optimizer.variables + [epoch_var])
         best_weights = None
@@ -185,7 +185,7 @@ def train_multi_worker(dataset_dir: str, out: str, config: dict, opts: dict, *, 
             epoch_var.assign(epoch)
             improved = best is None or row["val_loss"] < best
             if improved:
-                best, best_epoch, wait = row["val_loss"], epoch - 1, 0
+                best, wait = row["val_loss"], 0
                 best_weights = net.get_weights()
             else:
                 wait += 1
