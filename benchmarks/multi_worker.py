@@ -48,11 +48,30 @@ def _run(dataset: str, out: str, workers: int, args) -> dict:
     procs = []
     try:
         for i in range(workers):
-            env_i = {**env, "TF_CONFIG": json.dumps({"cluster": {"worker": hosts},
-                                                     "task": {"type": "worker", "index": i}})}
-            argv = [sys.executable, "-m", "cxrmodels.cli", "train", dataset, "--out",
-                    out if i == 0 else f"{out}-worker{i}", "--epochs", str(args.epochs), "--batch-size",
-                    str(args.batch_size), "--strategy", "multi-worker", "--quiet", "--patience", "100"]
+            env_i = {
+                **env,
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}
+                ),
+            }
+            argv = [
+                sys.executable,
+                "-m",
+                "cxrmodels.cli",
+                "train",
+                dataset,
+                "--out",
+                out if i == 0 else f"{out}-worker{i}",
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(args.batch_size),
+                "--strategy",
+                "multi-worker",
+                "--quiet",
+                "--patience",
+                "100",
+            ]
             procs.append(subprocess.Popen(argv, cwd=ROOT, env=env_i, stdout=subprocess.DEVNULL))
         for p in procs:
             if p.wait(timeout=args.timeout) != 0:
@@ -68,7 +87,9 @@ def _run(dataset: str, out: str, workers: int, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--per-class", type=int, default=64, help="phantoms per class (default: 64)")
     parser.add_argument("--image-size", type=int, default=64, help="default: 64")
     parser.add_argument("--epochs", type=int, default=3, help="default: 3")
@@ -85,25 +106,51 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_tree(os.path.join(tmp, "src"), per_class=args.per_class, image_size=args.image_size, seed=0)
         dataset = os.path.join(tmp, "data")
-        convert(os.path.join(tmp, "src"), dataset, image_size=args.image_size, shard_size=0.05,
-                workers=1, progress=False)
+        convert(
+            os.path.join(tmp, "src"),
+            dataset,
+            image_size=args.image_size,
+            shard_size=0.05,
+            workers=1,
+            progress=False,
+        )
         manifest = cxrdata.read_manifest(dataset)
         images = manifest.splits["train"].num_examples
         results = {}
         for workers in (1, 2):
             config = _run(dataset, os.path.join(tmp, f"run{workers}"), workers, args)
             seconds = config["results"]["seconds"]
-            results[workers] = {"seconds": seconds, "images_per_second": images * args.epochs / seconds,
-                                "final_val_loss": config["results"]["best_val_loss"]}
+            results[workers] = {
+                "seconds": seconds,
+                "images_per_second": images * args.epochs / seconds,
+                "final_val_loss": config["results"]["best_val_loss"],
+            }
             print(f"  {workers} worker(s): {results[workers]['images_per_second']:.1f} images/s", flush=True)
-    rows = [[f"{w} worker{'s' * (w > 1)}", r["images_per_second"], r["seconds"],
-             r["images_per_second"] / results[1]["images_per_second"]] for w, r in results.items()]
-    print(f"\nseed_cnn {args.image_size}x{args.image_size}, {images} train images, {args.epochs} epochs, "
-          f"global batch {args.batch_size}, {os.cpu_count()} CPUs shared by all workers\n")
+    rows = [
+        [
+            f"{w} worker{'s' * (w > 1)}",
+            r["images_per_second"],
+            r["seconds"],
+            r["images_per_second"] / results[1]["images_per_second"],
+        ]
+        for w, r in results.items()
+    ]
+    print(
+        f"\nseed_cnn {args.image_size}x{args.image_size}, {images} train images, {args.epochs} epochs, "
+        f"global batch {args.batch_size}, {os.cpu_count()} CPUs shared by all workers\n"
+    )
     print(markdown_table(["workers", "images/s", "seconds", "vs 1 worker"], rows))
-    write_json(args.out, {"benchmark": "multi_worker", "image_size": args.image_size, "images": images,
-                          "epochs": args.epochs, "batch_size": args.batch_size,
-                          "results": {str(k): v for k, v in results.items()}})
+    write_json(
+        args.out,
+        {
+            "benchmark": "multi_worker",
+            "image_size": args.image_size,
+            "images": images,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "results": {str(k): v for k, v in results.items()},
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -29,8 +29,8 @@ import tensorflow as tf
 
 from cxrdata import _service
 from cxrdata.manifest import read_manifest
-from cxrdata.utils.argument_validation import check_seed
 from cxrdata.records import feature_spec
+from cxrdata.utils.argument_validation import check_seed
 
 LABEL_MODES = ("categorical", "int")
 BALANCE_MODES = (None, "none", "oversample")
@@ -62,13 +62,23 @@ class _Plan:
         return len(self.class_counts)
 
 
-def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int = 32,
-         shuffle: bool = True, seed: int | None = None, repeat: bool = False,
-         augment: keras.layers.Layer | None = None, label_mode: str = "categorical",
-         balance: str | None = None, cache: str | os.PathLike | None = None,
-         deterministic: bool | None = None, drop_remainder: bool = False,
-         service: str | None = None,
-         input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+def load(
+    dataset_dir: str | os.PathLike,
+    split: str = "train",
+    *,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+    repeat: bool = False,
+    augment: keras.layers.Layer | None = None,
+    label_mode: str = "categorical",
+    balance: str | None = None,
+    cache: str | os.PathLike | None = None,
+    deterministic: bool | None = None,
+    drop_remainder: bool = False,
+    service: str | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
     """Loads one split of a converted dataset as batches of `(images, labels)`.
 
     Args:
@@ -121,8 +131,15 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
         >>> val = cxrdata.load("data/cxr", "val", shuffle=False)  # doctest: +SKIP
         >>> model.fit(train, validation_data=val)  # doctest: +SKIP
     """
-    _check_args(batch_size=batch_size, seed=seed, augment=augment, label_mode=label_mode,
-                balance=balance, cache=cache, deterministic=deterministic)
+    _check_args(
+        batch_size=batch_size,
+        seed=seed,
+        augment=augment,
+        label_mode=label_mode,
+        balance=balance,
+        cache=cache,
+        deterministic=deterministic,
+    )
     _service.check_service(service)
     plan = _plan(dataset_dir, split)
     if input_context is not None:
@@ -131,8 +148,15 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
     n = plan.num_examples
     steps = n // batch_size if drop_remainder else math.ceil(n / batch_size)
     if balance == "oversample":
-        ds = _oversampled(plan, batch_size=batch_size, shuffle=shuffle, seed=seed, cache=cache,
-                          deterministic=deterministic, drop_remainder=drop_remainder)
+        ds = _oversampled(
+            plan,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            cache=cache,
+            deterministic=deterministic,
+            drop_remainder=drop_remainder,
+        )
         if not repeat:
             ds = ds.take(max(steps, 1))
     else:
@@ -140,8 +164,9 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
         # shuffle keeps its buffer full across epochs instead of draining and
         # refilling it at each boundary, as the tf.data guide describes.
         repeat_files = repeat and not cache
-        ds = _read(plan, shuffle=shuffle and not cache, deterministic=deterministic, seed=seed,
-                   repeat=repeat_files)
+        ds = _read(
+            plan, shuffle=shuffle and not cache, deterministic=deterministic, seed=seed, repeat=repeat_files
+        )
         decoded = bool(cache) and plan.encoding == "png"
         if cache:
             ds = _decode(ds, plan, deterministic).cache(_cache_name(cache))
@@ -156,8 +181,11 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
             # Keras can then size its progress bar from the first epoch on.
             ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
 
-    ds = ds.map(_batch_fn(plan, label_mode, batch_size if drop_remainder else None),
-                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.map(
+        _batch_fn(plan, label_mode, batch_size if drop_remainder else None),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
     if augment is not None:
         fn, compiled = _augment_fn(augment, [batch_size, *plan.image_shape])
         # The layer's random state advances once per call, so parallel calls would
@@ -165,8 +193,7 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
         # spreads each call over the cores) and reproducible; uncompiled layers run
         # in parallel unless determinism is asked for.
         sequential = compiled or deterministic is True
-        ds = ds.map(fn, num_parallel_calls=None if sequential else AUTOTUNE,
-                    deterministic=deterministic)
+        ds = ds.map(fn, num_parallel_calls=None if sequential else AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
     if input_context is not None:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -212,8 +239,7 @@ def class_weights(dataset_dir: str | os.PathLike, split: str = "train") -> dict[
 
 def _check_args(*, batch_size, seed, augment, label_mode, balance, cache, deterministic) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
     check_seed(seed)
     if augment is not None and not isinstance(augment, keras.layers.Layer):
         raise TypeError(
@@ -221,13 +247,13 @@ def _check_args(*, batch_size, seed, augment, label_mode, balance, cache, determ
             f"Received: augment={augment!r} of type {type(augment).__name__}"
         )
     if label_mode not in LABEL_MODES:
-        raise ValueError(
-            f"`label_mode` must be one of {LABEL_MODES}. Received: label_mode={label_mode!r}")
+        raise ValueError(f"`label_mode` must be one of {LABEL_MODES}. Received: label_mode={label_mode!r}")
     if balance not in BALANCE_MODES:
         raise ValueError(f"`balance` must be one of {BALANCE_MODES}. Received: balance={balance!r}")
     if deterministic is not None and not isinstance(deterministic, bool):
         raise TypeError(
-            f"`deterministic` must be True, False or None. Received: deterministic={deterministic!r}")
+            f"`deterministic` must be True, False or None. Received: deterministic={deterministic!r}"
+        )
     if cache is not None:
         if not isinstance(cache, (str, os.PathLike)) or not os.fspath(cache):
             raise ValueError(
@@ -247,8 +273,10 @@ def _plan(dataset_dir: str | os.PathLike, split: str) -> _Plan:
     manifest = read_manifest(dataset_dir)
     info = manifest.split(split)
     if manifest.encoding not in ("raw", "png"):
-        raise ValueError(f"Unknown image encoding {manifest.encoding!r} in {dataset_dir!r}: "
-                         f"expected 'raw' or 'png'. Upgrade cxr.")
+        raise ValueError(
+            f"Unknown image encoding {manifest.encoding!r} in {dataset_dir!r}: "
+            f"expected 'raw' or 'png'. Upgrade cxr."
+        )
     if not info.shards:
         raise ValueError(f"Split {split!r} of {dataset_dir!r} has no shards.")
     paths = tuple(os.path.join(dataset_dir, s.name) for s in info.shards)
@@ -282,22 +310,27 @@ def _pipeline_plan(plan: _Plan, context: tf.distribute.InputContext, split: str)
     if len(plan.paths) < n:
         raise ValueError(
             f"Split {split!r} has {len(plan.paths)} shard files for {n} input pipelines (workers): "
-            f"each needs at least one file. Convert again with a smaller --shard-size.")
+            f"each needs at least one file. Convert again with a smaller --shard-size."
+        )
     return dataclasses.replace(plan, paths=plan.paths[i::n], records=plan.records[i::n])
 
 
-def _read(plan: _Plan, *, shuffle: bool, deterministic: bool | None, seed=None,
-          repeat: bool = False) -> tf.data.Dataset:
+def _read(
+    plan: _Plan, *, shuffle: bool, deterministic: bool | None, seed=None, repeat: bool = False
+) -> tf.data.Dataset:
     """Serialized records of all shards, read in parallel."""
-    files = tf.data.Dataset.from_tensor_slices(
-        (list(plan.paths), tf.constant(plan.records, dtype=tf.int64)))
+    files = tf.data.Dataset.from_tensor_slices((list(plan.paths), tf.constant(plan.records, dtype=tf.int64)))
     if shuffle:
         files = files.shuffle(len(plan.paths), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         files = files.repeat()
     # Unshuffled, shards are read one after another: a larger cycle would mix their records.
-    return files.interleave(_read_shard, cycle_length=None if shuffle else 1,
-                            num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return files.interleave(
+        _read_shard,
+        cycle_length=None if shuffle else 1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
 
 
 def _read_shard(path: tf.Tensor, expected: tf.Tensor) -> tf.data.Dataset:
@@ -384,8 +417,9 @@ def _augment_fn(layer: keras.layers.Layer, batch_shape: list):
     return augment, compiled
 
 
-def _oversampled(plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic,
-                 drop_remainder) -> tf.data.Dataset:
+def _oversampled(
+    plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic, drop_remainder
+) -> tf.data.Dataset:
     """Endless batches drawing each class present in the split with equal probability."""
     classes = [c for c, n in enumerate(plan.class_counts) if n > 0]
     decoded = bool(cache) and plan.encoding == "png"
@@ -393,8 +427,7 @@ def _oversampled(plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic
     for c in classes:
         # Each class has its own seeds, so the class streams are not in lockstep.
         class_seed = None if seed is None else seed * 1009 + c + 1
-        ds = _read(plan, shuffle=shuffle and not cache, deterministic=deterministic,
-                   seed=class_seed)
+        ds = _read(plan, shuffle=shuffle and not cache, deterministic=deterministic, seed=class_seed)
         if decoded:
             ds = _decode(ds, plan, deterministic)
         ds = ds.filter(_has_label(c, decoded))
@@ -405,8 +438,8 @@ def _oversampled(plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic
             ds = ds.shuffle(size, seed=class_seed)
         streams.append(ds.repeat())
     ds = tf.data.Dataset.sample_from_datasets(
-        streams, weights=[1.0 / len(streams)] * len(streams), seed=seed,
-        rerandomize_each_iteration=True)
+        streams, weights=[1.0 / len(streams)] * len(streams), seed=seed, rerandomize_each_iteration=True
+    )
     if not decoded:
         ds = _decode(ds, plan, deterministic)
     return ds.batch(batch_size, drop_remainder=drop_remainder)

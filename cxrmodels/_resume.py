@@ -32,15 +32,18 @@ def prepare_run_dir(out: str, config: dict, *, overwrite: bool) -> int:
         os.makedirs(out, exist_ok=True)
         return 0
     if not os.path.isfile(_run.config_path(out)):
-        raise FileExistsError(f"The run folder {out!r} is not empty and holds no training run. "
-                              "Choose a new or empty folder.")
+        raise FileExistsError(
+            f"The run folder {out!r} is not empty and holds no training run. " "Choose a new or empty folder."
+        )
     if overwrite:
         _clear_run(out)
         return 0
     previous = _run.read_config(out)
     if previous.get("finished"):
-        raise FileExistsError(f"{out!r} already holds a finished training run. Choose another "
-                              "folder, or pass --overwrite (overwrite=True) to replace it.")
+        raise FileExistsError(
+            f"{out!r} already holds a finished training run. Choose another "
+            "folder, or pass --overwrite (overwrite=True) to replace it."
+        )
     differences = _differences(previous, config)
     if differences:
         raise ValueError(
@@ -80,7 +83,8 @@ def _clear_run(out: str) -> None:
     for name in os.listdir(out):
         path = os.path.join(out, name)
         ours = name in _run.RUN_FILES or (
-            name.startswith(("metrics-", "roc-", "confusion_matrix-")) and name.endswith((".json", ".png")))
+            name.startswith(("metrics-", "roc-", "confusion_matrix-")) and name.endswith((".json", ".png"))
+        )
         if not ours:
             continue
         if os.path.isdir(path):
@@ -118,8 +122,7 @@ def resume_state(history: dict, patience: int) -> ResumeState:
     n = len(history["val_loss"])
     best_epoch = min(range(n), key=lambda i: (math.isnan(history["val_loss"][i]), history["val_loss"][i]))
     wait = n - 1 - best_epoch
-    return ResumeState(best=min(losses), best_epoch=best_epoch, wait=wait,
-                        stopped=n > 1 and wait >= patience)
+    return ResumeState(best=min(losses), best_epoch=best_epoch, wait=wait, stopped=n > 1 and wait >= patience)
 
 
 def best_weights(path: str):
@@ -160,5 +163,7 @@ def restore_finished(net: keras.Model, out: str) -> None:
     try:
         net.load_weights(os.path.join(out, _run.BACKUP_DIR, "latest.weights.h5"))
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"The unfinished run in {out!r} cannot be resumed: neither its {_run.MODEL_NAME} "
-                         f"nor its backup can be read ({e}). Pass --overwrite to start over.") from e
+        raise ValueError(
+            f"The unfinished run in {out!r} cannot be resumed: neither its {_run.MODEL_NAME} "
+            f"nor its backup can be read ({e}). Pass --overwrite to start over."
+        ) from e

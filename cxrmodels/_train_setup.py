@@ -11,11 +11,20 @@ AUGMENT_MODES = ("gpu", "cpu", "none")
 BALANCE_MODES = ("none", "oversample", "class-weight")
 VERBOSE_MODES = ("auto", 0, 1, 2)
 # Legacy `ImageDataGenerator` arguments of the reference training, scaled by `augment_strength`.
-REFERENCE_AUGMENTATION = {"rotation_range": 15.0, "zoom_range": 0.2, "width_shift_range": 0.2,
-                          "height_shift_range": 0.2, "shear_range": 0.2}
+REFERENCE_AUGMENTATION = {
+    "rotation_range": 15.0,
+    "zoom_range": 0.2,
+    "width_shift_range": 0.2,
+    "height_shift_range": 0.2,
+    "shear_range": 0.2,
+}
 _MAX_STRENGTH = 4.0  # shifts stay below 1, a fraction of the size, as in ImageDataGenerator
-_POLICIES = {"float16": "mixed_float16", "mixed_float16": "mixed_float16",
-             "bfloat16": "mixed_bfloat16", "mixed_bfloat16": "mixed_bfloat16"}
+_POLICIES = {
+    "float16": "mixed_float16",
+    "mixed_float16": "mixed_float16",
+    "bfloat16": "mixed_bfloat16",
+    "mixed_bfloat16": "mixed_bfloat16",
+}
 _RESERVED = ("input_shape", "num_classes", "augment")
 
 
@@ -37,8 +46,10 @@ def policy_name(mixed_precision) -> str | None:
         return "mixed_float16"
     if isinstance(mixed_precision, str) and mixed_precision in _POLICIES:
         return _POLICIES[mixed_precision]
-    raise ValueError("`mixed_precision` must be False, True, 'float16' or 'bfloat16'. "
-                     f"Received: mixed_precision={mixed_precision!r}")
+    raise ValueError(
+        "`mixed_precision` must be False, True, 'float16' or 'bfloat16'. "
+        f"Received: mixed_precision={mixed_precision!r}"
+    )
 
 
 def _image_size(image_size) -> tuple[int, int] | None:
@@ -46,8 +57,10 @@ def _image_size(image_size) -> tuple[int, int] | None:
         return None
     size = (image_size, image_size) if _is_int(image_size) else image_size
     if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(_is_int(s) and s > 0 for s in size):
-        raise ValueError("`image_size` must be None, a positive int or a (height, width) pair. "
-                         f"Received: image_size={image_size!r}")
+        raise ValueError(
+            "`image_size` must be None, a positive int or a (height, width) pair. "
+            f"Received: image_size={image_size!r}"
+        )
     return (int(size[0]), int(size[1]))
 
 
@@ -58,17 +71,23 @@ def _strategy(strategy) -> tuple[Any, str | None]:
     if isinstance(strategy, str):
         if strategy in ("mirrored", "multi-worker"):
             return strategy, strategy
-        raise ValueError(f"`strategy` must be None, 'mirrored', 'multi-worker' or a tf.distribute.Strategy. "
-                         f"Received: strategy={strategy!r}")
+        raise ValueError(
+            f"`strategy` must be None, 'mirrored', 'multi-worker' or a tf.distribute.Strategy. "
+            f"Received: strategy={strategy!r}"
+        )
     import tensorflow as tf
 
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        raise ValueError("A MultiWorkerMirroredStrategy cannot drive `Model.fit` of Keras 3 in "
-                         "TensorFlow 2.16: pass strategy='multi-worker' (a custom loop under it). "
-                         f"Received: strategy={strategy!r}")
+        raise ValueError(
+            "A MultiWorkerMirroredStrategy cannot drive `Model.fit` of Keras 3 in "
+            "TensorFlow 2.16: pass strategy='multi-worker' (a custom loop under it). "
+            f"Received: strategy={strategy!r}"
+        )
     if not isinstance(strategy, tf.distribute.Strategy):
-        raise TypeError(f"`strategy` must be None, 'mirrored', 'multi-worker' or a tf.distribute.Strategy. "
-                        f"Received: strategy={strategy!r} of type {type(strategy).__name__}")
+        raise TypeError(
+            f"`strategy` must be None, 'mirrored', 'multi-worker' or a tf.distribute.Strategy. "
+            f"Received: strategy={strategy!r} of type {type(strategy).__name__}"
+        )
     return strategy, type(strategy).__name__
 
 
@@ -76,61 +95,107 @@ def _model_kwargs(model_kwargs) -> dict[str, Any]:
     if model_kwargs is None:
         return {}
     if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
-        raise TypeError(f"`model_kwargs` must be a dict of option names to values, or None. "
-                        f"Received: model_kwargs={model_kwargs!r}")
+        raise TypeError(
+            f"`model_kwargs` must be a dict of option names to values, or None. "
+            f"Received: model_kwargs={model_kwargs!r}"
+        )
     reserved = sorted(set(model_kwargs) & set(_RESERVED))
     if reserved:
-        raise ValueError(f"`model_kwargs` must not set {reserved}: train sets them (use `image_size` "
-                         f"and `augment`). Received: model_kwargs={model_kwargs!r}")
+        raise ValueError(
+            f"`model_kwargs` must not set {reserved}: train sets them (use `image_size` "
+            f"and `augment`). Received: model_kwargs={model_kwargs!r}"
+        )
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in model_kwargs.items()}
     if "weights" in kwargs and kwargs["weights"] is not None and not isinstance(kwargs["weights"], str):
         kwargs["weights"] = str(kwargs["weights"])  # a path-like, kept as text in config.json
     try:
         json.dumps(kwargs)
     except TypeError as e:
-        raise TypeError(f"`model_kwargs` must hold plain values (numbers, strings, lists), as they "
-                        f"are saved in config.json: {e}. Received: model_kwargs={model_kwargs!r}") from None
+        raise TypeError(
+            f"`model_kwargs` must hold plain values (numbers, strings, lists), as they "
+            f"are saved in config.json: {e}. Received: model_kwargs={model_kwargs!r}"
+        ) from None
     return kwargs
 
 
-def check_train_args(*, model, out, epochs, batch_size, learning_rate, mixed_precision, augment,
-                     balance, image_size, resize_in_model, seed, strategy, model_kwargs,
-                     augment_strength, patience, verbose) -> dict[str, Any]:
+def check_train_args(
+    *,
+    model,
+    out,
+    epochs,
+    batch_size,
+    learning_rate,
+    mixed_precision,
+    augment,
+    balance,
+    image_size,
+    resize_in_model,
+    seed,
+    strategy,
+    model_kwargs,
+    augment_strength,
+    patience,
+    verbose,
+) -> dict[str, Any]:
     """Checks `train`'s arguments and returns them normalized (see `train` for their meaning)."""
     if not isinstance(model, str) or not model:
         raise TypeError(f"`model` must be a registered model name (a string). Received: model={model!r}")
     if out is None or (not isinstance(out, str) and not hasattr(out, "__fspath__")) or not str(out):
         raise ValueError(f"`out` must be the path of the run folder. Received: out={out!r}")
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) \
-            or not math.isfinite(learning_rate) or learning_rate <= 0:
-        raise ValueError(f"`learning_rate` must be a positive number. Received: learning_rate={learning_rate!r}")
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, numbers.Real)
+        or not math.isfinite(learning_rate)
+        or learning_rate <= 0
+    ):
+        raise ValueError(
+            f"`learning_rate` must be a positive number. Received: learning_rate={learning_rate!r}"
+        )
     if augment not in AUGMENT_MODES:
-        raise ValueError(f"`augment` must be one of {', '.join(AUGMENT_MODES)}. Received: augment={augment!r}")
+        raise ValueError(
+            f"`augment` must be one of {', '.join(AUGMENT_MODES)}. Received: augment={augment!r}"
+        )
     if balance is None or balance == "class_weight":
         balance = "none" if balance is None else "class-weight"
     if balance not in BALANCE_MODES:
-        raise ValueError(f"`balance` must be one of {', '.join(BALANCE_MODES)}. Received: balance={balance!r}")
+        raise ValueError(
+            f"`balance` must be one of {', '.join(BALANCE_MODES)}. Received: balance={balance!r}"
+        )
     if not isinstance(resize_in_model, bool):
         raise TypeError(f"`resize_in_model` must be a bool. Received: resize_in_model={resize_in_model!r}")
     if not _is_int(seed):
         raise TypeError(f"`seed` must be an integer. Received: seed={seed!r}")
-    if isinstance(augment_strength, bool) or not isinstance(augment_strength, numbers.Real) \
-            or not 0 <= augment_strength <= _MAX_STRENGTH:
-        raise ValueError(f"`augment_strength` must be a number from 0 to {_MAX_STRENGTH:g}. "
-                         f"Received: augment_strength={augment_strength!r}")
+    if (
+        isinstance(augment_strength, bool)
+        or not isinstance(augment_strength, numbers.Real)
+        or not 0 <= augment_strength <= _MAX_STRENGTH
+    ):
+        raise ValueError(
+            f"`augment_strength` must be a number from 0 to {_MAX_STRENGTH:g}. "
+            f"Received: augment_strength={augment_strength!r}"
+        )
     if verbose not in VERBOSE_MODES or isinstance(verbose, bool):
         raise ValueError(f"`verbose` must be one of {VERBOSE_MODES}. Received: verbose={verbose!r}")
     policy = policy_name(mixed_precision)
     strategy_obj, strategy_name = _strategy(strategy)
     return {
-        "model": model, "epochs": _positive_int("epochs", epochs),
-        "batch_size": _positive_int("batch_size", batch_size), "learning_rate": float(learning_rate),
-        "mixed_precision": policy, "policy": policy, "augment": augment,
-        "augment_strength": float(augment_strength), "balance": balance,
-        "image_size": _image_size(image_size), "resize_in_model": resize_in_model, "seed": int(seed),
-        "strategy": strategy_name, "strategy_obj": strategy_obj,
+        "model": model,
+        "epochs": _positive_int("epochs", epochs),
+        "batch_size": _positive_int("batch_size", batch_size),
+        "learning_rate": float(learning_rate),
+        "mixed_precision": policy,
+        "policy": policy,
+        "augment": augment,
+        "augment_strength": float(augment_strength),
+        "balance": balance,
+        "image_size": _image_size(image_size),
+        "resize_in_model": resize_in_model,
+        "seed": int(seed),
+        "strategy": strategy_name,
+        "strategy_obj": strategy_obj,
         "model_kwargs": _model_kwargs(model_kwargs),
-        "patience": _positive_int("patience", patience, minimum=0), "verbose": verbose,
+        "patience": _positive_int("patience", patience, minimum=0),
+        "verbose": verbose,
     }
 
 

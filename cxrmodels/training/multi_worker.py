@@ -53,8 +53,9 @@ class Cluster:
 
     @property
     def is_chief(self) -> bool:
-        return self.task_type in (None, "chief") or (self.task_type == "worker" and self.task_index == 0
-                                                     and not self._has_chief)
+        return self.task_type in (None, "chief") or (
+            self.task_type == "worker" and self.task_index == 0 and not self._has_chief
+        )
 
     _has_chief: bool = False
 
@@ -74,14 +75,19 @@ def cluster_from_env() -> Cluster:
         workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
         task_type, index = task.get("type"), int(task.get("index", 0))
     except (ValueError, AttributeError, TypeError) as e:
-        raise ValueError('`TF_CONFIG` must be JSON such as {"cluster": {"worker": ["host1:port", '
-                         '"host2:port"]}, "task": {"type": "worker", "index": 0}}. '
-                         f"Received: TF_CONFIG={text!r} ({e})") from None
+        raise ValueError(
+            '`TF_CONFIG` must be JSON such as {"cluster": {"worker": ["host1:port", '
+            '"host2:port"]}, "task": {"type": "worker", "index": 0}}. '
+            f"Received: TF_CONFIG={text!r} ({e})"
+        ) from None
     if task_type not in ("chief", "worker") or workers < 1:
-        raise ValueError('`TF_CONFIG` must list the workers in "cluster" and give this process\'s '
-                         f'"task" type "worker" (or "chief") and index. Received: TF_CONFIG={text!r}')
-    return Cluster(num_workers=workers, task_type=task_type, task_index=index,
-                   _has_chief=bool(cluster.get("chief")))
+        raise ValueError(
+            '`TF_CONFIG` must list the workers in "cluster" and give this process\'s '
+            f'"task" type "worker" (or "chief") and index. Received: TF_CONFIG={text!r}'
+        )
+    return Cluster(
+        num_workers=workers, task_type=task_type, task_index=index, _has_chief=bool(cluster.get("chief"))
+    )
 
 
 def check_cluster(manifest, batch_size: int) -> Cluster:
@@ -97,10 +103,13 @@ def check_cluster(manifest, batch_size: int) -> Cluster:
         raise ValueError(
             f"Multi-worker training shards the input by file, so the train split needs at least one "
             f"shard file per worker: it has {shards} for {cluster.num_workers} workers. Convert the "
-            f"dataset again with a smaller --shard-size (`cxr convert SRC DATA --shard-size MB`).")
+            f"dataset again with a smaller --shard-size (`cxr convert SRC DATA --shard-size MB`)."
+        )
     if batch_size % cluster.num_workers:
-        raise ValueError(f"`batch_size` (global) must be a multiple of the number of workers, "
-                         f"{cluster.num_workers}. Received: batch_size={batch_size}")
+        raise ValueError(
+            f"`batch_size` (global) must be a multiple of the number of workers, "
+            f"{cluster.num_workers}. Received: batch_size={batch_size}"
+        )
     return cluster
 
 
@@ -111,8 +120,17 @@ def _create_strategy():
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def train_multi_worker(dataset_dir: str, out: str, config: dict, opts: dict, *, overwrite: bool,
-                       build_model, finish, start: float):
+def train_multi_worker(
+    dataset_dir: str,
+    out: str,
+    config: dict,
+    opts: dict,
+    *,
+    overwrite: bool,
+    build_model,
+    finish,
+    start: float,
+):
     """Runs `train` over the cluster; the chief returns the run's `TrainResult`.
 
     `build_model(augment_layer)` and `finish(...)` are `train`'s own, so the
@@ -123,16 +141,20 @@ def train_multi_worker(dataset_dir: str, out: str, config: dict, opts: dict, *, 
     import cxrdata
 
     if opts["balance"] == "oversample":
-        raise ValueError("`balance='oversample'` is not offered with strategy='multi-worker' (it "
-                         "samples endlessly, so records cannot be sharded once per epoch). Use "
-                         "balance='class-weight'. Received: balance='oversample'")
+        raise ValueError(
+            "`balance='oversample'` is not offered with strategy='multi-worker' (it "
+            "samples endlessly, so records cannot be sharded once per epoch). Use "
+            "balance='class-weight'. Received: balance='oversample'"
+        )
     manifest = cxrdata.read_manifest(dataset_dir)
     cluster = check_cluster(manifest, opts["batch_size"])
     strategy = _create_strategy()  # first: it configures the collectives before other TF work
     replicas = strategy.num_replicas_in_sync
     if opts["batch_size"] % replicas:
-        raise ValueError(f"`batch_size` (global) must be a multiple of the {replicas} replicas. "
-                         f"Received: batch_size={opts['batch_size']}")
+        raise ValueError(
+            f"`batch_size` (global) must be a multiple of the {replicas} replicas. "
+            f"Received: batch_size={opts['batch_size']}"
+        )
     chief = cluster.is_chief
     done, history = 0, {}
     if chief:
@@ -154,8 +176,9 @@ def train_multi_worker(dataset_dir: str, out: str, config: dict, opts: dict, *, 
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(net.trainable_variables)
             epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        loop = _Loop(strategy, net, optimizer, dataset_dir, opts, manifest,
-                     aug if opts["augment"] == "cpu" else None)
+        loop = _Loop(
+            strategy, net, optimizer, dataset_dir, opts, manifest, aug if opts["augment"] == "cpu" else None
+        )
         checkpoint = tf.train.Checkpoint(model=net, optimizer=optimizer, epoch=epoch_var)
         backup = os.path.join(out, _run.BACKUP_DIR)
         resume = _resume.resume_state(history, opts["patience"])
@@ -165,8 +188,15 @@ def train_multi_worker(dataset_dir: str, out: str, config: dict, opts: dict, *, 
             else:
                 _resume.restore_finished(net, out)
         # The others hold fresh weights and no history: they get the chief's state.
-        state = loop.broadcast([done, resume.best if resume.best is not None else math.nan,
-                                resume.best_epoch, resume.wait, resume.stopped])
+        state = loop.broadcast(
+            [
+                done,
+                resume.best if resume.best is not None else math.nan,
+                resume.best_epoch,
+                resume.wait,
+                resume.stopped,
+            ]
+        )
         done, best, wait, stopped = int(state[0]), state[1], int(state[3]), bool(state[4])
         best = None if math.isnan(best) else best
         loop.broadcast_variables(net.weights + optimizer.variables + [epoch_var])
@@ -176,8 +206,11 @@ def train_multi_worker(dataset_dir: str, out: str, config: dict, opts: dict, *, 
                 best_weights = _resume.best_weights(os.path.join(out, _run.MODEL_NAME))
             except Exception:  # noqa: BLE001  cut short by the kill: judge from here on
                 best = None
-        manager = tf.train.CheckpointManager(checkpoint, backup, max_to_keep=2,
-                                             checkpoint_name=CHECKPOINT_PREFIX) if chief else None
+        manager = (
+            tf.train.CheckpointManager(checkpoint, backup, max_to_keep=2, checkpoint_name=CHECKPOINT_PREFIX)
+            if chief
+            else None
+        )
         epoch = done
         while epoch < opts["epochs"] and not stopped:
             row = loop.run_epoch(epoch)
@@ -191,11 +224,17 @@ def train_multi_worker(dataset_dir: str, out: str, config: dict, opts: dict, *, 
                 wait += 1
                 stopped = wait >= opts["patience"]
             if opts["verbose"] != 0:
-                print(f"Epoch {epoch}/{opts['epochs']} - " + " - ".join(
-                    f"{k}: {v:.4f}" for k, v in row.items() if k != "epoch"), flush=True)
+                print(
+                    f"Epoch {epoch}/{opts['epochs']} - "
+                    + " - ".join(f"{k}: {v:.4f}" for k, v in row.items() if k != "epoch"),
+                    flush=True,
+                )
             if chief:  # the row, then the best model, then the checkpoint, as the callbacks do
-                history = {k: v + [row[k]] for k, v in history.items()} if history else \
-                    {k: [v] for k, v in row.items()}
+                history = (
+                    {k: v + [row[k]] for k, v in history.items()}
+                    if history
+                    else {k: [v] for k, v in row.items()}
+                )
                 _run.write_history(os.path.join(out, _run.HISTORY_NAME), history)
                 if improved:
                     from cxrmodels.registry import save_model
@@ -231,8 +270,12 @@ class _Loop:
         from cxrmodels.keras_metrics import default_metrics
 
         # Plain (not mirrored) metrics, outside the strategy's scope: updated with gathered values.
-        self.train_metrics = [keras.metrics.Mean(name="loss")] + _named(default_metrics(k, positive_index=positive))
-        self.val_metrics = [keras.metrics.Mean(name="loss")] + _named(default_metrics(k, positive_index=positive))
+        self.train_metrics = [keras.metrics.Mean(name="loss")] + _named(
+            default_metrics(k, positive_index=positive)
+        )
+        self.val_metrics = [keras.metrics.Mean(name="loss")] + _named(
+            default_metrics(k, positive_index=positive)
+        )
         weights = cxrdata.class_weights(dataset_dir) if opts["balance"] == "class-weight" else None
         self.class_weights = tf.constant([weights[i] if weights else 1.0 for i in range(k)], tf.float32)
         self.shape, self.num_classes = tuple(manifest.image_shape), k
@@ -242,8 +285,9 @@ class _Loop:
         self._step = tf.function(self._train_step, reduce_retracing=True)
         self._update_train = tf.function(lambda *args: _update(self.train_metrics, *args))
         self._update_val = tf.function(lambda *args: _update(self.val_metrics, *args))
-        self._predict = tf.function(lambda x: tf.cast(self.net(x, training=False), tf.float32),
-                                    reduce_retracing=True)
+        self._predict = tf.function(
+            lambda x: tf.cast(self.net(x, training=False), tf.float32), reduce_retracing=True
+        )
 
     # --- input ------------------------------------------------------------------------------------
 
@@ -259,14 +303,23 @@ class _Loop:
             per_pipeline = batch // n
             steps = [math.ceil(sum(self.records[i::n]) / per_pipeline) for i in range(n)]
             # A seed per epoch: a resumed run reads the same batches as one never stopped.
-            ds = cxrdata.load(self.dataset_dir, "train", batch_size=per_pipeline, shuffle=True,
-                              seed=self.opts["seed"] * 100_003 + epoch, augment=self.cpu_augment,
-                              input_context=context)
+            ds = cxrdata.load(
+                self.dataset_dir,
+                "train",
+                batch_size=per_pipeline,
+                shuffle=True,
+                seed=self.opts["seed"] * 100_003 + epoch,
+                augment=self.cpu_augment,
+                input_context=context,
+            )
             ds = ds.map(lambda x, y: (x, y, tf.ones([tf.shape(x)[0]], tf.float32)))
             missing = max(steps) - steps[context.input_pipeline_id]
             if missing:
-                filler = (tf.zeros([1, *self.shape], tf.uint8), tf.zeros([1, self.num_classes], tf.float32),
-                          tf.zeros([1], tf.float32))
+                filler = (
+                    tf.zeros([1, *self.shape], tf.uint8),
+                    tf.zeros([1, self.num_classes], tf.float32),
+                    tf.zeros([1], tf.float32),
+                )
                 ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(missing))
             return ds
 
@@ -279,7 +332,8 @@ class _Loop:
         if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # One pipeline per replica, as each worker of a cluster has its own.
             options = tf.distribute.InputOptions(
-                experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+                experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA
+            )
         return self.strategy.distribute_datasets_from_function(self._dataset_fn(epoch), options)
 
     # --- steps ------------------------------------------------------------------------------------

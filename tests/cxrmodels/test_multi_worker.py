@@ -38,8 +38,11 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _env(tf_config: dict | None = None) -> dict:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     env.pop("TF_CONFIG", None)
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
@@ -51,9 +54,23 @@ def _start_workers(dataset, outs, *, epochs, logs):
     hosts = [f"127.0.0.1:{p}" for p in _free_ports(len(outs))]
     procs = []
     for i, out in enumerate(outs):
-        argv = [sys.executable, "-m", "cxrmodels.cli", "train", str(dataset), "--out", str(out),
-                "--epochs", str(epochs), "--batch-size", "16", "--strategy", "multi-worker", "--quiet",
-                *TINY]
+        argv = [
+            sys.executable,
+            "-m",
+            "cxrmodels.cli",
+            "train",
+            str(dataset),
+            "--out",
+            str(out),
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            "16",
+            "--strategy",
+            "multi-worker",
+            "--quiet",
+            *TINY,
+        ]
         tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}
         log = open(logs / f"worker{i}.log", "ab")  # noqa: SIM115  closed with the process
         procs.append((subprocess.Popen(argv, cwd=ROOT, env=_env(tf_config), stdout=log, stderr=log), log))
@@ -112,8 +129,14 @@ def test_two_workers_train_the_reference_model_and_only_the_chief_writes(convert
     finally:
         _kill(procs)
     reference = tmp_path / "reference"
-    subprocess.run([sys.executable, "-c", REFERENCE, str(converted_dataset), str(reference), "2"],
-                   cwd=ROOT, env=_env(), check=True, timeout=TIMEOUT, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", REFERENCE, str(converted_dataset), str(reference), "2"],
+        cwd=ROOT,
+        env=_env(),
+        check=True,
+        timeout=TIMEOUT,
+        capture_output=True,
+    )
 
     assert not other.exists()  # the other worker wrote nothing (its folder would be on its own machine)
     assert {"model.keras", "history.csv", "learning_curves.png", "config.json"} <= set(os.listdir(chief))
@@ -121,9 +144,25 @@ def test_two_workers_train_the_reference_model_and_only_the_chief_writes(convert
     config = json.loads((chief / "config.json").read_text())
     assert config["finished"] is True and config["training"]["strategy"] == "multi-worker"
     rows, expected = _history(chief), _history(reference)
-    assert list(rows[0]) == list(expected[0]) == [
-        "epoch", "accuracy", "auc", "loss", "precision", "recall", "specificity",
-        "val_accuracy", "val_auc", "val_loss", "val_precision", "val_recall", "val_specificity"]
+    assert (
+        list(rows[0])
+        == list(expected[0])
+        == [
+            "epoch",
+            "accuracy",
+            "auc",
+            "loss",
+            "precision",
+            "recall",
+            "specificity",
+            "val_accuracy",
+            "val_auc",
+            "val_loss",
+            "val_precision",
+            "val_recall",
+            "val_specificity",
+        ]
+    )
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     for row, ref in zip(rows, expected):
         for key in row:
@@ -134,7 +173,9 @@ def test_two_workers_train_the_reference_model_and_only_the_chief_writes(convert
 
 def _train_images(dataset, context=None):
     ds = cxrdata.load(dataset, "train", batch_size=8, shuffle=True, seed=1, input_context=context)
-    return [hashlib.sha1(image.tobytes()).hexdigest() for images, _ in ds.as_numpy_iterator() for image in images]
+    return [
+        hashlib.sha1(image.tobytes()).hexdigest() for images, _ in ds.as_numpy_iterator() for image in images
+    ]
 
 
 def test_file_sharding_reads_each_record_once_per_epoch(converted_dataset):
@@ -151,16 +192,21 @@ def test_too_few_shards_or_a_bad_tf_config_are_refused(converted_dataset, monkey
     manifest = cxrdata.read_manifest(converted_dataset)
     shards = len(manifest.splits["train"].shards)
     workers = [f"127.0.0.1:{2000 + i}" for i in range(shards + 1)]
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers},
-                                                "task": {"type": "worker", "index": 1}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": 1}})
+    )
     assert not cluster_from_env().is_chief
     with pytest.raises(ValueError, match=f"it has {shards} for {shards + 1} workers.*smaller --shard-size"):
         check_cluster(manifest, 16)
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="`TF_CONFIG` must be JSON"):
         cluster_from_env()
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:2"]},
-                                                "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps(
+            {"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 0}}
+        ),
+    )
     assert not cluster_from_env().is_chief and cluster_from_env().num_workers == 2
 
 
