@@ -17,6 +17,7 @@ when reading fails) names the damaged shard.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -54,7 +55,7 @@ class _Plan:
 
     @property
     def num_examples(self) -> int:
-        return sum(self.class_counts)
+        return sum(self.records)
 
     @property
     def num_classes(self) -> int:
@@ -76,6 +77,7 @@ def load(
     deterministic: bool | None = None,
     drop_remainder: bool = False,
     service: str | None = None,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Loads one split of a converted dataset as batches of `(images, labels)`.
 
@@ -109,6 +111,10 @@ def load(
             workers run the reading, parsing and augmentation
             (`processing_mode="parallel_epochs"`: each worker yields every
             record once per epoch). Defaults to None (this process does it).
+        input_context: for `Strategy.distribute_datasets_from_function`:
+            read only this input pipeline's shard files (file `i` goes to
+            pipeline `i % num_input_pipelines`), so each record is read by
+            one pipeline per epoch. Defaults to None (all files).
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: images uint8
@@ -136,6 +142,8 @@ def load(
     )
     _service.check_service(service)
     plan = _plan(dataset_dir, split)
+    if input_context is not None:
+        plan = _pipeline_plan(plan, input_context, split)
 
     n = plan.num_examples
     steps = n // batch_size if drop_remainder else math.ceil(n / batch_size)
@@ -187,7 +195,9 @@ def load(
         sequential = compiled or deterministic is True
         ds = ds.map(fn, num_parallel_calls=None if sequential else AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
-    if service is not None:
+    if input_context is not None:
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    elif service is not None:
         ds = _service.distribute(ds, service)
         # The service already spreads the work; the client holds no files to shard.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -292,6 +302,17 @@ def _plan(dataset_dir: str | os.PathLike, split: str) -> _Plan:
         class_counts=tuple(info.counts.get(name, 0) for name in manifest.class_names),
         stored_record_bytes=max(1, sum(s.size for s in info.shards) // max(records, 1)),
     )
+
+
+def _pipeline_plan(plan: _Plan, context: tf.distribute.InputContext, split: str) -> _Plan:
+    """The part of `plan` that input pipeline `context.input_pipeline_id` reads: every n-th file."""
+    i, n = context.input_pipeline_id, context.num_input_pipelines
+    if len(plan.paths) < n:
+        raise ValueError(
+            f"Split {split!r} has {len(plan.paths)} shard files for {n} input pipelines (workers): "
+            f"each needs at least one file. Convert again with a smaller --shard-size."
+        )
+    return dataclasses.replace(plan, paths=plan.paths[i::n], records=plan.records[i::n])
 
 
 def _read(

@@ -72,9 +72,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="default: 0")
     p.add_argument(
         "--strategy",
-        choices=["mirrored"],
+        choices=["mirrored", "multi-worker"],
         default=None,
-        help="tf.distribute.MirroredStrategy over this machine's GPUs",
+        help="mirrored: this machine's GPUs; multi-worker: the processes or machines in "
+        "TF_CONFIG (run the same command on each)",
     )
     p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs (default: 10)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
@@ -157,7 +158,8 @@ def _train(args) -> int:
         patience=args.patience,
         verbose=verbose,
     )
-    print(result.summary())
+    # A multi-worker run's other workers return None: the chief wrote the run folder.
+    print(result.summary() if result is not None else f"Worker done; the chief wrote {args.out}.")
     return 0
 
 

@@ -125,23 +125,23 @@ def _strategy(strategy) -> tuple[Any, str | None]:
     if strategy is None:
         return None, None
     if isinstance(strategy, str):
-        if strategy == "mirrored":
-            return "mirrored", "mirrored"
-        if "multi" in strategy.lower():
-            raise ValueError(
-                "MultiWorkerMirroredStrategy is not offered: `Model.fit` of Keras 3 fails with it "
-                "in TensorFlow 2.16. Use strategy='mirrored' for the GPUs of one machine. "
-                f"Received: strategy={strategy!r}"
-            )
+        if strategy in ("mirrored", "multi-worker"):
+            return strategy, strategy
         raise ValueError(
-            f"`strategy` must be None, 'mirrored' or a tf.distribute.Strategy. "
+            f"`strategy` must be None, 'mirrored', 'multi-worker' or a tf.distribute.Strategy. "
             f"Received: strategy={strategy!r}"
         )
     import tensorflow as tf
 
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise ValueError(
+            "A MultiWorkerMirroredStrategy cannot drive `Model.fit` of Keras 3 in "
+            "TensorFlow 2.16: pass strategy='multi-worker' (a custom loop under it). "
+            f"Received: strategy={strategy!r}"
+        )
     if not isinstance(strategy, tf.distribute.Strategy):
         raise TypeError(
-            f"`strategy` must be None, 'mirrored' or a tf.distribute.Strategy. "
+            f"`strategy` must be None, 'mirrored', 'multi-worker' or a tf.distribute.Strategy. "
             f"Received: strategy={strategy!r} of type {type(strategy).__name__}"
         )
     return strategy, type(strategy).__name__

@@ -95,7 +95,9 @@ def _backup_epochs(out: str) -> int:
             epoch = int(json.load(f)["epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
-    return epoch if os.path.isfile(os.path.join(backup, "latest.weights.h5")) else 0
+    # latest.weights.h5: BackupAndRestore's; checkpoint: the multi-worker loop's tf.train.Checkpoint.
+    saved = any(os.path.isfile(os.path.join(backup, name)) for name in ("latest.weights.h5", "checkpoint"))
+    return epoch if saved else 0
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def train(
     augment_strength: float = 1.0,
     patience: int = 10,
     verbose: str | int = "auto",
-) -> TrainResult:
+) -> TrainResult | None:
     """Trains a registered model on a converted dataset and fills a run folder.
 
     The model is compiled with Adam, categorical cross-entropy and
@@ -127,7 +127,11 @@ def train(
             Defaults to 0.
         overwrite: Replace a run already in `out`. Defaults to False.
         strategy: None, "mirrored" (`tf.distribute.MirroredStrategy` over the
-            local GPUs, or the CPU) or a `tf.distribute.Strategy`. Defaults to None.
+            local GPUs, or the CPU), "multi-worker" (several processes or
+            machines described by `TF_CONFIG`, see
+            `cxrmodels.training.multi_worker`; only the chief writes `out` and
+            returns the result, the others return None) or a
+            `tf.distribute.Strategy`. Defaults to None.
         model_kwargs: The model's own options (see
             `cxrmodels.models._registry.model_options`), and `weights`. Defaults to None.
         augment_strength: Scales every augmentation range (0 turns it off).
@@ -136,7 +140,7 @@ def train(
         verbose: `Model.fit`'s verbosity: "auto", 0, 1 or 2. Defaults to "auto".
 
     Returns:
-        A `TrainResult`.
+        A `TrainResult` (None on the workers of a multi-worker run other than the chief).
 
     Raises:
         ValueError: A bad argument, an unknown model, a dataset without a
@@ -240,6 +244,19 @@ def train(
         }
         | {"optimizer": "adam", "loss": "categorical_crossentropy", "validation_split": "val"},
     }
+    if opts["strategy"] == "multi-worker":  # a custom loop: Model.fit fails under that strategy
+        from cxrmodels.training.multi_worker import train_multi_worker
+
+        return train_multi_worker(
+            dataset_dir,
+            out,
+            config,
+            opts,
+            overwrite=overwrite,
+            start=start,
+            finish=_finish,
+            build_model=lambda aug: _build_model(opts, model_shape, data_shape, k, aug),
+        )
     done = _resume.prepare_run_dir(out, config, overwrite=overwrite)
 
     previous_policy = keras.config.dtype_policy()
