@@ -238,7 +238,7 @@ def train_multi_worker(
                 )
                 _run.write_history(os.path.join(out, _run.HISTORY_NAME), history)
                 if improved:
-                    from cxrmodels.registry import save_model
+                    from cxrmodels.models import save_model
 
                     save_model(net, os.path.join(out, _run.MODEL_NAME))
                 manager.save(checkpoint_number=epoch)
