@@ -25,7 +25,7 @@ def check_service(service: str | None, mode: str = "distributed_epoch") -> None:
             f"`service` must be a dispatcher address string such as 'grpc://host:5050', "
             f"or None. Received: service={service!r} of type {type(service).__name__}"
         )
-    address = service[len(PROTOCOL):] if service.startswith(PROTOCOL) else ""
+    address = service[len(PROTOCOL) :] if service.startswith(PROTOCOL) else ""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(
@@ -34,8 +34,7 @@ def check_service(service: str | None, mode: str = "distributed_epoch") -> None:
         )
 
 
-def distribute(dataset: tf.data.Dataset, service: str,
-               mode: str = "distributed_epoch") -> tf.data.Dataset:
+def distribute(dataset: tf.data.Dataset, service: str, mode: str = "distributed_epoch") -> tf.data.Dataset:
     """Runs `dataset` on the service's workers; this process only receives its elements.
 
     `distributed_epoch`: the dispatcher hands the shard files out one at a
@@ -60,7 +59,7 @@ def start_local_service(num_workers: int = 1):
     """
     service = tf.data.experimental.service
     dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
-    address = dispatcher.target[len(PROTOCOL):]
+    address = dispatcher.target[len(PROTOCOL) :]
     workers = [
         service.WorkerServer(service.WorkerConfig(dispatcher_address=address, port=0))
         for _ in range(num_workers)

@@ -29,8 +29,8 @@ import tensorflow as tf
 
 from cxrdata import _service
 from cxrdata.manifest import read_manifest
-from cxrdata.utils.argument_validation import check_seed
 from cxrdata.records import feature_spec
+from cxrdata.utils.argument_validation import check_seed
 
 LABEL_MODES = ("categorical", "int")
 BALANCE_MODES = (None, "none", "oversample")
@@ -62,12 +62,23 @@ class _Plan:
         return len(self.class_counts)
 
 
-def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int = 32,
-         shuffle: bool = True, seed: int | None = None, repeat: bool = False,
-         augment: keras.layers.Layer | None = None, label_mode: str = "categorical",
-         balance: str | None = None, cache: str | os.PathLike | None = None,
-         deterministic: bool | None = None, drop_remainder: bool = False,
-         service: str | None = None, service_mode: str = "distributed_epoch") -> tf.data.Dataset:
+def load(
+    dataset_dir: str | os.PathLike,
+    split: str = "train",
+    *,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+    repeat: bool = False,
+    augment: keras.layers.Layer | None = None,
+    label_mode: str = "categorical",
+    balance: str | None = None,
+    cache: str | os.PathLike | None = None,
+    deterministic: bool | None = None,
+    drop_remainder: bool = False,
+    service: str | None = None,
+    service_mode: str = "distributed_epoch",
+) -> tf.data.Dataset:
     """Loads one split of a converted dataset as batches of `(images, labels)`.
 
     Args:
@@ -128,8 +139,15 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
         >>> val = cxrdata.load("data/cxr", "val", shuffle=False)  # doctest: +SKIP
         >>> model.fit(train, validation_data=val)  # doctest: +SKIP
     """
-    _check_args(batch_size=batch_size, seed=seed, augment=augment, label_mode=label_mode,
-                balance=balance, cache=cache, deterministic=deterministic)
+    _check_args(
+        batch_size=batch_size,
+        seed=seed,
+        augment=augment,
+        label_mode=label_mode,
+        balance=balance,
+        cache=cache,
+        deterministic=deterministic,
+    )
     _service.check_service(service, service_mode)
     # Dynamically sharded, each service worker batches only its share: the epoch
     # length and `drop_remainder` are applied here, after the service.
@@ -138,7 +156,8 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
         raise ValueError(
             f"`cache` cannot be used with `service_mode='distributed_epoch'`: each service worker "
             f"would cache only the files it was handed in the first epoch. Use "
-            f"service_mode='parallel_epochs' with one worker, or no cache. Received: cache={cache!r}")
+            f"service_mode='parallel_epochs' with one worker, or no cache. Received: cache={cache!r}"
+        )
     plan = _plan(dataset_dir, split)
     policy = None
     if service is None:
@@ -153,8 +172,15 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
     steps = n // batch_size if drop_remainder else math.ceil(n / batch_size)
     worker_drop = drop_remainder and not rebatch
     if balance == "oversample":
-        ds = _oversampled(plan, batch_size=batch_size, shuffle=shuffle, seed=seed, cache=cache,
-                          deterministic=deterministic, drop_remainder=worker_drop)
+        ds = _oversampled(
+            plan,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            cache=cache,
+            deterministic=deterministic,
+            drop_remainder=worker_drop,
+        )
         if not repeat and not rebatch:
             ds = ds.take(max(steps, 1))
     else:
@@ -162,8 +188,9 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
         # shuffle keeps its buffer full across epochs instead of draining and
         # refilling it at each boundary, as the tf.data guide describes.
         repeat_files = repeat and not cache
-        ds = _read(plan, shuffle=shuffle and not cache, deterministic=deterministic, seed=seed,
-                   repeat=repeat_files)
+        ds = _read(
+            plan, shuffle=shuffle and not cache, deterministic=deterministic, seed=seed, repeat=repeat_files
+        )
         decoded = bool(cache) and plan.encoding == "png"
         if cache:
             ds = _decode(ds, plan, deterministic).cache(_cache_name(cache))
@@ -178,8 +205,11 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
             # Keras can then size its progress bar from the first epoch on.
             ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
 
-    ds = ds.map(_batch_fn(plan, label_mode, batch_size if worker_drop else None),
-                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.map(
+        _batch_fn(plan, label_mode, batch_size if worker_drop else None),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
     if augment is not None:
         fn, compiled = _augment_fn(augment, [batch_size, *plan.image_shape])
         # The layer's random state advances once per call, so parallel calls would
@@ -187,16 +217,18 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
         # one call at a time is as fast (XLA spreads each call over the cores);
         # uncompiled layers run in parallel only when determinism is waived.
         sequential = compiled or deterministic is not False
-        ds = ds.map(fn, num_parallel_calls=None if sequential else AUTOTUNE,
-                    deterministic=deterministic)
+        ds = ds.map(fn, num_parallel_calls=None if sequential else AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
     if service is not None:
         ds = _service.distribute(ds, service, service_mode)
         if rebatch:
             ds = ds.rebatch(batch_size, drop_remainder=drop_remainder)
             if not repeat:
-                ds = (ds.take(max(steps, 1)) if balance == "oversample"
-                      else ds.apply(tf.data.experimental.assert_cardinality(steps)))
+                ds = (
+                    ds.take(max(steps, 1))
+                    if balance == "oversample"
+                    else ds.apply(tf.data.experimental.assert_cardinality(steps))
+                )
         # The service already spreads the work; the client holds no files to shard.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     else:
@@ -237,8 +269,7 @@ def class_weights(dataset_dir: str | os.PathLike, split: str = "train") -> dict[
 
 def _check_args(*, batch_size, seed, augment, label_mode, balance, cache, deterministic) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
     check_seed(seed)
     if augment is not None and not isinstance(augment, keras.layers.Layer):
         raise TypeError(
@@ -246,13 +277,13 @@ def _check_args(*, batch_size, seed, augment, label_mode, balance, cache, determ
             f"Received: augment={augment!r} of type {type(augment).__name__}"
         )
     if label_mode not in LABEL_MODES:
-        raise ValueError(
-            f"`label_mode` must be one of {LABEL_MODES}. Received: label_mode={label_mode!r}")
+        raise ValueError(f"`label_mode` must be one of {LABEL_MODES}. Received: label_mode={label_mode!r}")
     if balance not in BALANCE_MODES:
         raise ValueError(f"`balance` must be one of {BALANCE_MODES}. Received: balance={balance!r}")
     if deterministic is not None and not isinstance(deterministic, bool):
         raise TypeError(
-            f"`deterministic` must be True, False or None. Received: deterministic={deterministic!r}")
+            f"`deterministic` must be True, False or None. Received: deterministic={deterministic!r}"
+        )
     if cache is not None:
         if not isinstance(cache, (str, os.PathLike)) or not os.fspath(cache):
             raise ValueError(
@@ -272,8 +303,10 @@ def _plan(dataset_dir: str | os.PathLike, split: str) -> _Plan:
     manifest = read_manifest(dataset_dir)
     info = manifest.split(split)
     if manifest.encoding not in ("raw", "png"):
-        raise ValueError(f"Unknown image encoding {manifest.encoding!r} in {dataset_dir!r}: "
-                         f"expected 'raw' or 'png'. Upgrade cxr.")
+        raise ValueError(
+            f"Unknown image encoding {manifest.encoding!r} in {dataset_dir!r}: "
+            f"expected 'raw' or 'png'. Upgrade cxr."
+        )
     if not info.shards:
         raise ValueError(f"Split {split!r} of {dataset_dir!r} has no shards.")
     paths = tuple(os.path.join(dataset_dir, s.name) for s in info.shards)
@@ -301,18 +334,22 @@ def _plan(dataset_dir: str | os.PathLike, split: str) -> _Plan:
     )
 
 
-def _read(plan: _Plan, *, shuffle: bool, deterministic: bool | None, seed=None,
-          repeat: bool = False) -> tf.data.Dataset:
+def _read(
+    plan: _Plan, *, shuffle: bool, deterministic: bool | None, seed=None, repeat: bool = False
+) -> tf.data.Dataset:
     """Serialized records of all shards, read in parallel."""
-    files = tf.data.Dataset.from_tensor_slices(
-        (list(plan.paths), tf.constant(plan.records, dtype=tf.int64)))
+    files = tf.data.Dataset.from_tensor_slices((list(plan.paths), tf.constant(plan.records, dtype=tf.int64)))
     if shuffle:
         files = files.shuffle(len(plan.paths), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         files = files.repeat()
     # Unshuffled, shards are read one after another: a larger cycle would mix their records.
-    return files.interleave(_read_shard, cycle_length=None if shuffle else 1,
-                            num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return files.interleave(
+        _read_shard,
+        cycle_length=None if shuffle else 1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
 
 
 def _read_shard(path: tf.Tensor, expected: tf.Tensor) -> tf.data.Dataset:
@@ -399,8 +436,9 @@ def _augment_fn(layer: keras.layers.Layer, batch_shape: list):
     return augment, compiled
 
 
-def _oversampled(plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic,
-                 drop_remainder) -> tf.data.Dataset:
+def _oversampled(
+    plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic, drop_remainder
+) -> tf.data.Dataset:
     """Endless batches drawing each class present in the split with equal probability."""
     classes = [c for c, n in enumerate(plan.class_counts) if n > 0]
     decoded = bool(cache) and plan.encoding == "png"
@@ -408,8 +446,7 @@ def _oversampled(plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic
     for c in classes:
         # Each class has its own seeds, so the class streams are not in lockstep.
         class_seed = None if seed is None else seed * 1009 + c + 1
-        ds = _read(plan, shuffle=shuffle and not cache, deterministic=deterministic,
-                   seed=class_seed)
+        ds = _read(plan, shuffle=shuffle and not cache, deterministic=deterministic, seed=class_seed)
         if decoded:
             ds = _decode(ds, plan, deterministic)
         ds = ds.filter(_has_label(c, decoded))
@@ -420,8 +457,8 @@ def _oversampled(plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic
             ds = ds.shuffle(size, seed=class_seed)
         streams.append(ds.repeat())
     ds = tf.data.Dataset.sample_from_datasets(
-        streams, weights=[1.0 / len(streams)] * len(streams), seed=seed,
-        rerandomize_each_iteration=True)
+        streams, weights=[1.0 / len(streams)] * len(streams), seed=seed, rerandomize_each_iteration=True
+    )
     if not decoded:
         ds = _decode(ds, plan, deterministic)
     return ds.batch(batch_size, drop_remainder=drop_remainder)
@@ -452,8 +489,9 @@ def _cache_name(cache, suffix: str = "") -> str:
     return "" if cache == "memory" else os.fspath(cache) + suffix
 
 
-def _shard_policy(num_files: int, split: str, balance: str | None = None
-                  ) -> tf.data.experimental.AutoShardPolicy:
+def _shard_policy(
+    num_files: int, split: str, balance: str | None = None
+) -> tf.data.experimental.AutoShardPolicy:
     """FILE sharding across workers, or DATA when there are fewer files than workers.
 
     Oversampling reads the files once per class (`sample_from_datasets` over
@@ -477,8 +515,9 @@ def _shard_policy(num_files: int, split: str, balance: str | None = None
 def _shared_seed(dataset_dir, split: str) -> int:
     """A seed every worker of the TF_CONFIG cluster derives alike (the same in every run)."""
     cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
-    key = json.dumps([cluster, os.path.basename(os.path.abspath(os.fspath(dataset_dir))), split],
-                     sort_keys=True)
+    key = json.dumps(
+        [cluster, os.path.basename(os.path.abspath(os.fspath(dataset_dir))), split], sort_keys=True
+    )
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") >> 1
 
 

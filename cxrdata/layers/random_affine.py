@@ -18,7 +18,6 @@ import numpy as np
 
 from cxrdata.utils.argument_validation import check_seed
 from cxrdata.utils.argument_validation import is_number as _is_number
-
 from cxrdata.utils.compat import keras_data_layer_base
 
 _Base = keras_data_layer_base()  # Keras' base for layers that also run inside tf.data
@@ -43,7 +42,6 @@ class _OpsBackend:
 def _is_tf_tensor(x):
     tf = sys.modules.get("tensorflow")
     return tf is not None and tf.is_tensor(x) and not isinstance(x, keras.KerasTensor)
-
 
 
 _PAIR = "a non-negative number or a (low, high) pair"
@@ -76,9 +74,7 @@ def _range(name, value, center, bounds, expected):
 
 def _choice(name, value, allowed):
     if value not in allowed:
-        raise ValueError(
-            f"`{name}` must be one of {allowed}. Received: {name}={value!r}"
-        )
+        raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={value!r}")
     return value
 
 
@@ -163,15 +159,12 @@ class RandomAffine(_Base):
             setattr(self, name, _range(name, value, center, bounds, expected))
         if not isinstance(flip_horizontal, bool):
             raise ValueError(
-                "`flip_horizontal` must be a bool. "
-                f"Received: flip_horizontal={flip_horizontal!r}"
+                "`flip_horizontal` must be a bool. " f"Received: flip_horizontal={flip_horizontal!r}"
             )
         self.flip_horizontal = flip_horizontal
         self.fill_mode = _choice("fill_mode", fill_mode, FILL_MODES)
         if not _is_number(fill_value):
-            raise ValueError(
-                f"`fill_value` must be a number. Received: fill_value={fill_value!r}"
-            )
+            raise ValueError(f"`fill_value` must be a number. Received: fill_value={fill_value!r}")
         self.fill_value = float(fill_value)
         self.interpolation = _choice("interpolation", interpolation, INTERPOLATIONS)
         self.seed = check_seed(seed)
@@ -230,9 +223,7 @@ class RandomAffine(_Base):
         shape = xp.core.shape(images)
         batch = shape[0] if len(shape) == 4 else 1
         height, width = shape[-3], shape[-2]
-        u = xp.random.uniform(
-            (batch, 7), seed=self._seed_generator() if seed is None else seed
-        )
+        u = xp.random.uniform((batch, 7), seed=self._seed_generator() if seed is None else seed)
 
         def draw(column, bounds):
             low, high = bounds
@@ -353,9 +344,7 @@ class RandomAffine(_Base):
         return cls(seed=seed, **from_generator_kwargs(kwargs))
 
 
-def augmentation(
-    *, brightness=None, contrast=None, value_range=(0, 255), seed=None, **affine
-):
+def augmentation(*, brightness=None, contrast=None, value_range=(0, 255), seed=None, **affine):
     """`RandomAffine`, then optionally Keras' brightness and contrast jitter.
 
     All three layers compile with XLA. `keras.layers.RandomBrightness` and
@@ -383,15 +372,9 @@ def augmentation(
     seeds = [None if seed is None else seed + i for i in range(3)]
     layers = [RandomAffine(seed=seeds[0], **affine)]
     if brightness is not None:
-        layers.append(
-            keras.layers.RandomBrightness(
-                brightness, value_range=value_range, seed=seeds[1]
-            )
-        )
+        layers.append(keras.layers.RandomBrightness(brightness, value_range=value_range, seed=seeds[1]))
     if contrast is not None:
-        layers.append(
-            keras.layers.RandomContrast(contrast, value_range=value_range, seed=seeds[2])
-        )
+        layers.append(keras.layers.RandomContrast(contrast, value_range=value_range, seed=seeds[2]))
     return keras.Sequential(layers, name="augmentation")
 
 

@@ -43,16 +43,26 @@ def _write_dataset(directory, encoding="raw"):
             with ShardWriter(os.path.join(directory, shard_name(split, index, SHARDS[split]))) as w:
                 for i in part:
                     image = _image(items[i][0])
-                    data = (image.tobytes() if encoding == "raw"
-                            else tf.io.encode_png(image[..., None]).numpy())
+                    data = (
+                        image.tobytes() if encoding == "raw" else tf.io.encode_png(image[..., None]).numpy()
+                    )
                     label = items[i][1]
-                    w.write(serialize_example(image=data, height=SIZE, width=SIZE, label=label,
-                                              class_name=CLASSES[label], path=f"{items[i][0]}.png"))
+                    w.write(
+                        serialize_example(
+                            image=data,
+                            height=SIZE,
+                            width=SIZE,
+                            label=label,
+                            class_name=CLASSES[label],
+                            path=f"{items[i][0]}.png",
+                        )
+                    )
             shards.append(w.info)
         splits[split] = SplitInfo(counts=dict(zip(CLASSES, counts)), shards=tuple(shards))
         order[split] = items
-    Manifest(class_names=CLASSES, image_shape=(SIZE, SIZE, 1), encoding=encoding,
-             preprocessing={}, splits=splits).write(directory)
+    Manifest(
+        class_names=CLASSES, image_shape=(SIZE, SIZE, 1), encoding=encoding, preprocessing={}, splits=splits
+    ).write(directory)
     return order
 
 
@@ -188,8 +198,9 @@ def test_png_oversampling_decodes(png):
 @pytest.mark.parametrize("cache", [None, "memory"])
 def test_oversampling_draws_classes_evenly(raw, cache):
     directory, order = raw
-    ds = cxrdata.load(directory, "train", batch_size=8, seed=2, balance="oversample",
-                      repeat=True, cache=cache)
+    ds = cxrdata.load(
+        directory, "train", batch_size=8, seed=2, balance="oversample", repeat=True, cache=cache
+    )
     ids, labels, _ = _collect(ds.take(75))  # 600 examples
     share = np.bincount(labels, minlength=2) / len(labels)
     assert np.all(np.abs(share - 0.5) < 0.05), share
@@ -202,8 +213,7 @@ def test_oversampling_epoch_is_the_split_size(raw):
     directory, _ = raw
     ds = cxrdata.load(directory, "train", batch_size=8, seed=2, balance="oversample")
     assert [x.shape[0] for x, _ in ds] == [8] * 5
-    ds = cxrdata.load(directory, "train", batch_size=16, seed=2, balance="oversample",
-                      drop_remainder=True)
+    ds = cxrdata.load(directory, "train", batch_size=16, seed=2, balance="oversample", drop_remainder=True)
     assert len(list(ds)) == 2
 
 
@@ -229,8 +239,7 @@ def test_augment_layer_is_applied_and_dtype_kept(raw):
     np.testing.assert_array_equal(pixels[0, ..., 0], 255 - _image(order["val"][0][0]))
 
     flip = keras.layers.RandomFlip("horizontal", seed=1)
-    _, _, flipped = _collect(cxrdata.load(directory, "val", batch_size=4, shuffle=False,
-                                          augment=flip))
+    _, _, flipped = _collect(cxrdata.load(directory, "val", batch_size=4, shuffle=False, augment=flip))
     assert flipped.dtype == np.uint8
     outcomes = []
     for image, (uid, _) in zip(flipped[..., 0], order["val"]):
@@ -245,8 +254,9 @@ def test_augment_layer_is_applied_and_dtype_kept(raw):
 def test_augment_with_random_affine(raw):
     pytest.importorskip("cxrdata.layers.random_affine")
     directory, order = raw
-    ds = cxrdata.load(directory, "val", batch_size=4, shuffle=False,
-                      augment=cxrdata.RandomAffine(rotation=10, seed=1))
+    ds = cxrdata.load(
+        directory, "val", batch_size=4, shuffle=False, augment=cxrdata.RandomAffine(rotation=10, seed=1)
+    )
     _, _, pixels = _collect(ds)
     assert pixels.dtype == np.uint8 and pixels.shape == (12, SIZE, SIZE, 1)
     originals = np.stack([_image(uid) for uid, _ in order["val"]])[..., None]
@@ -258,7 +268,8 @@ def test_mirrored_strategy_iterates(raw):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     ds = cxrdata.load(directory, "train", batch_size=8, seed=0)
     assert ds.options().experimental_distribute.auto_shard_policy == (
-        tf.data.experimental.AutoShardPolicy.FILE)
+        tf.data.experimental.AutoShardPolicy.FILE
+    )
     seen = sum(int(x.shape[0]) for x, _ in strategy.experimental_distribute_dataset(ds))
     assert seen == 40
 
@@ -277,12 +288,16 @@ def test_file_sharding_gives_each_worker_whole_shards(raw):
 
 def test_fewer_files_than_workers_falls_back_to_data(raw, monkeypatch):
     workers = [f"localhost:{port}" for port in range(5000, 5003)]
-    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": %s}, "task": {"type": "worker", '
-                       '"index": 0}}' % str(workers).replace("'", '"'))
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        '{"cluster": {"worker": %s}, "task": {"type": "worker", '
+        '"index": 0}}' % str(workers).replace("'", '"'),
+    )
     with pytest.warns(UserWarning, match="2 shard files for 3 workers"):
         ds = cxrdata.load(raw[0], "val", batch_size=4)
     assert ds.options().experimental_distribute.auto_shard_policy == (
-        tf.data.experimental.AutoShardPolicy.DATA)
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
 
 
 def test_tf_data_service_yields_every_record_once(raw):
@@ -299,16 +314,18 @@ def test_tf_data_service_yields_every_record_once(raw):
     del workers
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(batch_size=0), ValueError,
-     "`batch_size` must be a positive integer. Received: batch_size=0"),
-    (dict(batch_size=2.0), ValueError, "Received: batch_size=2.0"),
-    (dict(augment=lambda x: x), TypeError, "`augment` must be a Keras layer .* of type function"),
-    (dict(label_mode="binary"), ValueError, "`label_mode` must be one of .*'binary'"),
-    (dict(balance="undersample"), ValueError, "`balance` must be one of .*'undersample'"),
-    (dict(service="localhost:5050"), ValueError, "grpc://host:port.*'localhost:5050'"),
-    (dict(cache="/no/such/folder/cache"), FileNotFoundError, "/no/such/folder"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(batch_size=0), ValueError, "`batch_size` must be a positive integer. Received: batch_size=0"),
+        (dict(batch_size=2.0), ValueError, "Received: batch_size=2.0"),
+        (dict(augment=lambda x: x), TypeError, "`augment` must be a Keras layer .* of type function"),
+        (dict(label_mode="binary"), ValueError, "`label_mode` must be one of .*'binary'"),
+        (dict(balance="undersample"), ValueError, "`balance` must be one of .*'undersample'"),
+        (dict(service="localhost:5050"), ValueError, "grpc://host:port.*'localhost:5050'"),
+        (dict(cache="/no/such/folder/cache"), FileNotFoundError, "/no/such/folder"),
+    ],
+)
 def test_bad_arguments(raw, kwargs, error, message):
     with pytest.raises(error, match=message):
         cxrdata.load(raw[0], **kwargs)
@@ -357,8 +374,10 @@ def test_damaged_shard_fails_iteration_never_silently(fresh, how, shuffle):
     ds = cxrdata.load(fresh, batch_size=4, shuffle=shuffle, seed=0)  # checked sizes: all fine
     _damage(fresh / name, how)
     # a shard cut short fails its record count; a flipped byte fails its CRC
-    with pytest.raises((tf.errors.FailedPreconditionError, tf.errors.DataLossError),
-                       match="expected to contain 10 elements|corrupted record"):
+    with pytest.raises(
+        (tf.errors.FailedPreconditionError, tf.errors.DataLossError),
+        match="expected to contain 10 elements|corrupted record",
+    ):
         _collect(ds)
     # and the next load names it before reading
     if how == "truncate":
@@ -378,9 +397,9 @@ def _drop_last_record(path):
     """Cuts a shard at a record boundary, so only the manifest's count can tell."""
     data, offset, ends = path.read_bytes(), 0, []
     while offset < len(data):
-        offset += 8 + 4 + int.from_bytes(data[offset:offset + 8], "little") + 4
+        offset += 8 + 4 + int.from_bytes(data[offset : offset + 8], "little") + 4
         ends.append(offset)
-    path.write_bytes(data[:ends[-2]])
+    path.write_bytes(data[: ends[-2]])
 
 
 @pytest.mark.parametrize("repeat", [False, True])
@@ -389,8 +408,9 @@ def test_shard_missing_its_last_record_is_caught(fresh, repeat):
     if not repeat:
         assert sorted(_collect(ds)[0]) == list(range(40))
     _drop_last_record(fresh / shard_name("train", 2, 4))
-    with pytest.raises(tf.errors.FailedPreconditionError,
-                       match="expected to contain 10 elements but contained only 9"):
+    with pytest.raises(
+        tf.errors.FailedPreconditionError, match="expected to contain 10 elements but contained only 9"
+    ):
         _collect(ds.take(40) if repeat else ds)
 
 
@@ -418,21 +438,22 @@ def test_tf_data_service_two_workers_epoch_holds_every_record_once(raw, balance)
 
     directory, order = raw
     dispatcher, workers = start_local_service(2)
-    ds = cxrdata.load(directory, "train", batch_size=8, seed=0, service=dispatcher.target,
-                      balance=balance)
+    ds = cxrdata.load(directory, "train", batch_size=8, seed=0, service=dispatcher.target, balance=balance)
     batches = _batches(ds)
     # Each worker batches its own share; this process rebatches to full batches.
     assert [len(b) for b in batches] == [8] * 5
     ids = [uid for batch in batches for uid in batch]
     if balance is None:
         assert sorted(ids) == sorted(uid for uid, _ in order["train"])
-    dropped = cxrdata.load(directory, "train", batch_size=16, seed=0, service=dispatcher.target,
-                           drop_remainder=True)
+    dropped = cxrdata.load(
+        directory, "train", batch_size=16, seed=0, service=dispatcher.target, drop_remainder=True
+    )
     assert dropped.element_spec[0].shape.as_list() == [16, SIZE, SIZE, 1]
     assert [len(b) for b in _batches(dropped)] == [16, 16]  # 40 records: only 8 dropped, once
     # parallel_epochs stays available: every worker yields every record.
-    parallel = cxrdata.load(directory, "train", batch_size=8, seed=0, service=dispatcher.target,
-                            service_mode="parallel_epochs")
+    parallel = cxrdata.load(
+        directory, "train", batch_size=8, seed=0, service=dispatcher.target, service_mode="parallel_epochs"
+    )
     assert collections.Counter(_collect(parallel)[0]) == {uid: 2 for uid, _ in order["train"]}
     del workers
 
@@ -446,8 +467,9 @@ def test_service_mode_and_cache_are_checked(raw, tmp_path):
 
 def _tf_config(monkeypatch, workers):
     cluster = [f"localhost:{port}" for port in range(5000, 5000 + workers)]
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": cluster},
-                                                "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": 0}})
+    )
 
 
 def _worker_batches(ds, workers, index):

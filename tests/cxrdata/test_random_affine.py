@@ -74,8 +74,14 @@ def test_matches_apply_affine_transform(fill_mode):
     image = _smooth_image()
     params = dict(theta=12.0, tx=5.5, ty=-3.25, shear=8.0, zx=1.15, zy=0.9)
     expected = image_module.apply_affine_transform(
-        image, **params, row_axis=0, col_axis=1, channel_axis=2,
-        fill_mode=fill_mode, cval=-2.0, order=1,
+        image,
+        **params,
+        row_axis=0,
+        col_axis=1,
+        channel_axis=2,
+        fill_mode=fill_mode,
+        cval=-2.0,
+        order=1,
     )
     layer = RandomAffine(fill_mode=fill_mode, fill_value=-2.0)
     batch = {k: np.array([v], "float32") for k, v in params.items()}
@@ -89,11 +95,7 @@ def test_transform_images_per_image_parameters_and_flip():
     image = _smooth_image(32).astype("float32")
     layer = RandomAffine()
     batch = np.stack([image, image])
-    outputs = _numpy(
-        layer.transform_images(
-            batch, {"flip_horizontal": np.array([1.0, 0.0], "float32")}
-        )
-    )
+    outputs = _numpy(layer.transform_images(batch, {"flip_horizontal": np.array([1.0, 0.0], "float32")}))
     np.testing.assert_allclose(outputs[0], image[:, ::-1], atol=1e-5)
     np.testing.assert_allclose(outputs[1], image, atol=1e-5)
 
@@ -114,9 +116,9 @@ def test_positive_shift_moves_content_right_and_down():
     layer = RandomAffine(width_shift=(0.25, 0.25), height_shift=(0.125, 0.125))
     outputs = _numpy(layer(images, training=True))
     assert np.argwhere(outputs[0, ..., 0] > 0.5).tolist() == [[14, 12]]
-    pixels = RandomAffine(
-        width_shift=(3, 3), height_shift=(-2, -2), shift_unit="pixel"
-    )(images, training=True)
+    pixels = RandomAffine(width_shift=(3, 3), height_shift=(-2, -2), shift_unit="pixel")(
+        images, training=True
+    )
     assert np.argwhere(_numpy(pixels)[0, ..., 0] > 0.5).tolist() == [[8, 7]]
 
 
@@ -125,8 +127,12 @@ def test_drawn_parameters_stay_in_ranges():
     params = layer.get_random_transformation(np.zeros((4096, 20, 50, 1), "uint8"))
     params = {k: _numpy(v) for k, v in params.items()}
     for name, low, high in [
-        ("theta", -15, 15), ("shear", -5, 5), ("zx", 0.8, 1.2), ("zy", 0.8, 1.2),
-        ("tx", -10, 10), ("ty", -4, 4),  # 0.2 of the width 50 and height 20
+        ("theta", -15, 15),
+        ("shear", -5, 5),
+        ("zx", 0.8, 1.2),
+        ("zy", 0.8, 1.2),
+        ("tx", -10, 10),
+        ("ty", -4, 4),  # 0.2 of the width 50 and height 20
     ]:
         values = params[name]
         assert values.shape == (4096,)
@@ -144,14 +150,16 @@ def test_drawn_parameters_stay_in_ranges():
 @pytest.mark.slow
 def test_model_compiles_with_xla_and_fits():
     layer = RandomAffine(**REFERENCE, seed=1)
-    model = keras.Sequential([
-        keras.Input((32, 32, 1), dtype="uint8"),
-        layer,
-        keras.layers.Rescaling(1 / 255),
-        keras.layers.Conv2D(2, 3),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(1),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 1), dtype="uint8"),
+            layer,
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(1),
+        ]
+    )
     assert layer.output.dtype == "uint8"
     model.compile(optimizer="sgd", loss="mse", jit_compile=True)
     state = _numpy(layer.generator.state).copy()
@@ -163,9 +171,16 @@ def test_model_compiles_with_xla_and_fits():
 
 def test_config_round_trip_and_keras_file(tmp_path):
     layer = RandomAffine(
-        rotation=(-5, 10), zoom=(0.9, 1.3), width_shift=4.0, shift_unit="pixel",
-        flip_horizontal=True, fill_mode="constant", fill_value=3.0,
-        interpolation="nearest", seed=11, name="aug",
+        rotation=(-5, 10),
+        zoom=(0.9, 1.3),
+        width_shift=4.0,
+        shift_unit="pixel",
+        flip_horizontal=True,
+        fill_mode="constant",
+        fill_value=3.0,
+        interpolation="nearest",
+        seed=11,
+        name="aug",
     )
     config = layer.get_config()
     assert RandomAffine.from_config(config).get_config() == config
@@ -176,8 +191,7 @@ def test_config_round_trip_and_keras_file(tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.get_layer("aug").get_config() == config
     images = _uint8_batch(2, 16).astype("float32")
-    np.testing.assert_array_equal(_numpy(loaded.predict(images, verbose=0)),
-                                  images.reshape(2, -1))
+    np.testing.assert_array_equal(_numpy(loaded.predict(images, verbose=0)), images.reshape(2, -1))
 
 
 def test_works_in_tf_data_map():
@@ -216,7 +230,9 @@ def test_keras_ops_fallback_gives_the_same_images():
 def test_augmentation_adds_keras_jitter_layers_and_compiles():
     aug = augmentation(rotation=10, brightness=0.1, contrast=0.2, seed=5)
     assert [type(layer).__name__ for layer in aug.layers] == [
-        "RandomAffine", "RandomBrightness", "RandomContrast"
+        "RandomAffine",
+        "RandomBrightness",
+        "RandomContrast",
     ]
     assert [layer.seed for layer in aug.layers] == [5, 6, 7]
     assert [type(l).__name__ for l in augmentation(zoom=0.1).layers] == ["RandomAffine"]
@@ -228,19 +244,27 @@ def test_augmentation_adds_keras_jitter_layers_and_compiles():
 
 def test_from_image_data_generator_maps_arguments():
     layer = RandomAffine.from_image_data_generator(
-        rotation_range=15, zoom_range=0.2, width_shift_range=0.2,
-        height_shift_range=0.2, shear_range=0.2, seed=4,
+        rotation_range=15,
+        zoom_range=0.2,
+        width_shift_range=0.2,
+        height_shift_range=0.2,
+        shear_range=0.2,
+        seed=4,
     )
     assert (layer.rotation, layer.zoom, layer.shear) == ((-15, 15), (0.8, 1.2), (-0.2, 0.2))
     assert (layer.width_shift, layer.height_shift) == ((-0.2, 0.2), (-0.2, 0.2))
-    assert (layer.shift_unit, layer.flip_horizontal, layer.fill_mode) == (
-        "fraction", False, "nearest"
-    )
+    assert (layer.shift_unit, layer.flip_horizontal, layer.fill_mode) == ("fraction", False, "nearest")
     assert layer.seed == 4
     pixels = RandomAffine.from_image_data_generator(
-        width_shift_range=12.0, height_shift_range=6.0, zoom_range=[0.9, 1.1],
-        fill_mode="constant", cval=7, horizontal_flip=True, interpolation_order=0,
-        rescale=None, vertical_flip=False,  # defaults are accepted
+        width_shift_range=12.0,
+        height_shift_range=6.0,
+        zoom_range=[0.9, 1.1],
+        fill_mode="constant",
+        cval=7,
+        horizontal_flip=True,
+        interpolation_order=0,
+        rescale=None,
+        vertical_flip=False,  # defaults are accepted
     )
     assert pixels.shift_unit == "pixel"
     assert (pixels.width_shift, pixels.height_shift) == ((-12, 12), (-6, 6))
@@ -335,9 +359,7 @@ def test_runs_under_jax_without_importing_tensorflow():
         """
     )
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
 
@@ -346,7 +368,8 @@ def _tf_keras_warp(image, params, **kwargs):
     image_module = pytest.importorskip("tf_keras.src.preprocessing.image")
     pytest.importorskip("scipy")
     return image_module.apply_affine_transform(
-        image, **params, row_axis=0, col_axis=1, channel_axis=2, **kwargs)
+        image, **params, row_axis=0, col_axis=1, channel_axis=2, **kwargs
+    )
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -368,8 +391,12 @@ def test_non_square_matches_tf_keras_about_its_swapped_centre(fill_mode):
     # centre c' instead of c, the map gains the input shift (I - A)(c' - c): reproduce it
     # with the layer's own shift (applied through the rotation R).
     t, s = np.radians(params["theta"]), np.radians(params["theta"] + params["shear"])
-    a = np.array([[np.cos(t) * params["zx"], -np.sin(s) * params["zy"]],
-                  [np.sin(t) * params["zx"], np.cos(s) * params["zy"]]])
+    a = np.array(
+        [
+            [np.cos(t) * params["zx"], -np.sin(s) * params["zy"]],
+            [np.sin(t) * params["zx"], np.cos(s) * params["zy"]],
+        ]
+    )
     r = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
     d = np.array([(height - 1) / 2 - (width - 1) / 2, (width - 1) / 2 - (height - 1) / 2])
     dx, dy = r.T @ (np.eye(2) - a) @ d
@@ -385,8 +412,9 @@ def test_nearest_rounds_half_pixels_up_as_scipy():
     params = dict(tx=0.5, ty=0.0)
     expected = _tf_keras_warp(image, params, fill_mode="nearest", order=0)
     layer = RandomAffine(interpolation="nearest")
-    outputs = _numpy(layer.transform_images(
-        image[None], {k: np.array([v], "float32") for k, v in params.items()}))[0]
+    outputs = _numpy(
+        layer.transform_images(image[None], {k: np.array([v], "float32") for k, v in params.items()})
+    )[0]
     # Column j samples x = j + 0.5, which rounds up to j + 1: no column dropped.
     np.testing.assert_array_equal(outputs[0, :, 0], image[0, list(range(1, 32)) + [31], 0])
     np.testing.assert_array_equal(outputs, expected)

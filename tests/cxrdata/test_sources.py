@@ -47,10 +47,13 @@ def test_decode_jpeg_is_close_to_the_source():
     assert out.shape == GRADIENT.shape and np.abs(out.astype(int) - GRADIENT).mean() < 2
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty file"),
-    (b"hello, not an image" * 10, "not an image"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"hello, not an image" * 10, "not an image"),
+    ],
+)
 def test_decode_bad_bytes_raise_decode_error(data, reason):
     with pytest.raises(DecodeError, match=reason):
         decode_image(data)
@@ -119,7 +122,9 @@ def test_dicom_bits_stored_scale_to_full_8_bit_range(tmp_path, bits):
 def test_dicom_uncompressed_monochrome1_and_rle(tmp_path):
     pixels = np.random.default_rng(1).integers(0, 4096, (40, 30))
     plain = decode_image(_write_dicom(tmp_path / "a.dcm", pixels, bits_stored=12))
-    inverted = decode_image(_write_dicom(tmp_path / "b.dcm", pixels, bits_stored=12, photometric="MONOCHROME1"))
+    inverted = decode_image(
+        _write_dicom(tmp_path / "b.dcm", pixels, bits_stored=12, photometric="MONOCHROME1")
+    )
     np.testing.assert_array_equal(inverted.astype(int), 255 - plain.astype(int))
     rle = decode_image(_write_dicom(tmp_path / "c.dcm", pixels, bits_stored=12, rle=True))
     np.testing.assert_array_equal(rle, plain)
@@ -157,7 +162,9 @@ def test_discover_class_folders_skips_masks_hidden_and_text(tmp_path):
     listing = discover(tmp_path)
     assert listing.layout == "classes" and listing.class_names == ("COVID", "Normal")
     assert [(s.relpath, s.label) for s in listing.sources] == [
-        ("COVID/images/c1.png", "COVID"), ("Normal/deep/er/n1.png", "Normal")]
+        ("COVID/images/c1.png", "COVID"),
+        ("Normal/deep/er/n1.png", "Normal"),
+    ]
 
 
 def test_discover_split_folders_are_honoured(tmp_path):
@@ -167,7 +174,8 @@ def test_discover_split_folders_are_honoured(tmp_path):
     listing = discover(tmp_path)
     assert listing.layout == "splits"
     assert {(s.split, s.label) for s in listing.sources} == {
-        (sp, c) for sp in ("train", "val", "test") for c in ("NORMAL", "PNEUMONIA")}
+        (sp, c) for sp in ("train", "val", "test") for c in ("NORMAL", "PNEUMONIA")
+    }
 
 
 def test_discover_csv_with_groups(tmp_path):
@@ -176,7 +184,10 @@ def test_discover_csv_with_groups(tmp_path):
     (tmp_path / "labels.csv").write_text("path,label,patient\na.png,covid,P1\nb.png,normal,P2\n")
     listing = discover(tmp_path, labels=tmp_path / "labels.csv", group_by="patient")
     assert listing.class_names == ("covid", "normal")
-    assert [(s.relpath, s.label, s.group) for s in listing.sources] == [("a.png", "covid", "P1"), ("b.png", "normal", "P2")]
+    assert [(s.relpath, s.label, s.group) for s in listing.sources] == [
+        ("a.png", "covid", "P1"),
+        ("b.png", "normal", "P2"),
+    ]
 
 
 def test_discover_group_pattern_for_folders(tmp_path):
