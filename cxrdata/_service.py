@@ -11,10 +11,13 @@ from __future__ import annotations
 import tensorflow as tf
 
 PROTOCOL = "grpc://"
+MODES = ("distributed_epoch", "parallel_epochs")
 
 
-def check_service(service: str | None) -> None:
-    """Raises unless `service` is None or a dispatcher address `grpc://host:port`."""
+def check_service(service: str | None, mode: str = "distributed_epoch") -> None:
+    """Raises unless `service` is None or a dispatcher address `grpc://host:port`, and `mode` is known."""
+    if mode not in MODES:
+        raise ValueError(f"`service_mode` must be one of {MODES}. Received: service_mode={mode!r}")
     if service is None:
         return
     if not isinstance(service, str):
@@ -31,17 +34,18 @@ def check_service(service: str | None) -> None:
         )
 
 
-def distribute(dataset: tf.data.Dataset, service: str) -> tf.data.Dataset:
+def distribute(dataset: tf.data.Dataset, service: str, mode: str = "distributed_epoch") -> tf.data.Dataset:
     """Runs `dataset` on the service's workers; this process only receives its elements.
 
-    `parallel_epochs`: every worker produces the whole dataset, so with one
-    worker an epoch holds each record once, and with `n` workers each record
+    `distributed_epoch`: the dispatcher hands the shard files out one at a
+    time (dynamic sharding of the file list, the dataset's first source), so
+    an epoch holds each record once whatever the number of workers; each
+    worker batches what it read, so the caller rebatches. `parallel_epochs`:
+    every worker produces the whole dataset, so with `n` workers each record
     comes `n` times per epoch (in different orders when unseeded). Each new
     iteration (a Keras epoch) starts a new anonymous job.
     """
-    return dataset.apply(
-        tf.data.experimental.service.distribute(processing_mode="parallel_epochs", service=service)
-    )
+    return dataset.apply(tf.data.experimental.service.distribute(processing_mode=mode, service=service))
 
 
 def start_local_service(num_workers: int = 1):

@@ -18,6 +18,7 @@ when reading fails) names the damaged shard.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -78,6 +79,7 @@ def load(
     drop_remainder: bool = False,
     service: str | None = None,
     input_context: tf.distribute.InputContext | None = None,
+    service_mode: str = "distributed_epoch",
 ) -> tf.data.Dataset:
     """Loads one split of a converted dataset as batches of `(images, labels)`.
 
@@ -89,11 +91,16 @@ def load(
             manifest order (shard by shard). Defaults to True.
         seed: seed for every shuffle and for class sampling; the same seed gives
             the same batches. Defaults to None (different every run).
-        repeat: repeat forever (pass `steps_per_epoch` to `Model.fit`).
-            Defaults to False (one epoch per iteration).
+        repeat: repeat forever (pass `steps_per_epoch` to `Model.fit`). Without
+            `cache` the file list repeats before the record shuffle, so epochs
+            blur: within `steps_per_epoch` a record may come twice before
+            another comes once (every record keeps the same rate). Defaults to
+            False (one epoch per iteration: each record exactly once).
         augment: a Keras layer applied to each uint8 batch on the CPU as
             `augment(images, training=True)`; float output is rounded back to
-            uint8. On a GPU, put the layer in the model instead. Defaults to None.
+            uint8. Batches go through it one at a time (so a seeded layer gives
+            the same batches) unless `deterministic=False`. On a GPU, put the
+            layer in the model instead. Defaults to None.
         label_mode: `"categorical"` (one-hot float32 `[batch, num_classes]`)
             or `"int"` (int32 `[batch]`). Defaults to `"categorical"`.
         balance: `"oversample"` draws every class present in the split equally
@@ -108,9 +115,14 @@ def load(
             Defaults to None (tf.data's default, which is deterministic).
         drop_remainder: drop the last, smaller batch. Defaults to False.
         service: a tf.data service dispatcher, `"grpc://host:port"`, whose
-            workers run the reading, parsing and augmentation
-            (`processing_mode="parallel_epochs"`: each worker yields every
-            record once per epoch). Defaults to None (this process does it).
+            workers run the reading, parsing and augmentation. Defaults to
+            None (this process does it).
+        service_mode: `"distributed_epoch"`: the dispatcher hands each shard
+            file to one worker, so an epoch holds every record once whatever
+            the number of workers (this process rebatches what they send; the
+            order across workers is not reproducible). `"parallel_epochs"`:
+            every worker yields every record, so `n` workers make each epoch
+            `n` times longer. Defaults to `"distributed_epoch"`.
         input_context: for `Strategy.distribute_datasets_from_function`:
             read only this input pipeline's shard files (file `i` goes to
             pipeline `i % num_input_pipelines`), so each record is read by
@@ -119,7 +131,9 @@ def load(
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: images uint8
         `[batch, height, width, channels]`. Under a `tf.distribute` strategy it
-        shards by file (by record when there are fewer files than workers).
+        shards by file (by batch when there are fewer files than workers, or
+        when oversampling; all workers then share one seed, so each batch goes
+        to one worker).
 
     Raises:
         ValueError: an argument is invalid or the split does not exist.
@@ -140,13 +154,31 @@ def load(
         cache=cache,
         deterministic=deterministic,
     )
-    _service.check_service(service)
+    _service.check_service(service, service_mode)
+    # Dynamically sharded, each service worker batches only its share: the epoch
+    # length and `drop_remainder` are applied here, after the service.
+    rebatch = service is not None and service_mode == "distributed_epoch"
+    if rebatch and cache is not None:
+        raise ValueError(
+            f"`cache` cannot be used with `service_mode='distributed_epoch'`: each service worker "
+            f"would cache only the files it was handed in the first epoch. Use "
+            f"service_mode='parallel_epochs' with one worker, or no cache. Received: cache={cache!r}"
+        )
     plan = _plan(dataset_dir, split)
     if input_context is not None:
         plan = _pipeline_plan(plan, input_context, split)
+    policy = None
+    if service is None and input_context is None:
+        policy = _shard_policy(len(plan.paths), split, balance)
+        if policy == tf.data.experimental.AutoShardPolicy.DATA and _num_input_workers() > 1:
+            # Each worker keeps every n-th batch of its own copy of the stream: the
+            # copies must agree batch for batch, or records are lost and repeated.
+            seed = _shared_seed(dataset_dir, split) if seed is None else seed
+            deterministic = None
 
     n = plan.num_examples
     steps = n // batch_size if drop_remainder else math.ceil(n / batch_size)
+    worker_drop = drop_remainder and not rebatch
     if balance == "oversample":
         ds = _oversampled(
             plan,
@@ -155,9 +187,9 @@ def load(
             seed=seed,
             cache=cache,
             deterministic=deterministic,
-            drop_remainder=drop_remainder,
+            drop_remainder=worker_drop,
         )
-        if not repeat:
+        if not repeat and not rebatch:
             ds = ds.take(max(steps, 1))
     else:
         # Without a cache, repeating the (reshuffled) file list before the record
@@ -176,33 +208,41 @@ def load(
             ds = ds.repeat()
         if not decoded:
             ds = _decode(ds, plan, deterministic)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        if not repeat:
+        ds = ds.batch(batch_size, drop_remainder=worker_drop)
+        if not repeat and not rebatch:
             # Keras can then size its progress bar from the first epoch on.
             ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
 
     ds = ds.map(
-        _batch_fn(plan, label_mode, batch_size if drop_remainder else None),
+        _batch_fn(plan, label_mode, batch_size if worker_drop else None),
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
     )
     if augment is not None:
         fn, compiled = _augment_fn(augment, [batch_size, *plan.image_shape])
         # The layer's random state advances once per call, so parallel calls would
-        # draw in a racy order. Compiled by XLA, one call at a time is as fast (XLA
-        # spreads each call over the cores) and reproducible; uncompiled layers run
-        # in parallel unless determinism is asked for.
-        sequential = compiled or deterministic is True
+        # draw in a racy order and break "same seed, same batches". Compiled by XLA,
+        # one call at a time is as fast (XLA spreads each call over the cores);
+        # uncompiled layers run in parallel only when determinism is waived.
+        sequential = compiled or deterministic is not False
         ds = ds.map(fn, num_parallel_calls=None if sequential else AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
-    if input_context is not None:
+    if input_context is not None:  # this pipeline already reads only its own files
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     elif service is not None:
-        ds = _service.distribute(ds, service)
+        ds = _service.distribute(ds, service, service_mode)
+        if rebatch:
+            ds = ds.rebatch(batch_size, drop_remainder=drop_remainder)
+            if not repeat:
+                ds = (
+                    ds.take(max(steps, 1))
+                    if balance == "oversample"
+                    else ds.apply(tf.data.experimental.assert_cardinality(steps))
+                )
         # The service already spreads the work; the client holds no files to shard.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     else:
-        options.experimental_distribute.auto_shard_policy = _shard_policy(len(plan.paths), split)
+        options.experimental_distribute.auto_shard_policy = policy
     return ds.prefetch(AUTOTUNE).with_options(options)
 
 
@@ -470,18 +510,36 @@ def _cache_name(cache, suffix: str = "") -> str:
     return "" if cache == "memory" else os.fspath(cache) + suffix
 
 
-def _shard_policy(num_files: int, split: str) -> tf.data.experimental.AutoShardPolicy:
-    """FILE sharding across workers, or DATA when there are fewer files than workers."""
+def _shard_policy(
+    num_files: int, split: str, balance: str | None = None
+) -> tf.data.experimental.AutoShardPolicy:
+    """FILE sharding across workers, or DATA when there are fewer files than workers.
+
+    Oversampling reads the files once per class (`sample_from_datasets` over
+    several sources), which FILE sharding cannot split: it shards by DATA.
+    """
     workers = _num_input_workers()
+    if balance == "oversample":
+        return tf.data.experimental.AutoShardPolicy.DATA
     if num_files < workers:
         warnings.warn(
             f"Split {split!r} has {num_files} shard files for {workers} workers, so each worker "
-            f"reads every file and keeps 1/{workers} of the records (AutoShardPolicy.DATA). "
-            f"Convert with at least {workers} shards per split to shard by file.",
+            f"reads every file and keeps 1/{workers} of the batches (AutoShardPolicy.DATA, in "
+            f"order, with one seed for all workers). Convert with at least {workers} shards per "
+            f"split to shard by file.",
             stacklevel=3,
         )
         return tf.data.experimental.AutoShardPolicy.DATA
     return tf.data.experimental.AutoShardPolicy.FILE
+
+
+def _shared_seed(dataset_dir, split: str) -> int:
+    """A seed every worker of the TF_CONFIG cluster derives alike (the same in every run)."""
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    key = json.dumps(
+        [cluster, os.path.basename(os.path.abspath(os.fspath(dataset_dir))), split], sort_keys=True
+    )
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") >> 1
 
 
 def _num_input_workers() -> int:

@@ -5,7 +5,9 @@ one affine map per image and the batch is resampled once (bilinear), with
 `keras` backend ops only: the layer runs inside the model on the accelerator,
 compiles with XLA (`jit_compile=True` stays on), and works under JAX and in a
 `tf.data` pipeline. Given the same parameters it reproduces
-`tf_keras.preprocessing.image.apply_affine_transform`.
+`tf_keras.preprocessing.image.apply_affine_transform` on square images. On
+non-square ones tf_keras turns about a swapped centre (`(h - 1) / 2` as the
+column, `(w - 1) / 2` as the row); the layer turns about the true centre.
 """
 
 import math
@@ -426,7 +428,9 @@ def _warp(xp, images, params, *, fill_mode, fill_value, interpolation):
         return xp.cast(xp.numpy.take(flat, pixel, axis=0), "float32")
 
     if interpolation == "nearest":
-        outputs = gather(xp.numpy.round(y_in), xp.numpy.round(x_in))
+        # Half up, as SciPy's order 0: `round` takes halves to even and would drop
+        # every other column at a half-pixel shift.
+        outputs = gather(xp.numpy.floor(y_in + 0.5), xp.numpy.floor(x_in + 0.5))
     else:
         x0, y0 = xp.numpy.floor(x_in), xp.numpy.floor(y_in)
         fx = xp.numpy.expand_dims(x_in - x0, -1)

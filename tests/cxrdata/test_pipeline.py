@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 
@@ -424,3 +425,96 @@ def test_augmented_batches_are_reproducible_with_seeds(raw):
     first, second = batches(), batches()
     assert all((a == b).all() for a, b in zip(first, second))
     assert any((a != first[0]).any() for a in first[1:])
+
+
+def _batches(ds):
+    """The ids of each batch of a finite dataset, as tuples."""
+    return [tuple(int(v) for v in x.numpy()[:, 0, 0, 0]) for x, _ in ds]
+
+
+@pytest.mark.parametrize("balance", [None, "oversample"])
+def test_tf_data_service_two_workers_epoch_holds_every_record_once(raw, balance):
+    from cxrdata._service import start_local_service
+
+    directory, order = raw
+    dispatcher, workers = start_local_service(2)
+    ds = cxrdata.load(directory, "train", batch_size=8, seed=0, service=dispatcher.target, balance=balance)
+    batches = _batches(ds)
+    # Each worker batches its own share; this process rebatches to full batches.
+    assert [len(b) for b in batches] == [8] * 5
+    ids = [uid for batch in batches for uid in batch]
+    if balance is None:
+        assert sorted(ids) == sorted(uid for uid, _ in order["train"])
+    dropped = cxrdata.load(
+        directory, "train", batch_size=16, seed=0, service=dispatcher.target, drop_remainder=True
+    )
+    assert dropped.element_spec[0].shape.as_list() == [16, SIZE, SIZE, 1]
+    assert [len(b) for b in _batches(dropped)] == [16, 16]  # 40 records: only 8 dropped, once
+    # parallel_epochs stays available: every worker yields every record.
+    parallel = cxrdata.load(
+        directory, "train", batch_size=8, seed=0, service=dispatcher.target, service_mode="parallel_epochs"
+    )
+    assert collections.Counter(_collect(parallel)[0]) == {uid: 2 for uid, _ in order["train"]}
+    del workers
+
+
+def test_service_mode_and_cache_are_checked(raw, tmp_path):
+    with pytest.raises(ValueError, match="`service_mode` must be one of .* Received: service_mode='x'"):
+        cxrdata.load(raw[0], service="grpc://localhost:5050", service_mode="x")
+    with pytest.raises(ValueError, match="`cache` cannot be used with `service_mode='distributed_epoch'`"):
+        cxrdata.load(raw[0], service="grpc://localhost:5050", cache="memory")
+
+
+def _tf_config(monkeypatch, workers):
+    cluster = [f"localhost:{port}" for port in range(5000, 5000 + workers)]
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": 0}})
+    )
+
+
+def _worker_batches(ds, workers, index):
+    """The batches worker `index` of `workers` gets when a strategy auto-shards `ds`."""
+    from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset
+
+    return _batches(_AutoShardDataset(ds, num_workers=workers, index=index))
+
+
+@pytest.mark.parametrize("seed", [None, 4])
+def test_oversampling_shards_across_workers(raw, monkeypatch, seed):
+    directory, order = raw
+    _tf_config(monkeypatch, 2)
+
+    def load():
+        return cxrdata.load(directory, "train", batch_size=4, seed=seed, balance="oversample")
+
+    # Each worker builds its own pipeline, as each process of a cluster does; together
+    # they hold each batch of the one stream once.
+    whole = _batches(load())
+    assert len(whole) == 10
+    assert [_worker_batches(load(), 2, i) for i in range(2)] == [whole[0::2], whole[1::2]]
+    labels = dict(order["train"])
+    assert {labels[uid] for batch in whole for uid in batch} == {0, 1}
+
+
+@pytest.mark.parametrize("deterministic", [None, False])
+def test_fewer_files_than_workers_every_record_once_without_seed(raw, monkeypatch, deterministic):
+    directory, order = raw
+    _tf_config(monkeypatch, 5)  # 4 train shards for 5 workers
+    seen = []
+    for i in range(5):
+        with pytest.warns(UserWarning, match="4 shard files for 5 workers"):
+            ds = cxrdata.load(directory, "train", batch_size=2, deterministic=deterministic)
+        seen += [uid for batch in _worker_batches(ds, 5, i) for uid in batch]
+    assert sorted(seen) == sorted(uid for uid, _ in order["train"])
+
+
+def test_augment_layer_without_xla_gives_same_batches_with_same_seed(raw):
+    directory, _ = raw
+
+    def batches():
+        layer = keras.layers.RandomRotation(0.2, seed=7)
+        ds = cxrdata.load(directory, batch_size=2, seed=3, augment=layer)
+        return np.concatenate([x.numpy() for x, _ in ds])
+
+    first = batches()
+    assert all(np.array_equal(first, batches()) for _ in range(3))

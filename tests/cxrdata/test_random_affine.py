@@ -362,3 +362,59 @@ def test_runs_under_jax_without_importing_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def _tf_keras_warp(image, params, **kwargs):
+    image_module = pytest.importorskip("tf_keras.src.preprocessing.image")
+    pytest.importorskip("scipy")
+    return image_module.apply_affine_transform(
+        image, **params, row_axis=0, col_axis=1, channel_axis=2, **kwargs
+    )
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("fill_mode", ["nearest", "constant"])
+def test_non_square_matches_tf_keras_about_its_swapped_centre(fill_mode):
+    image = _smooth_image(64)[:48]  # 48 rows, 64 columns
+    height, width = image.shape[:2]
+    params = dict(theta=12.0, tx=5.5, ty=-3.25, shear=8.0, zx=1.15, zy=0.9)
+    expected = _tf_keras_warp(image, params, fill_mode=fill_mode, cval=-2.0, order=1)
+    layer = RandomAffine(fill_mode=fill_mode, fill_value=-2.0)
+
+    def warp(p):
+        batch = {k: np.array([v], "float32") for k, v in p.items()}
+        return _numpy(layer.transform_images(image[None].astype("float32"), batch))[0]
+
+    # The layer turns about the true centre: off by more than a pixel value here.
+    assert np.abs(warp(params) - expected).max() > 1.0
+    # tf_keras turns about ((h - 1) / 2, (w - 1) / 2) taken as (column, row). About a
+    # centre c' instead of c, the map gains the input shift (I - A)(c' - c): reproduce it
+    # with the layer's own shift (applied through the rotation R).
+    t, s = np.radians(params["theta"]), np.radians(params["theta"] + params["shear"])
+    a = np.array(
+        [
+            [np.cos(t) * params["zx"], -np.sin(s) * params["zy"]],
+            [np.sin(t) * params["zx"], np.cos(s) * params["zy"]],
+        ]
+    )
+    r = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    d = np.array([(height - 1) / 2 - (width - 1) / 2, (width - 1) / 2 - (height - 1) / 2])
+    dx, dy = r.T @ (np.eye(2) - a) @ d
+    quirk = dict(params, tx=params["tx"] + dx, ty=params["ty"] + dy)
+    assert np.abs(warp(quirk) - expected).max() < 1e-3
+    # and the layer's own geometry is right: half a turn is a flip of both axes.
+    np.testing.assert_allclose(warp({"theta": 180.0}), image[::-1, ::-1], atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_nearest_rounds_half_pixels_up_as_scipy():
+    image = np.tile(np.arange(32, dtype="float32") * 3, (8, 1))[..., None]  # distinct columns
+    params = dict(tx=0.5, ty=0.0)
+    expected = _tf_keras_warp(image, params, fill_mode="nearest", order=0)
+    layer = RandomAffine(interpolation="nearest")
+    outputs = _numpy(
+        layer.transform_images(image[None], {k: np.array([v], "float32") for k, v in params.items()})
+    )[0]
+    # Column j samples x = j + 0.5, which rounds up to j + 1: no column dropped.
+    np.testing.assert_array_equal(outputs[0, :, 0], image[0, list(range(1, 32)) + [31], 0])
+    np.testing.assert_array_equal(outputs, expected)

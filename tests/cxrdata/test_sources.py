@@ -209,3 +209,12 @@ def test_discover_errors(tmp_path):
         discover(tmp_path, labels=tmp_path / "labels.csv", class_names=["COVID", "Normal"])
     with pytest.raises(ValueError, match="lacks column"):
         discover(tmp_path, labels=tmp_path / "labels.csv", group_by="patient")
+
+
+def test_exif_orientation_is_applied():
+    # Keras' load_img ignores EXIF; conversion turns the image upright as viewers show it.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored image must turn 90 degrees clockwise
+    buf = io.BytesIO()
+    Image.fromarray(GRADIENT).save(buf, format="PNG", exif=exif)
+    np.testing.assert_array_equal(decode_image(buf.getvalue()), np.rot90(GRADIENT, -1))
