@@ -40,6 +40,7 @@ from cxrdata.splits import assign_splits, parse_ratios
 
 PARTIAL_DIR = ".cxr-partial"
 ENCODINGS = ("raw", "png")
+RUNNERS = ("local", "beam")
 _CHUNK = 8  # images per task sent to a worker process
 
 
@@ -163,7 +164,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
             aspect: str = "stretch", equalize: str = "local", radius: int = 70, clip_limit: float = 0.01,
             interpolation: str = "bilinear", splits: str | Sequence[float] = (0.7, 0.15, 0.15),
             seed: int = 0, encoding: str = "raw", shard_size: float = 100, workers: int | None = None,
-            overwrite: bool = False, resume: bool = False, progress: bool = True) -> ConversionResult:
+            overwrite: bool = False, resume: bool = False, progress: bool = True, runner: str = "local",
+            beam_options: Sequence[str] | None = None) -> ConversionResult:
     """Converts a chest X-ray folder tree or CSV into equalized, sharded TFRecords.
 
     Each image is decoded, turned to grayscale, resized to `image_size` and
@@ -195,6 +197,12 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
         overwrite: replace a dataset already in `out`.
         resume: finish an interrupted conversion in `out` (or keep a finished one).
         progress: show a progress bar. Defaults to True.
+        runner: "local" (a process pool on this machine) or "beam" (an Apache
+            Beam pipeline; needs `pip install cxr[beam]`). Both write the same
+            bytes. Defaults to "local".
+        beam_options: Beam pipeline flags for `runner="beam"`, e.g.
+            `["--runner=DataflowRunner", "--project=...", "--region=..."]`.
+            Defaults to the DirectRunner with `workers` processes.
 
     Returns:
         A `ConversionResult`.
@@ -203,6 +211,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
         FileNotFoundError: `src` or `labels` is missing.
         FileExistsError: `out` holds a dataset and neither flag is given.
         ValueError: bad arguments, or inputs with nothing usable.
+        ImportError: `runner="beam"` without Apache Beam installed.
 
     Example:
         >>> result = convert("covid-radiography/", "data/", image_size=299)  # doctest: +SKIP
@@ -220,6 +229,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"`workers` must be a positive int. Received: workers={workers!r}")
+    _check_runner(runner, beam_options)
     out = os.fspath(out)
     _check_out(out, overwrite=overwrite, resume=resume)
     listing = discover(src, labels=labels, group_by=group_by, group_pattern=group_pattern, class_names=class_names)
@@ -253,8 +263,31 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
     os.makedirs(partial, exist_ok=True)
     _check_plan(partial, fingerprint, resume)
 
-    _write_shards(out, partial, plan, listing.class_names, config, encoding, workers, progress)
+    if runner == "beam":
+        from cxrdata.beam_conversion import write_shards_beam
+
+        write_shards_beam(out, partial, plan, listing.class_names, config, encoding, workers, beam_options)
+    else:
+        _write_shards(out, partial, plan, listing.class_names, config, encoding, workers, progress)
     return _finish(out, partial, plan, listing, config, encoding, options, rejects, start)
+
+
+def _check_runner(runner, beam_options) -> None:
+    if runner not in RUNNERS:
+        raise ValueError(f"`runner` must be one of {', '.join(RUNNERS)}. Received: runner={runner!r}")
+    if beam_options is not None:
+        if runner != "beam":
+            raise ValueError(f"`beam_options` apply to runner='beam' only. Received: runner={runner!r}, "
+                             f"beam_options={beam_options!r}")
+        if isinstance(beam_options, str) or not all(isinstance(o, str) for o in beam_options):
+            raise TypeError(f"`beam_options` must be a list of strings such as ['--runner=DirectRunner']. "
+                            f"Received: beam_options={beam_options!r}")
+    if runner == "beam":
+        import importlib.util
+
+        if importlib.util.find_spec("apache_beam") is None:
+            raise ImportError("runner='beam' needs Apache Beam, which is not installed. Install it with "
+                              "`pip install 'cxr[beam]'`, or use runner='local'.")
 
 
 def _split_items(items, layout, ratios, seed, num_classes) -> list[str]:
@@ -291,46 +324,69 @@ def _check_plan(partial: str, fingerprint: str, resume: bool) -> None:
 def _write_shards(out, partial, plan, class_names, config, encoding, workers, progress) -> None:
     from tqdm.auto import tqdm
 
-    for name in os.listdir(out):  # leftovers of a killed run
-        if name.startswith(".") and name.endswith(".tmp"):
-            os.unlink(os.path.join(out, name))
-    pending = [(split, i, shard) for split, shards in plan.items() for i, shard in enumerate(shards)
-               if not os.path.exists(os.path.join(out, shard_name(split, i, len(shards))))]
+    pending = _pending_shards(out, plan)
     cfg = config.to_dict()
-    tasks = [(it.source.path, os.path.basename(it.source.path), cfg, encoding)
-             for _, _, shard in pending for it in shard]
+    tasks = [_task(it, cfg, encoding) for _, _, shard in pending for it in shard]
     results = _OrderedResults(tasks, workers)  # starts the workers before TensorFlow loads here
 
-    from cxrdata.records import ShardWriter, serialize_example
-
     bar = tqdm(total=len(tasks), desc="Converting", unit="img", disable=not progress, smoothing=0.1)
+
+    def in_order(shard):
+        for it in shard:
+            result = next(results)
+            bar.update(1)
+            yield it, result
+
     try:
         for split, i, shard in pending:
-            name = shard_name(split, i, len(plan[split]))
-            writer = ShardWriter(os.path.join(out, name))
-            counts = {c: 0 for c in class_names}
-            shard_rejects = []
-            try:
-                for it in shard:
-                    ok, payload, h, w = next(results)
-                    bar.update(1)
-                    if not ok:
-                        shard_rejects.append([it.source.relpath, payload])
-                        continue
-                    writer.write(serialize_example(
-                        image=payload, height=h, width=w, label=it.label, class_name=class_names[it.label],
-                        group=it.source.group, path=it.source.relpath, sha256=it.sha256))
-                    counts[class_names[it.label]] += 1
-                info = writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
-            record = {"shard": info.__dict__, "counts": counts, "rejects": shard_rejects}
-            atomic_write_text(os.path.join(partial, name + ".json"), json.dumps(record) + "\n")
-            writer.commit()
+            _write_shard(out, partial, shard_name(split, i, len(plan[split])), in_order(shard), class_names)
     finally:
         bar.close()
         results.close()
+
+
+def _pending_shards(out, plan) -> list[tuple[str, int, list[_Item]]]:
+    """Removes a killed run's temporary files; returns the (split, index, items) not yet written."""
+    for name in os.listdir(out):
+        if name.startswith(".") and name.endswith(".tmp"):
+            os.unlink(os.path.join(out, name))
+    return [(split, i, shard) for split, shards in plan.items() for i, shard in enumerate(shards)
+            if not os.path.exists(os.path.join(out, shard_name(split, i, len(shards))))]
+
+
+def _task(item: _Item, cfg: dict, encoding: str) -> tuple[str, str, dict, str]:
+    """The arguments of `_process` for one planned image."""
+    return item.source.path, os.path.basename(item.source.path), cfg, encoding
+
+
+def _write_shard(out, partial, name, results, class_names, *, tmp_path=None) -> None:
+    """Writes one shard from `(item, _process result)` pairs in plan order.
+
+    The shard is written under a hidden temporary name; its record (digest,
+    counts, rejects) is saved in `partial` before it is renamed, so a shard under
+    its final name always has one. Each runner calls this once per shard.
+    """
+    from cxrdata.records import ShardWriter, serialize_example
+
+    writer = ShardWriter(os.path.join(out, name), tmp_path=tmp_path)
+    counts = {c: 0 for c in class_names}
+    shard_rejects = []
+    try:
+        for it, (ok, payload, h, w) in results:
+            if not ok:
+                shard_rejects.append([it.source.relpath, payload])
+                continue
+            writer.write(serialize_example(
+                image=payload, height=h, width=w, label=it.label, class_name=class_names[it.label],
+                group=it.source.group, path=it.source.relpath, sha256=it.sha256))
+            counts[class_names[it.label]] += 1
+        info = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    record = {"shard": info.__dict__, "counts": counts, "rejects": shard_rejects}
+    atomic_write_text(os.path.join(partial, name + ".json"), json.dumps(record) + "\n")
+    writer.commit()
 
 
 class _OrderedResults:
