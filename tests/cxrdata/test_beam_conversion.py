@@ -72,22 +72,10 @@ def test_beam_with_two_worker_processes_writes_the_bytes_of_a_local_conversion(b
 
 
 @pytest.mark.slow
-def test_cli_runner_beam_writes_the_bytes_of_a_local_conversion(beam, local_conversion, tmp_path):
-    src, local = local_conversion
-    out = tmp_path / "cli"
-    proc = subprocess.run(
-        [sys.executable, "-m", "cxrmodels.cli", "convert", str(src), str(out), "--image-size", "32",
-         "--radius", "8", "--shard-size", "0.005", "--seed", "1", "--quiet", "--runner", "beam",
-         "--beam-option=--direct_num_workers=2"],
-        capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Converted 21 images" in proc.stdout and "2 rejected" in proc.stdout
-    assert _file_digests(out) == _file_digests(local)
-
-
-@pytest.mark.slow
-def test_beam_finishes_a_conversion_the_local_runner_left_unfinished(beam, local_conversion, tmp_path, monkeypatch):
-    """The plan does not depend on the runner: Beam writes only the missing shards, and the bytes match."""
+def test_cli_runner_beam_finishes_a_conversion_the_local_runner_left_unfinished(beam, local_conversion, tmp_path,
+                                                                              monkeypatch):
+    """`cxr convert --resume --runner beam`: the plan does not depend on the runner, so Beam writes
+    only the missing shards, and every file has the bytes of an uninterrupted local conversion."""
     import cxrdata.conversion
 
     src, local = local_conversion
@@ -106,7 +94,13 @@ def test_beam_finishes_a_conversion_the_local_runner_left_unfinished(beam, local
         (out / ".cxr-partial" / (shard.name + ".json")).unlink()
     kept = {p.name: p.stat().st_mtime_ns for p in shards[:-3]}
 
-    convert(src, out, resume=True, runner="beam", beam_options=TWO_WORKERS, **OPTIONS)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrmodels.cli", "convert", str(src), str(out), "--image-size", "32",
+         "--radius", "8", "--shard-size", "0.005", "--seed", "1", "--quiet", "--resume", "--runner", "beam",
+         "--beam-option=--direct_num_workers=2"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Converted 21 images" in proc.stdout and "2 rejected" in proc.stdout
     assert _file_digests(out) == _file_digests(local)
     assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept  # the finished shards were not rewritten
     assert not (out / ".cxr-partial").exists()
