@@ -42,7 +42,9 @@ def reference_loop(src: str, dst: str, image_size: int) -> int:
         for name in sorted(files):
             if not name.endswith(".png"):
                 continue
-            image = np.array(Image.open(os.path.join(dirpath, name)).convert("L").resize((image_size, image_size)))
+            image = np.array(
+                Image.open(os.path.join(dirpath, name)).convert("L").resize((image_size, image_size))
+            )
             out_dir = os.path.join(dst, os.path.relpath(dirpath, src))
             os.makedirs(out_dir, exist_ok=True)
             Image.fromarray(equalize(image, footprint)).save(os.path.join(out_dir, name))
@@ -51,7 +53,9 @@ def reference_loop(src: str, dst: str, image_size: int) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--per-class", type=int, default=200, help="phantoms per class (default: 200)")
     parser.add_argument("--image-size", type=int, default=299)
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="the 'all workers' count")
@@ -83,36 +87,59 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             result = convert(src, out, image_size=args.image_size, workers=workers, progress=False)
             results[f"cxrdata.convert, {workers} worker{'s' if workers > 1 else ''}"] = (
-                result.num_converted / (time.perf_counter() - start))
+                result.num_converted / (time.perf_counter() - start)
+            )
             digests[out] = _shard_digests(read_manifest(out))
         if beam:
             out = os.path.join(tmp, "beam")
             start = time.perf_counter()
-            result = convert(src, out, image_size=args.image_size, workers=args.workers, progress=False,
-                             runner="beam", beam_options=["--direct_running_mode=multi_processing",
-                                                          f"--direct_num_workers={args.workers}"])
-            results[f"cxrdata.convert, Beam DirectRunner, {args.workers} workers"] = (
-                result.num_converted / (time.perf_counter() - start))
+            result = convert(
+                src,
+                out,
+                image_size=args.image_size,
+                workers=args.workers,
+                progress=False,
+                runner="beam",
+                beam_options=[
+                    "--direct_running_mode=multi_processing",
+                    f"--direct_num_workers={args.workers}",
+                ],
+            )
+            results[f"cxrdata.convert, Beam DirectRunner, {args.workers} workers"] = result.num_converted / (
+                time.perf_counter() - start
+            )
             digests[out] = _shard_digests(read_manifest(out))
         identical = len({tuple(sorted(d.items())) for d in digests.values()}) == 1
         ref = results["reference loop"]
         one = results["cxrdata.convert, 1 worker"]
         for name, rate in results.items():
             rows.append([name, rate, f"{rate / ref:.2f}x", f"{rate / one:.2f}x"])
-    print(f"\nConversion of {2 * args.per_class} phantoms at {args.image_size}x{args.image_size}, local "
-          f"equalization disk(70), {os.cpu_count()} CPU cores\n")
+    print(
+        f"\nConversion of {2 * args.per_class} phantoms at {args.image_size}x{args.image_size}, local "
+        f"equalization disk(70), {os.cpu_count()} CPU cores\n"
+    )
     print(markdown_table(["method", "images/s", "vs reference loop", "vs 1 worker"], rows))
     best = max(v for k, v in results.items() if k.startswith("cxrdata") and "Beam" not in k)
     print(f"\nall workers / 1 worker: {best / one:.2f}x (target on 2 cores: >= 1.7x)")
     if beam:
         rate = results[f"cxrdata.convert, Beam DirectRunner, {args.workers} workers"]
-        print(f"Beam DirectRunner / best local: {rate / best:.2f}x (on one machine Beam adds its workers' "
-              "start-up and moves every image through two shuffles)")
+        print(
+            f"Beam DirectRunner / best local: {rate / best:.2f}x (on one machine Beam adds its workers' "
+            "start-up and moves every image through two shuffles)"
+        )
     print(f"shards byte-identical across {len(digests)} conversions: {identical}")
-    write_json(args.out, {"benchmark": "conversion", "images": 2 * args.per_class,
-                          "image_size": args.image_size, "images_per_second": results,
-                          "speedup_all_vs_1_worker": best / one, "shards_identical": identical,
-                          "beam": beam})
+    write_json(
+        args.out,
+        {
+            "benchmark": "conversion",
+            "images": 2 * args.per_class,
+            "image_size": args.image_size,
+            "images_per_second": results,
+            "speedup_all_vs_1_worker": best / one,
+            "shards_identical": identical,
+            "beam": beam,
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 

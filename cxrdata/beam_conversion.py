@@ -41,14 +41,25 @@ def pipeline_options(beam_options: Sequence[str] | None, workers: int) -> Pipeli
     Later flags win, so any flag in `beam_options` (`--runner=FlinkRunner`,
     `--direct_num_workers=4`...) replaces the default of the same name.
     """
-    defaults = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                f"--direct_num_workers={workers}", "--default_sdk_harness_log_level=WARNING"]
+    defaults = [
+        "--runner=DirectRunner",
+        "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={workers}",
+        "--default_sdk_harness_log_level=WARNING",
+    ]
     return PipelineOptions([*defaults, *(beam_options or ())])
 
 
-def write_shards_beam(out: str, partial: str, plan: dict[str, list[list[_Item]]], class_names: Sequence[str],
-                      config: PreprocessConfig, encoding: str, workers: int,
-                      beam_options: Sequence[str] | None) -> None:
+def write_shards_beam(
+    out: str,
+    partial: str,
+    plan: dict[str, list[list[_Item]]],
+    class_names: Sequence[str],
+    config: PreprocessConfig,
+    encoding: str,
+    workers: int,
+    beam_options: Sequence[str] | None,
+) -> None:
     """Writes the shards of `plan` not yet in `out` with a Beam pipeline (see the module docstring)."""
     pending = _pending_shards(out, plan)
     if not pending:
@@ -56,21 +67,27 @@ def write_shards_beam(out: str, partial: str, plan: dict[str, list[list[_Item]]]
     names = [shard_name(split, i, len(plan[split])) for split, i, _ in pending]
     plan_path = os.path.join(partial, PLAN_NAME)
     with open(plan_path, "w") as f:
-        json.dump({name: [_item_to_dict(it) for it in shard] for name, (_, _, shard) in zip(names, pending)}, f)
+        json.dump(
+            {name: [_item_to_dict(it) for it in shard] for name, (_, _, shard) in zip(names, pending)}, f
+        )
 
     with beam.Pipeline(options=pipeline_options(beam_options, workers)) as pipeline:
-        _ = (pipeline
-             | "Pending shards" >> beam.Create(names)
-             | "Planned images" >> beam.ParDo(_PlannedImages(plan_path))
-             | "Spread over workers" >> beam.Reshuffle()
-             | "Decode and preprocess" >> beam.ParDo(_ProcessImage(config.to_dict(), encoding))
-             | "Group by shard" >> beam.GroupByKey()
-             | "Write shard in plan order" >> beam.ParDo(_WriteShard(out, partial, tuple(class_names))))
+        _ = (
+            pipeline
+            | "Pending shards" >> beam.Create(names)
+            | "Planned images" >> beam.ParDo(_PlannedImages(plan_path))
+            | "Spread over workers" >> beam.Reshuffle()
+            | "Decode and preprocess" >> beam.ParDo(_ProcessImage(config.to_dict(), encoding))
+            | "Group by shard" >> beam.GroupByKey()
+            | "Write shard in plan order" >> beam.ParDo(_WriteShard(out, partial, tuple(class_names)))
+        )
 
     missing = [name for name in names if not os.path.exists(os.path.join(out, name))]
     if missing:
-        raise RuntimeError(f"The Beam pipeline finished without writing {len(missing)} shard(s): "
-                           f"{', '.join(missing[:5])}. Rerun with --resume to write them.")
+        raise RuntimeError(
+            f"The Beam pipeline finished without writing {len(missing)} shard(s): "
+            f"{', '.join(missing[:5])}. Rerun with --resume to write them."
+        )
     os.unlink(plan_path)
 
 
@@ -122,10 +139,18 @@ class _WriteShard(beam.DoFn):
         name, values = element
         ordered = sorted(values, key=lambda v: v[0])
         if [v[0] for v in ordered] != list(range(len(ordered))):
-            raise RuntimeError(f"Shard {name}: the pipeline delivered positions "
-                               f"{[v[0] for v in ordered][:10]}..., not each planned image once.")
+            raise RuntimeError(
+                f"Shard {name}: the pipeline delivered positions "
+                f"{[v[0] for v in ordered][:10]}..., not each planned image once."
+            )
         # A unique temporary name: a retried or speculative attempt never writes into another's file.
         tmp = os.path.join(self._out, f".{name}.{uuid.uuid4().hex}.tmp")
-        _write_shard(self._out, self._partial, name, ((item, result) for _, item, result in ordered),
-                     self._class_names, tmp_path=tmp)
+        _write_shard(
+            self._out,
+            self._partial,
+            name,
+            ((item, result) for _, item, result in ordered),
+            self._class_names,
+            tmp_path=tmp,
+        )
         yield name

@@ -24,19 +24,19 @@ import shutil
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from cxrdata import __version__
-from cxrdata.utils.io import atomic_write_text, sha256_file
 from cxrdata.manifest import MANIFEST_NAME, REJECTS_NAME, Manifest, ShardInfo, SplitInfo, shard_name
 from cxrdata.preprocess import PreprocessConfig, preprocess_image
 from cxrdata.sources import DecodeError, Source, decode_image, discover
 from cxrdata.splits import assign_splits, parse_ratios
+from cxrdata.utils.io import atomic_write_text, sha256_file
 
 PARTIAL_DIR = ".cxr-partial"
 ENCODINGS = ("raw", "png")
@@ -68,8 +68,10 @@ class ConversionResult:
         parts = ", ".join(f"{n} {s.num_examples}" for n, s in self.manifest.splits.items())
         shards = sum(len(s.shards) for s in self.manifest.splits.values())
         rate = self.num_converted / self.seconds if self.seconds > 0 else 0.0
-        line = (f"Converted {self.num_converted} images ({parts}) into {shards} shards in {out} "
-                f"in {self.seconds:.1f}s ({rate:.0f} images/s); {len(self.rejects)} rejected")
+        line = (
+            f"Converted {self.num_converted} images ({parts}) into {shards} shards in {out} "
+            f"in {self.seconds:.1f}s ({rate:.0f} images/s); {len(self.rejects)} rejected"
+        )
         return line + (f" (see {os.path.join(out, REJECTS_NAME)})" if self.rejects else "")
 
 
@@ -118,12 +120,17 @@ def _check_out(out: str, *, overwrite: bool, resume: bool) -> None:
         return
     ours = os.path.exists(os.path.join(out, MANIFEST_NAME)) or os.path.exists(os.path.join(out, PARTIAL_DIR))
     if not ours:
-        raise FileExistsError(f"Output folder {out!r} is not empty and holds no dataset. "
-                              "Choose a new or empty folder.")
+        raise FileExistsError(
+            f"Output folder {out!r} is not empty and holds no dataset. " "Choose a new or empty folder."
+        )
     if not (overwrite or resume):
-        state = "a dataset" if os.path.exists(os.path.join(out, MANIFEST_NAME)) else "an unfinished conversion"
-        raise FileExistsError(f"{out!r} already holds {state}. Pass --resume to finish or keep it, "
-                              "or --overwrite to replace it.")
+        state = (
+            "a dataset" if os.path.exists(os.path.join(out, MANIFEST_NAME)) else "an unfinished conversion"
+        )
+        raise FileExistsError(
+            f"{out!r} already holds {state}. Pass --resume to finish or keep it, "
+            "or --overwrite to replace it."
+        )
 
 
 def _clear_dataset(out: str) -> None:
@@ -146,26 +153,53 @@ def _hash_all(sources: Sequence[Source], workers: int, progress: bool) -> list[s
             return e
 
     with ThreadPoolExecutor(max(2, workers)) as pool:
-        return list(tqdm(pool.map(one, sources), total=len(sources), desc="Hashing", unit="file",
-                         disable=not progress, leave=False))
+        return list(
+            tqdm(
+                pool.map(one, sources),
+                total=len(sources),
+                desc="Hashing",
+                unit="file",
+                disable=not progress,
+                leave=False,
+            )
+        )
 
 
-def _plan_shards(items: list[_Item], config: PreprocessConfig, encoding: str, shard_size_mb: float) -> list[list[_Item]]:
+def _plan_shards(
+    items: list[_Item], config: PreprocessConfig, encoding: str, shard_size_mb: float
+) -> list[list[_Item]]:
     h, w = config.image_size
     per_record = h * w * (0.6 if encoding == "png" else 1.0) + 400
     per_shard = max(1, int(shard_size_mb * 1e6 // per_record))
     count = max(1, math.ceil(len(items) / per_shard))
-    return [items[i * len(items) // count:(i + 1) * len(items) // count] for i in range(count)]
+    return [items[i * len(items) // count : (i + 1) * len(items) // count] for i in range(count)]
 
 
-def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
-            group_by: str | None = None, group_pattern: str | None = None,
-            class_names: Sequence[str] | None = None, image_size: int | tuple[int, int] = 299,
-            aspect: str = "stretch", equalize: str = "local", radius: int = 70, clip_limit: float = 0.01,
-            interpolation: str = "bilinear", splits: str | Sequence[float] = (0.7, 0.15, 0.15),
-            seed: int = 0, encoding: str = "raw", shard_size: float = 100, workers: int | None = None,
-            overwrite: bool = False, resume: bool = False, progress: bool = True, runner: str = "local",
-            beam_options: Sequence[str] | None = None) -> ConversionResult:
+def convert(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    labels: str | os.PathLike | None = None,
+    group_by: str | None = None,
+    group_pattern: str | None = None,
+    class_names: Sequence[str] | None = None,
+    image_size: int | tuple[int, int] = 299,
+    aspect: str = "stretch",
+    equalize: str = "local",
+    radius: int = 70,
+    clip_limit: float = 0.01,
+    interpolation: str = "bilinear",
+    splits: str | Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    encoding: str = "raw",
+    shard_size: float = 100,
+    workers: int | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    runner: str = "local",
+    beam_options: Sequence[str] | None = None,
+) -> ConversionResult:
     """Converts a chest X-ray folder tree or CSV into equalized, sharded TFRecords.
 
     Each image is decoded, turned to grayscale, resized to `image_size` and
@@ -218,31 +252,49 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
         >>> print(result.summary("data/"))  # doctest: +SKIP
     """
     start = time.perf_counter()
-    config = PreprocessConfig(image_size=image_size if not isinstance(image_size, int) else (image_size, image_size),
-                              aspect=aspect, equalize=equalize, radius=radius, clip_limit=clip_limit,
-                              interpolation=interpolation)
+    config = PreprocessConfig(
+        image_size=image_size if not isinstance(image_size, int) else (image_size, image_size),
+        aspect=aspect,
+        equalize=equalize,
+        radius=radius,
+        clip_limit=clip_limit,
+        interpolation=interpolation,
+    )
     ratios = parse_ratios(splits)
     if encoding not in ENCODINGS:
         raise ValueError(f"`encoding` must be one of {', '.join(ENCODINGS)}. Received: encoding={encoding!r}")
     if not shard_size > 0:
-        raise ValueError(f"`shard_size` must be a positive number of megabytes. Received: shard_size={shard_size!r}")
+        raise ValueError(
+            f"`shard_size` must be a positive number of megabytes. Received: shard_size={shard_size!r}"
+        )
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"`workers` must be a positive int. Received: workers={workers!r}")
     _check_runner(runner, beam_options)
     out = os.fspath(out)
     _check_out(out, overwrite=overwrite, resume=resume)
-    listing = discover(src, labels=labels, group_by=group_by, group_pattern=group_pattern, class_names=class_names)
-    if resume and os.path.exists(os.path.join(out, MANIFEST_NAME)) and not os.path.exists(os.path.join(out, PARTIAL_DIR)):
+    listing = discover(
+        src, labels=labels, group_by=group_by, group_pattern=group_pattern, class_names=class_names
+    )
+    if (
+        resume
+        and os.path.exists(os.path.join(out, MANIFEST_NAME))
+        and not os.path.exists(os.path.join(out, PARTIAL_DIR))
+    ):
         return _already_done(out, start)
     if overwrite and os.path.isdir(out):
         _clear_dataset(out)
 
     index = {c: i for i, c in enumerate(listing.class_names)}
     digests = _hash_all(listing.sources, workers, progress)
-    rejects = [Reject(s.relpath, f"unreadable: {d.strerror or d}" if isinstance(d, OSError) else str(d))
-               for s, d in zip(listing.sources, digests) if isinstance(d, Exception)]
-    items = [_Item(s, index[s.label], d) for s, d in zip(listing.sources, digests) if not isinstance(d, Exception)]
+    rejects = [
+        Reject(s.relpath, f"unreadable: {d.strerror or d}" if isinstance(d, OSError) else str(d))
+        for s, d in zip(listing.sources, digests)
+        if isinstance(d, Exception)
+    ]
+    items = [
+        _Item(s, index[s.label], d) for s, d in zip(listing.sources, digests) if not isinstance(d, Exception)
+    ]
     if not items:
         raise ValueError(f"No readable image under {os.fspath(src)!r}.")
 
@@ -255,9 +307,17 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
         order = np.random.default_rng([seed, n]).permutation(len(members))
         plan[split] = _plan_shards([members[i] for i in order], config, encoding, shard_size)
 
-    options = {"src": os.path.abspath(os.fspath(src)), "labels": os.fspath(labels) if labels else None,
-               "group_by": group_by, "group_pattern": group_pattern, "layout": listing.layout,
-               "splits": list(ratios), "seed": seed, "encoding": encoding, "shard_size_mb": shard_size}
+    options = {
+        "src": os.path.abspath(os.fspath(src)),
+        "labels": os.fspath(labels) if labels else None,
+        "group_by": group_by,
+        "group_pattern": group_pattern,
+        "layout": listing.layout,
+        "splits": list(ratios),
+        "seed": seed,
+        "encoding": encoding,
+        "shard_size_mb": shard_size,
+    }
     fingerprint = _fingerprint(options, config, listing.class_names, plan)
     partial = os.path.join(out, PARTIAL_DIR)
     os.makedirs(partial, exist_ok=True)
@@ -277,17 +337,23 @@ def _check_runner(runner, beam_options) -> None:
         raise ValueError(f"`runner` must be one of {', '.join(RUNNERS)}. Received: runner={runner!r}")
     if beam_options is not None:
         if runner != "beam":
-            raise ValueError(f"`beam_options` apply to runner='beam' only. Received: runner={runner!r}, "
-                             f"beam_options={beam_options!r}")
+            raise ValueError(
+                f"`beam_options` apply to runner='beam' only. Received: runner={runner!r}, "
+                f"beam_options={beam_options!r}"
+            )
         if isinstance(beam_options, str) or not all(isinstance(o, str) for o in beam_options):
-            raise TypeError(f"`beam_options` must be a list of strings such as ['--runner=DirectRunner']. "
-                            f"Received: beam_options={beam_options!r}")
+            raise TypeError(
+                f"`beam_options` must be a list of strings such as ['--runner=DirectRunner']. "
+                f"Received: beam_options={beam_options!r}"
+            )
     if runner == "beam":
         import importlib.util
 
         if importlib.util.find_spec("apache_beam") is None:
-            raise ImportError("runner='beam' needs Apache Beam, which is not installed. Install it with "
-                              "`pip install 'cxr[beam]'`, or use runner='local'.")
+            raise ImportError(
+                "runner='beam' needs Apache Beam, which is not installed. Install it with "
+                "`pip install 'cxr[beam]'`, or use runner='local'."
+            )
 
 
 def _split_items(items, layout, ratios, seed, num_classes) -> list[str]:
@@ -295,10 +361,18 @@ def _split_items(items, layout, ratios, seed, num_classes) -> list[str]:
     if all(g is not None for g in given):
         return given
     if any(g is not None for g in given):
-        raise ValueError("The labels CSV gives a split for some rows but not all. Fill the `split` "
-                         "column for every row, or remove it.")
-    return assign_splits([it.label for it in items], [it.source.group for it in items],
-                         [it.sha256 for it in items], ratios=ratios, seed=seed, num_classes=num_classes)
+        raise ValueError(
+            "The labels CSV gives a split for some rows but not all. Fill the `split` "
+            "column for every row, or remove it."
+        )
+    return assign_splits(
+        [it.label for it in items],
+        [it.source.group for it in items],
+        [it.sha256 for it in items],
+        ratios=ratios,
+        seed=seed,
+        num_classes=num_classes,
+    )
 
 
 def _fingerprint(options, config, class_names, plan) -> str:
@@ -306,7 +380,9 @@ def _fingerprint(options, config, class_names, plan) -> str:
     for split, shards in plan.items():
         for i, shard in enumerate(shards):
             for it in shard:
-                h.update(f"{split}\0{i}\0{it.source.relpath}\0{it.sha256}\0{it.label}\0{it.source.group}\n".encode())
+                h.update(
+                    f"{split}\0{i}\0{it.source.relpath}\0{it.sha256}\0{it.label}\0{it.source.group}\n".encode()
+                )
     return h.hexdigest()
 
 
@@ -316,8 +392,10 @@ def _check_plan(partial: str, fingerprint: str, resume: bool) -> None:
         with open(path) as f:
             previous = json.load(f).get("fingerprint")
         if previous != fingerprint:
-            raise ValueError("The unfinished conversion in this folder used other inputs or options, so it "
-                             "cannot be resumed. Rerun with the same options, or pass --overwrite.")
+            raise ValueError(
+                "The unfinished conversion in this folder used other inputs or options, so it "
+                "cannot be resumed. Rerun with the same options, or pass --overwrite."
+            )
     atomic_write_text(path, json.dumps({"fingerprint": fingerprint}) + "\n")
 
 
@@ -350,8 +428,12 @@ def _pending_shards(out, plan) -> list[tuple[str, int, list[_Item]]]:
     for name in os.listdir(out):
         if name.startswith(".") and name.endswith(".tmp"):
             os.unlink(os.path.join(out, name))
-    return [(split, i, shard) for split, shards in plan.items() for i, shard in enumerate(shards)
-            if not os.path.exists(os.path.join(out, shard_name(split, i, len(shards))))]
+    return [
+        (split, i, shard)
+        for split, shards in plan.items()
+        for i, shard in enumerate(shards)
+        if not os.path.exists(os.path.join(out, shard_name(split, i, len(shards))))
+    ]
 
 
 def _task(item: _Item, cfg: dict, encoding: str) -> tuple[str, str, dict, str]:
@@ -376,9 +458,18 @@ def _write_shard(out, partial, name, results, class_names, *, tmp_path=None) -> 
             if not ok:
                 shard_rejects.append([it.source.relpath, payload])
                 continue
-            writer.write(serialize_example(
-                image=payload, height=h, width=w, label=it.label, class_name=class_names[it.label],
-                group=it.source.group, path=it.source.relpath, sha256=it.sha256))
+            writer.write(
+                serialize_example(
+                    image=payload,
+                    height=h,
+                    width=w,
+                    label=it.label,
+                    class_name=class_names[it.label],
+                    group=it.source.group,
+                    path=it.source.relpath,
+                    sha256=it.sha256,
+                )
+            )
             counts[class_names[it.label]] += 1
         info = writer.finish()
     except BaseException:
@@ -403,7 +494,7 @@ class _OrderedResults:
         # TensorFlow's threads exist; spawn is the safe choice then.
         method = "spawn" if "tensorflow" in sys.modules else "fork"
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
-        self._chunks = iter([tasks[i:i + _CHUNK] for i in range(0, len(tasks), _CHUNK)])
+        self._chunks = iter([tasks[i : i + _CHUNK] for i in range(0, len(tasks), _CHUNK)])
         for chunk in self._chunks:
             self._window.append(self._pool.submit(_process_chunk, chunk))
             if len(self._window) >= workers * 3:
@@ -423,8 +514,9 @@ class _OrderedResults:
             except BrokenProcessPool:
                 raise RuntimeError(
                     "A conversion worker process died. If you call cxrdata.convert from a script, put "
-                    "the call under `if __name__ == \"__main__\":` (worker processes re-import the script), "
-                    "or pass workers=1.") from None
+                    'the call under `if __name__ == "__main__":` (worker processes re-import the script), '
+                    "or pass workers=1."
+                ) from None
             nxt = next(self._chunks, None)
             if nxt is not None:
                 self._window.append(self._pool.submit(_process_chunk, nxt))
@@ -457,18 +549,28 @@ def _finish(out, partial, plan, listing, config, encoding, options, rejects, sta
     w.writerows([r.path, r.reason] for r in all_rejects)
     atomic_write_text(os.path.join(out, REJECTS_NAME), buf.getvalue())
     h, wd = config.image_size
-    manifest = Manifest(class_names=listing.class_names, image_shape=(h, wd, 1), encoding=encoding,
-                        preprocessing=config.to_dict(), splits=splits, source=options,
-                        library_version=__version__)
+    manifest = Manifest(
+        class_names=listing.class_names,
+        image_shape=(h, wd, 1),
+        encoding=encoding,
+        preprocessing=config.to_dict(),
+        splits=splits,
+        source=options,
+        library_version=__version__,
+    )
     manifest.write(out)
     shutil.rmtree(partial)
     train = splits.get("train")
     if train is not None:
         missing = [c for c, n in train.counts.items() if n == 0]
         if missing:
-            print(f"warning: no image of class(es) {', '.join(missing)} was converted into the train split",
-                  file=sys.stderr)
-    return ConversionResult(manifest=manifest, rejects=tuple(all_rejects), seconds=time.perf_counter() - start)
+            print(
+                f"warning: no image of class(es) {', '.join(missing)} was converted into the train split",
+                file=sys.stderr,
+            )
+    return ConversionResult(
+        manifest=manifest, rejects=tuple(all_rejects), seconds=time.perf_counter() - start
+    )
 
 
 def _already_done(out: str, start: float) -> ConversionResult:

@@ -53,7 +53,9 @@ def _rejects(out: pathlib.Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_beam_with_two_worker_processes_writes_the_bytes_of_a_local_conversion(beam, local_conversion, tmp_path):
+def test_beam_with_two_worker_processes_writes_the_bytes_of_a_local_conversion(
+    beam, local_conversion, tmp_path
+):
     src, local = local_conversion
     result = convert(src, tmp_path / "beam", workers=1, runner="beam", beam_options=TWO_WORKERS, **OPTIONS)
 
@@ -62,8 +64,9 @@ def test_beam_with_two_worker_processes_writes_the_bytes_of_a_local_conversion(b
     shards = [n for n in expected if n.endswith(".tfrecord")]
     assert len(shards) >= 6 and {"dataset.json", "rejects.csv"} | set(shards) == set(expected)
     manifest = read_manifest(tmp_path / "beam")
-    assert {s.name: s.sha256 for i in manifest.splits.values() for s in i.shards} == \
-        {n: expected[n] for n in shards}
+    assert {s.name: s.sha256 for i in manifest.splits.values() for s in i.shards} == {
+        n: expected[n] for n in shards
+    }
     assert manifest.to_dict() == read_manifest(local).to_dict()
     assert result.num_converted == 21
     assert _rejects(tmp_path / "beam") == _rejects(local)
@@ -72,8 +75,9 @@ def test_beam_with_two_worker_processes_writes_the_bytes_of_a_local_conversion(b
 
 
 @pytest.mark.slow
-def test_cli_runner_beam_finishes_a_conversion_the_local_runner_left_unfinished(beam, local_conversion, tmp_path,
-                                                                              monkeypatch):
+def test_cli_runner_beam_finishes_a_conversion_the_local_runner_left_unfinished(
+    beam, local_conversion, tmp_path, monkeypatch
+):
     """`cxr convert --resume --runner beam`: the plan does not depend on the runner, so Beam writes
     only the missing shards, and every file has the bytes of an uninterrupted local conversion."""
     import cxrdata.conversion
@@ -95,10 +99,33 @@ def test_cli_runner_beam_finishes_a_conversion_the_local_runner_left_unfinished(
     kept = {p.name: p.stat().st_mtime_ns for p in shards[:-3]}
 
     proc = subprocess.run(
-        [sys.executable, "-m", "cxrmodels.cli", "convert", str(src), str(out), "--image-size", "32",
-         "--radius", "8", "--shard-size", "0.005", "--seed", "1", "--quiet", "--resume", "--runner", "beam",
-         "--beam-option=--direct_num_workers=2"],
-        capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
+        [
+            sys.executable,
+            "-m",
+            "cxrmodels.cli",
+            "convert",
+            str(src),
+            str(out),
+            "--image-size",
+            "32",
+            "--radius",
+            "8",
+            "--shard-size",
+            "0.005",
+            "--seed",
+            "1",
+            "--quiet",
+            "--resume",
+            "--runner",
+            "beam",
+            "--beam-option=--direct_num_workers=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Converted 21 images" in proc.stdout and "2 rejected" in proc.stdout
     assert _file_digests(out) == _file_digests(local)
@@ -106,11 +133,18 @@ def test_cli_runner_beam_finishes_a_conversion_the_local_runner_left_unfinished(
     assert not (out / ".cxr-partial").exists()
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"runner": "spark"}, ValueError, r"`runner` must be one of local, beam\. Received: runner='spark'"),
-    ({"beam_options": ["--direct_num_workers=2"]}, ValueError, r"apply to runner='beam' only"),
-    ({"runner": "beam", "beam_options": "--direct_num_workers=2"}, TypeError, r"must be a list of strings"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"runner": "spark"}, ValueError, r"`runner` must be one of local, beam\. Received: runner='spark'"),
+        ({"beam_options": ["--direct_num_workers=2"]}, ValueError, r"apply to runner='beam' only"),
+        (
+            {"runner": "beam", "beam_options": "--direct_num_workers=2"},
+            TypeError,
+            r"must be a list of strings",
+        ),
+    ],
+)
 def test_bad_runner_arguments_fail_before_any_work(tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
         convert(tmp_path / "missing", tmp_path / "out", **kwargs)  # the missing SRC is never looked at
@@ -121,7 +155,8 @@ def test_runner_beam_without_apache_beam_says_how_to_install_it(tmp_path, monkey
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "apache_beam" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "apache_beam" else find_spec(name, *a)
+    )
     with pytest.raises(ImportError, match=r"pip install 'cxr\[beam\]'"):
         convert(tmp_path / "missing", tmp_path / "out", runner="beam")
