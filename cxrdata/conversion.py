@@ -43,6 +43,7 @@ from cxrdata.utils.output_dir import FINISHED, OVERWRITE, check_output_dir, refu
 
 PARTIAL_DIR = ".cxr-partial"
 ENCODINGS = ("raw", "png")
+RUNNERS = ("local", "beam")
 _CHUNK = 8  # images per task sent to a worker process
 
 
@@ -192,6 +193,8 @@ def convert(
     resume: bool = False,
     progress: bool = True,
     dicom_window: str = "auto",
+    runner: str = "local",
+    beam_options: Sequence[str] | None = None,
 ) -> ConversionResult:
     """Converts a chest X-ray folder tree or CSV into equalized, sharded TFRecords.
 
@@ -230,6 +233,12 @@ def convert(
             "minmax" (always that range) or "none" (the full BitsStored range,
             as cxrdata 0.1 did). Recorded in the manifest's `preprocessing`.
             Defaults to "auto".
+        runner: "local" (a process pool on this machine) or "beam" (an Apache
+            Beam pipeline; needs `pip install cxr[beam]`). Both write the same
+            bytes. Defaults to "local".
+        beam_options: Beam pipeline flags for `runner="beam"`, e.g.
+            `["--runner=DataflowRunner", "--project=...", "--region=..."]`.
+            Defaults to the DirectRunner with `workers` processes.
 
     Returns:
         A `ConversionResult`.
@@ -238,6 +247,7 @@ def convert(
         FileNotFoundError: `src` or `labels` is missing.
         FileExistsError: `out` holds a dataset and neither flag is given.
         ValueError: bad arguments, or inputs with nothing usable.
+        ImportError: `runner="beam"` without Apache Beam installed.
 
     Example:
         >>> result = convert("covid-radiography/", "data/", image_size=299)  # doctest: +SKIP
@@ -263,6 +273,7 @@ def convert(
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"`workers` must be a positive int. Received: workers={workers!r}")
+    _check_runner(runner, beam_options)
     out = os.fspath(out)
     state = _check_out(out, overwrite=overwrite, resume=resume)
     listing = discover(
@@ -312,13 +323,44 @@ def convert(
     os.makedirs(partial, exist_ok=True)
     _check_plan(partial, fingerprint, resume)
 
-    _write_shards(out, partial, plan, listing.class_names, preprocessing, encoding, workers, progress)
+    if runner == "beam":
+        from cxrdata.beam_conversion import write_shards_beam
+
+        write_shards_beam(
+            out, partial, plan, listing.class_names, preprocessing, encoding, workers, beam_options
+        )
+    else:
+        _write_shards(out, partial, plan, listing.class_names, preprocessing, encoding, workers, progress)
     return _finish(out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start)
 
 
 def _preprocessing(config: PreprocessConfig, dicom_window: str) -> dict:
     """The manifest's `preprocessing`: the config, and how DICOM files were decoded."""
     return {**config.to_dict(), "dicom_window": dicom_window, "dicom_frames": MULTI_FRAME_POLICY}
+
+
+def _check_runner(runner, beam_options) -> None:
+    if runner not in RUNNERS:
+        raise ValueError(f"`runner` must be one of {', '.join(RUNNERS)}. Received: runner={runner!r}")
+    if beam_options is not None:
+        if runner != "beam":
+            raise ValueError(
+                f"`beam_options` apply to runner='beam' only. Received: runner={runner!r}, "
+                f"beam_options={beam_options!r}"
+            )
+        if isinstance(beam_options, str) or not all(isinstance(o, str) for o in beam_options):
+            raise TypeError(
+                f"`beam_options` must be a list of strings such as ['--runner=DirectRunner']. "
+                f"Received: beam_options={beam_options!r}"
+            )
+    if runner == "beam":
+        import importlib.util
+
+        if importlib.util.find_spec("apache_beam") is None:
+            raise ImportError(
+                "runner='beam' needs Apache Beam, which is not installed. Install it with "
+                "`pip install 'cxr[beam]'`, or use runner='local'."
+            )
 
 
 def _split_items(items, layout, ratios, seed, num_classes) -> list[str]:
@@ -364,62 +406,82 @@ def _check_plan(partial: str, fingerprint: str, resume: bool) -> None:
 def _write_shards(out, partial, plan, class_names, preprocessing, encoding, workers, progress) -> None:
     from tqdm.auto import tqdm
 
-    for name in os.listdir(out):  # leftovers of a killed run
+    pending = _pending_shards(out, plan)
+    cfg = preprocessing
+    tasks = [_task(it, cfg, encoding) for _, _, shard in pending for it in shard]
+    results = _OrderedResults(tasks, workers)  # starts the workers before TensorFlow loads here
+
+    bar = tqdm(total=len(tasks), desc="Converting", unit="img", disable=not progress, smoothing=0.1)
+
+    def in_order(shard):
+        for it in shard:
+            result = next(results)
+            bar.update(1)
+            yield it, result
+
+    try:
+        for split, i, shard in pending:
+            _write_shard(out, partial, shard_name(split, i, len(plan[split])), in_order(shard), class_names)
+    finally:
+        bar.close()
+        results.close()
+
+
+def _pending_shards(out, plan) -> list[tuple[str, int, list[_Item]]]:
+    """Removes a killed run's temporary files; returns the (split, index, items) not yet written."""
+    for name in os.listdir(out):
         if name.startswith(".") and name.endswith(".tmp"):
             os.unlink(os.path.join(out, name))
-    pending = [
+    return [
         (split, i, shard)
         for split, shards in plan.items()
         for i, shard in enumerate(shards)
         if not os.path.exists(os.path.join(out, shard_name(split, i, len(shards))))
     ]
-    cfg = preprocessing
-    tasks = [
-        (it.source.path, os.path.basename(it.source.path), cfg, encoding)
-        for _, _, shard in pending
-        for it in shard
-    ]
-    results = _OrderedResults(tasks, workers)  # starts the workers before TensorFlow loads here
 
+
+def _task(item: _Item, cfg: dict, encoding: str) -> tuple[str, str, dict, str]:
+    """The arguments of `_process` for one planned image."""
+    return item.source.path, os.path.basename(item.source.path), cfg, encoding
+
+
+def _write_shard(out, partial, name, results, class_names, *, tmp_path=None) -> None:
+    """Writes one shard from `(item, _process result)` pairs in plan order.
+
+    The shard is written under a hidden temporary name; its record (digest,
+    counts, rejects) is saved in `partial` before it is renamed, so a shard under
+    its final name always has one. Each runner calls this once per shard.
+    """
     from cxrdata.records import ShardWriter, serialize_example
 
-    bar = tqdm(total=len(tasks), desc="Converting", unit="img", disable=not progress, smoothing=0.1)
+    writer = ShardWriter(os.path.join(out, name), tmp_path=tmp_path)
+    counts = {c: 0 for c in class_names}
+    shard_rejects = []
     try:
-        for split, i, shard in pending:
-            name = shard_name(split, i, len(plan[split]))
-            writer = ShardWriter(os.path.join(out, name))
-            counts = {c: 0 for c in class_names}
-            shard_rejects = []
-            try:
-                for it in shard:
-                    ok, payload, h, w = next(results)
-                    bar.update(1)
-                    if not ok:
-                        shard_rejects.append([it.source.relpath, payload])
-                        continue
-                    writer.write(
-                        serialize_example(
-                            image=payload,
-                            height=h,
-                            width=w,
-                            label=it.label,
-                            class_name=class_names[it.label],
-                            group=it.source.group,
-                            path=it.source.relpath,
-                            sha256=it.sha256,
-                        )
-                    )
-                    counts[class_names[it.label]] += 1
-                info = writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
-            record = {"shard": info.__dict__, "counts": counts, "rejects": shard_rejects}
-            atomic_write_text(os.path.join(partial, name + ".json"), json.dumps(record) + "\n")
-            writer.commit()
-    finally:
-        bar.close()
-        results.close()
+        for it, (ok, payload, h, w) in results:
+            if not ok:
+                shard_rejects.append([it.source.relpath, payload])
+                continue
+            writer.write(
+                serialize_example(
+                    image=payload,
+                    height=h,
+                    width=w,
+                    label=it.label,
+                    class_name=class_names[it.label],
+                    group=it.source.group,
+                    path=it.source.relpath,
+                    sha256=it.sha256,
+                )
+            )
+            counts[class_names[it.label]] += 1
+        info = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    record = {"shard": info.__dict__, "counts": counts, "rejects": shard_rejects}
+    atomic_write_text(os.path.join(partial, name + ".json"), json.dumps(record) + "\n")
+    writer.commit()
 
 
 class _OrderedResults:

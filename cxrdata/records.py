@@ -98,10 +98,13 @@ class ShardWriter:
         ...     w.write(serialize_example(...))
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, tmp_path: str | os.PathLike | None = None):
         self.path = os.fspath(path)
         directory, name = os.path.split(self.path)
-        self.tmp_path = os.path.join(directory, f".{name}.tmp")
+        # A distributed runner may run two attempts at one shard at once: each passes its own name.
+        self.tmp_path = (
+            os.fspath(tmp_path) if tmp_path is not None else os.path.join(directory, f".{name}.tmp")
+        )
         self._writer = tf.io.TFRecordWriter(self.tmp_path)
         self.records = 0
 
