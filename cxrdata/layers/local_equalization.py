@@ -28,11 +28,8 @@ import math
 import keras
 import numpy as np
 
-from cxrdata.layers.random_affine import _is_tf_tensor, _OpsBackend
+from cxrdata.layers._base import ImageLayer
 from cxrdata.utils.argument_validation import check_int
-from cxrdata.utils.compat import keras_data_layer_base
-
-_Base = keras_data_layer_base()  # Keras' base for layers that also run inside tf.data
 
 _LEVELS = 256  # scikit-image's `n_bins` for uint8 images
 # Disk rows added per loop step: fewer, larger gathers are faster on CPU
@@ -57,7 +54,7 @@ def disk_half_widths(radius):
 
 
 @keras.saving.register_keras_serializable(package="cxrdata")
-class LocalEqualization(_Base):
+class LocalEqualization(ImageLayer):
     """Local histogram equalization over a disk, bit-identical to scikit-image.
 
     Each pixel becomes `floor(255 * n / m)`, where `m` counts the pixels of
@@ -109,23 +106,6 @@ class LocalEqualization(_Base):
     def __init__(self, radius=70, **kwargs):
         super().__init__(**kwargs)
         self.radius = check_int("radius", radius, minimum=1)
-        if not hasattr(self, "backend"):
-            self.backend = _OpsBackend()
-        # Keep the input dtype: uint8 stays uint8 (no cast to compute_dtype).
-        self._convert_input_args = False
-        self._allow_non_tensor_positional_args = True
-
-    def __call__(self, inputs, **kwargs):
-        # TF tensors (tf.data, tf.function, eager TF) are computed with TF ops
-        # whatever the Keras backend, without the cast to `compute_dtype`
-        # that Keras' data-layer base applies inside tf.data.
-        if _is_tf_tensor(inputs) and hasattr(self.backend, "set_backend"):
-            self.backend.set_backend("tensorflow")
-            try:
-                return keras.layers.Layer.__call__(self, inputs, **kwargs)
-            finally:
-                self.backend.reset()
-        return super().__call__(inputs, **kwargs)
 
     def call(self, inputs, training=None):
         xp = self.backend

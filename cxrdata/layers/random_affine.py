@@ -11,16 +11,13 @@ column, `(w - 1) / 2` as the row); the layer turns about the true centre.
 """
 
 import math
-import sys
 
 import keras
 import numpy as np
 
+from cxrdata.layers._base import ImageLayer
 from cxrdata.utils.argument_validation import check_seed
 from cxrdata.utils.argument_validation import is_number as _is_number
-from cxrdata.utils.compat import keras_data_layer_base
-
-_Base = keras_data_layer_base()  # Keras' base for layers that also run inside tf.data
 
 FILL_MODES = ("nearest", "constant", "reflect")
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -28,20 +25,6 @@ SHIFT_UNITS = ("fraction", "pixel")
 # Points this close outside the image still count as inside for "constant":
 # float32 coordinates of exact edges may land a rounding error outside.
 _EDGE_TOLERANCE = 1e-4
-
-
-class _OpsBackend:
-    """`keras.ops` under the attribute names of Keras' `DynamicBackend`."""
-
-    numpy = core = keras.ops
-    random = keras.random
-    cast = staticmethod(keras.ops.cast)
-    convert_to_tensor = staticmethod(keras.ops.convert_to_tensor)
-
-
-def _is_tf_tensor(x):
-    tf = sys.modules.get("tensorflow")
-    return tf is not None and tf.is_tensor(x) and not isinstance(x, keras.KerasTensor)
 
 
 _PAIR = "a non-negative number or a (low, high) pair"
@@ -79,7 +62,7 @@ def _choice(name, value, allowed):
 
 
 @keras.saving.register_keras_serializable(package="cxrdata")
-class RandomAffine(_Base):
+class RandomAffine(ImageLayer):
     """Random rotation, zoom, shift, shear (and flip) in one resampling pass.
 
     Per image it draws a rotation angle, x and y zoom factors (independently),
@@ -169,24 +152,6 @@ class RandomAffine(_Base):
         self.interpolation = _choice("interpolation", interpolation, INTERPOLATIONS)
         self.seed = check_seed(seed)
         self.generator = keras.random.SeedGenerator(seed)
-        if not hasattr(self, "backend"):
-            self.backend = _OpsBackend()
-        # Keep the input dtype: uint8 stays uint8, float16 stays float16, also
-        # under a mixed-precision policy.
-        self._convert_input_args = False
-        self._allow_non_tensor_positional_args = True
-
-    def __call__(self, inputs, **kwargs):
-        # TF tensors (tf.data, tf.function, eager TF) are computed with TF ops
-        # whatever the Keras backend, without the base class' cast to
-        # `compute_dtype`.
-        if _is_tf_tensor(inputs) and hasattr(self.backend, "set_backend"):
-            self.backend.set_backend("tensorflow")
-            try:
-                return keras.layers.Layer.__call__(self, inputs, **kwargs)
-            finally:
-                self.backend.reset()
-        return super().__call__(inputs, **kwargs)
 
     def call(self, inputs, training=True):
         inputs = self.backend.convert_to_tensor(inputs)

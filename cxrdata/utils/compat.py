@@ -56,6 +56,16 @@ def keras_data_layer_base():
     return keras.layers.Layer
 
 
+def keep_input_dtype(layer) -> None:
+    """Makes a Keras layer take its input as given: no cast to its compute dtype.
+
+    Sets `Layer._convert_input_args` and `_allow_non_tensor_positional_args`
+    (private in Keras 3).
+    """
+    layer._convert_input_args = False
+    layer._allow_non_tensor_positional_args = True
+
+
 def keras_tuner_private():
     """keras-tuner's distributed-search internals (no public name in keras-tuner 1.4).
 
