@@ -18,7 +18,6 @@ import warnings
 
 import numpy as np
 
-
 _NORMAL_NAMES = {"normal", "negative", "healthy", "nofinding"}
 _MAX_BOOTSTRAP_CELLS = 2_000_000  # resamples x cases per chunk, bounds memory
 # Below this share of usable resamples (those holding both classes) a bootstrap CI is flagged.
@@ -55,21 +54,29 @@ def positive_class_index(class_names) -> int:
 def _binary_inputs(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     y, s = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
     if y.ndim != 1 or s.ndim != 1 or len(y) != len(s):
-        raise ValueError("`y_true` and `scores` must be 1-D arrays of the same length. "
-                         f"Received: y_true.shape={y.shape}, scores.shape={s.shape}")
+        raise ValueError(
+            "`y_true` and `scores` must be 1-D arrays of the same length. "
+            f"Received: y_true.shape={y.shape}, scores.shape={s.shape}"
+        )
     if len(y) == 0:
         raise ValueError("`y_true` must hold at least one case. Received: an empty array")
     if not np.isin(y, (0, 1)).all():
-        raise ValueError(f"`y_true` must hold binary labels 0 and 1. Received values: {np.unique(y)[:10].tolist()}")
+        raise ValueError(
+            f"`y_true` must hold binary labels 0 and 1. Received values: {np.unique(y)[:10].tolist()}"
+        )
     if not np.isfinite(s).all():
-        raise ValueError(f"`scores` must be finite. Received: {int((~np.isfinite(s)).sum())} non-finite values")
+        raise ValueError(
+            f"`scores` must be finite. Received: {int((~np.isfinite(s)).sum())} non-finite values"
+        )
     return y.astype(bool), s
 
 
 def _require_both_classes(y: np.ndarray) -> None:
     if y.all() or not y.any():
-        raise ValueError("`y_true` must contain both classes (0 and 1) for a ROC analysis. "
-                         f"Received: y_true with only class {int(y[0])} (n={len(y)})")
+        raise ValueError(
+            "`y_true` must contain both classes (0 and 1) for a ROC analysis. "
+            f"Received: y_true with only class {int(y[0])} (n={len(y)})"
+        )
 
 
 def roc_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -129,8 +136,9 @@ def roc_auc(y_true, scores) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
-def bootstrap_auc_ci(y_true, scores, *, n_bootstrap: int = 1000, confidence: float = 0.95,
-                     seed: int = 0) -> tuple[float, float]:
+def bootstrap_auc_ci(
+    y_true, scores, *, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """A percentile bootstrap confidence interval of the ROC AUC, resampling cases.
 
     Resamples lacking one class have no AUC and are skipped; when fewer than
@@ -172,8 +180,10 @@ def bootstrap_auc_ci(y_true, scores, *, n_bootstrap: int = 1000, confidence: flo
 def _resample_note(used: int, n_bootstrap: int) -> str | None:
     if used >= MIN_BOOTSTRAP_SHARE * n_bootstrap:
         return None
-    return (f"the AUC CI comes from {used} of {n_bootstrap} bootstrap resamples ({used / n_bootstrap:.0%}); "
-            "the others lacked a class (too few cases of one class for a reliable interval)")
+    return (
+        f"the AUC CI comes from {used} of {n_bootstrap} bootstrap resamples ({used / n_bootstrap:.0%}); "
+        "the others lacked a class (too few cases of one class for a reliable interval)"
+    )
 
 
 def _bootstrap_aucs(y_true, scores, *, n_bootstrap: int, seed: int) -> np.ndarray:
@@ -236,8 +246,13 @@ def _ratio(num, den) -> float | None:
 def _report_from_counts(tp: int, fp: int, tn: int, fn: int) -> dict:
     tp, fp, tn, fn = int(tp), int(fp), int(tn), int(fn)
     return {
-        "n": tp + fp + tn + fn, "n_positive": tp + fn, "n_negative": tn + fp,
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "n": tp + fp + tn + fn,
+        "n_positive": tp + fn,
+        "n_negative": tn + fp,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
         "accuracy": _ratio(tp + tn, tp + fp + tn + fn),
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
@@ -273,8 +288,9 @@ def binary_report(y_true, scores, *, threshold: float) -> dict:
         raise ValueError(f"`threshold` must be a finite number. Received: threshold={threshold}")
     y, s = _binary_inputs(y_true, scores)
     called = s >= threshold
-    report = _report_from_counts(tp=np.sum(called & y), fp=np.sum(called & ~y),
-                                 tn=np.sum(~called & ~y), fn=np.sum(~called & y))
+    report = _report_from_counts(
+        tp=np.sum(called & y), fp=np.sum(called & ~y), tn=np.sum(~called & ~y), fn=np.sum(~called & y)
+    )
     return {"threshold": float(threshold), **report}
 
 
@@ -282,17 +298,23 @@ def _check_predictions(y_true, probs, class_names, what="") -> tuple[np.ndarray,
     y, p = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     k = len(class_names)
     if p.ndim != 2 or p.shape[1] != k or y.shape != (p.shape[0],):
-        raise ValueError(f"`{what}y_true` must be [N] and `{what}probs` [N, len(class_names)={k}]. "
-                         f"Received: {what}y_true.shape={y.shape}, {what}probs.shape={p.shape}")
+        raise ValueError(
+            f"`{what}y_true` must be [N] and `{what}probs` [N, len(class_names)={k}]. "
+            f"Received: {what}y_true.shape={y.shape}, {what}probs.shape={p.shape}"
+        )
     if len(y) == 0:
         raise ValueError(f"`{what}y_true` must hold at least one case. Received: an empty array")
     if y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
         raise ValueError(f"`{what}y_true` must hold integer labels. Received: dtype={y.dtype}")
     if y.min() < 0 or y.max() >= k:
-        raise ValueError(f"`{what}y_true` labels must be in [0, {k - 1}] for {k} classes. "
-                         f"Received: labels from {y.min()} to {y.max()}")
+        raise ValueError(
+            f"`{what}y_true` labels must be in [0, {k - 1}] for {k} classes. "
+            f"Received: labels from {y.min()} to {y.max()}"
+        )
     if not np.isfinite(p).all():
-        raise ValueError(f"`{what}probs` must be finite. Received: {int((~np.isfinite(p)).sum())} non-finite values")
+        raise ValueError(
+            f"`{what}probs` must be finite. Received: {int((~np.isfinite(p)).sum())} non-finite values"
+        )
     return y.astype(np.int64), p
 
 
@@ -313,8 +335,10 @@ def _auc_with_ci(y, s, n_bootstrap, seed, confidence=0.95) -> dict:
         ci = [float(v) for v in np.quantile(aucs, [(1 - confidence) / 2, (1 + confidence) / 2])]
     notes = [_resample_note(len(aucs), n_bootstrap)]
     if ci is not None and ci[0] == ci[1]:
-        notes.append(f"the AUC CI is degenerate ({ci[0]:.3f} in every usable resample): it does not "
-                     "measure the uncertainty")
+        notes.append(
+            f"the AUC CI is degenerate ({ci[0]:.3f} in every usable resample): it does not "
+            "measure the uncertainty"
+        )
     note = "; ".join(n for n in notes if n) or None
     return {"auc": auc, "auc_ci": ci, "auc_ci_resamples": int(len(aucs)), "note": note}
 
@@ -328,8 +352,9 @@ def _pick_threshold(y, p, c, val) -> tuple[float, str]:
     return youden_threshold(yc, s), source
 
 
-def evaluate_predictions(y_true, probs, *, class_names, val_true=None, val_probs=None,
-                         n_bootstrap: int = 1000, seed: int = 0) -> dict:
+def evaluate_predictions(
+    y_true, probs, *, class_names, val_true=None, val_probs=None, n_bootstrap: int = 1000, seed: int = 0
+) -> dict:
     """Everything `metrics.json` holds about one set of predictions.
 
     Two classes: the positive class's ROC AUC with a bootstrap 95% CI, a
@@ -369,30 +394,45 @@ def evaluate_predictions(y_true, probs, *, class_names, val_true=None, val_probs
     class_names = [str(c) for c in class_names]
     k = len(class_names)
     if k < 2 or len(set(class_names)) != k:
-        raise ValueError(f"`class_names` must hold at least 2 distinct names. Received: class_names={class_names}")
+        raise ValueError(
+            f"`class_names` must hold at least 2 distinct names. Received: class_names={class_names}"
+        )
     if (val_true is None) != (val_probs is None):
-        raise ValueError("`val_true` and `val_probs` must be given together. "
-                         f"Received: val_true is {'not ' * (val_true is not None)}None, "
-                         f"val_probs is {'not ' * (val_probs is not None)}None")
+        raise ValueError(
+            "`val_true` and `val_probs` must be given together. "
+            f"Received: val_true is {'not ' * (val_true is not None)}None, "
+            f"val_probs is {'not ' * (val_probs is not None)}None"
+        )
     if not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
         raise ValueError(f"`n_bootstrap` must be an integer >= 0. Received: n_bootstrap={n_bootstrap}")
     y, p = _check_predictions(y_true, probs, class_names)
     val = None if val_true is None else _check_predictions(val_true, val_probs, class_names, what="val_")
     pred = np.argmax(p, axis=1)
     cm = _confusion_matrix(y, pred, k)
-    out = {"n": len(y), "class_names": class_names, "task": "binary" if k == 2 else "multiclass",
-           "class_counts": cm.sum(axis=1).tolist(), "accuracy": float(np.mean(pred == y)),
-           "confusion_matrix": cm.tolist(), "n_bootstrap": int(n_bootstrap), "ci_level": 0.95,
-           "threshold_method": "youden"}
+    out = {
+        "n": len(y),
+        "class_names": class_names,
+        "task": "binary" if k == 2 else "multiclass",
+        "class_counts": cm.sum(axis=1).tolist(),
+        "accuracy": float(np.mean(pred == y)),
+        "confusion_matrix": cm.tolist(),
+        "n_bootstrap": int(n_bootstrap),
+        "ci_level": 0.95,
+        "threshold_method": "youden",
+    }
     if k == 2:
         out.update(_binary_metrics(y, p, class_names, val, n_bootstrap, seed))
     else:
         out.update(_multiclass_metrics(y, p, cm, class_names, val, n_bootstrap, seed))
-    sources = [out["threshold_source"]] if k == 2 else [r["threshold_source"] for r in out["per_class"].values()]
+    sources = (
+        [out["threshold_source"]] if k == 2 else [r["threshold_source"] for r in out["per_class"].values()]
+    )
     out["threshold_source"] = sources[0] if len(set(sources)) == 1 else "mixed"
     if "test" in sources:
-        out["warnings"].append("decision threshold chosen on the test data (no validation predictions given): "
-                               "the metrics at that threshold are optimistic")
+        out["warnings"].append(
+            "decision threshold chosen on the test data (no validation predictions given): "
+            "the metrics at that threshold are optimistic"
+        )
     if "default" in sources:
         out["warnings"].append("Youden's threshold needs both classes in its data: 0.5 used instead")
     return out
@@ -405,10 +445,16 @@ def _binary_metrics(y, p, class_names, val, n_bootstrap, seed) -> dict:
     note = auc.pop("note")
     t, source = _pick_threshold(y, p, pos, val)
     found = [] if auc["auc"] is not None else ["the test data hold one class only: AUC is undefined"]
-    return {"positive_class": class_names[pos], "positive_index": pos, **auc,
-            "threshold": t, "threshold_source": source,
-            "at_threshold": binary_report(yb, s, threshold=t), "at_0.5": binary_report(yb, s, threshold=0.5),
-            "warnings": found + ([note] if note else [])}
+    return {
+        "positive_class": class_names[pos],
+        "positive_index": pos,
+        **auc,
+        "threshold": t,
+        "threshold_source": source,
+        "at_threshold": binary_report(yb, s, threshold=t),
+        "at_0.5": binary_report(yb, s, threshold=0.5),
+        "warnings": found + ([note] if note else []),
+    }
 
 
 def _multiclass_metrics(y, p, cm, class_names, val, n_bootstrap, seed) -> dict:
@@ -419,15 +465,23 @@ def _multiclass_metrics(y, p, cm, class_names, val, n_bootstrap, seed) -> dict:
         t, source = _pick_threshold(y, p, c, val)
         tp = cm[c, c]
         fn, fp = cm[c].sum() - tp, cm[:, c].sum() - tp
-        per_class[name] = {**auc, "youden_threshold": t, "threshold_source": source,
-                           **_report_from_counts(tp=tp, fp=fp, tn=len(y) - tp - fn - fp, fn=fn)}
+        per_class[name] = {
+            **auc,
+            "youden_threshold": t,
+            "threshold_source": source,
+            **_report_from_counts(tp=tp, fp=fp, tn=len(y) - tp - fn - fp, fn=fn),
+        }
         if note:
             warnings.append(f"class {name!r}: {note}")
         if auc["auc"] is None:
             warnings.append(f"class {name!r}: AUC is undefined (the test data hold none or only cases of it)")
     aucs = [r["auc"] for r in per_class.values() if r["auc"] is not None]
-    return {"positive_class": None, "per_class": per_class,
-            "macro_auc": float(np.mean(aucs)) if aucs else None, "warnings": warnings}
+    return {
+        "positive_class": None,
+        "per_class": per_class,
+        "macro_auc": float(np.mean(aucs)) if aucs else None,
+        "warnings": warnings,
+    }
 
 
 def _f(x, digits=3) -> str:
@@ -446,10 +500,14 @@ def _auc_text(auc, ci, used=None, n_bootstrap=None) -> str:
 
 
 # Rows of the binary table: label, key, and the counts whose sums make the ratio.
-_BINARY_ROWS = (("Sensitivity", "sensitivity", ("tp",), ("tp", "fn")),
-                ("Specificity", "specificity", ("tn",), ("tn", "fp")),
-                ("PPV", "ppv", ("tp",), ("tp", "fp")), ("NPV", "npv", ("tn",), ("tn", "fn")),
-                ("F1", "f1", None, None), ("Accuracy", "accuracy", ("tp", "tn"), ("tp", "tn", "fp", "fn")))
+_BINARY_ROWS = (
+    ("Sensitivity", "sensitivity", ("tp",), ("tp", "fn")),
+    ("Specificity", "specificity", ("tn",), ("tn", "fp")),
+    ("PPV", "ppv", ("tp",), ("tp", "fp")),
+    ("NPV", "npv", ("tn",), ("tn", "fn")),
+    ("F1", "f1", None, None),
+    ("Accuracy", "accuracy", ("tp", "tn"), ("tp", "tn", "fp", "fn")),
+)
 
 
 def format_metrics_table(metrics: dict) -> str:
@@ -465,36 +523,54 @@ def format_metrics_table(metrics: dict) -> str:
         >>> print(format_metrics_table(evaluate_predictions(y, p, class_names=names)))
     """
     names = metrics["class_names"]
-    lines = [f"n = {metrics['n']} (" + ", ".join(f"{c}: {n}" for c, n in zip(names, metrics["class_counts"])) + ")"]
+    lines = [
+        f"n = {metrics['n']} (" + ", ".join(f"{c}: {n}" for c, n in zip(names, metrics["class_counts"])) + ")"
+    ]
     if metrics["task"] == "binary":
         reports = metrics["at_threshold"], metrics["at_0.5"]
         head = f"t={reports[0]['threshold']:.3f} (Youden, {metrics['threshold_source']})"
-        lines += [f"positive class: {metrics['positive_class']}",
-                  f"{'AUC':<13}{_auc_text(metrics['auc'], metrics['auc_ci'], metrics.get('auc_ci_resamples'), metrics.get('n_bootstrap'))}",
-                  f"{'Accuracy':<13}{_f(metrics['accuracy'])} (argmax)", "",
-                  f"{'':<13}{head:<30}t=0.500"]
+        lines += [
+            f"positive class: {metrics['positive_class']}",
+            f"{'AUC':<13}{_auc_text(metrics['auc'], metrics['auc_ci'], metrics.get('auc_ci_resamples'), metrics.get('n_bootstrap'))}",
+            f"{'Accuracy':<13}{_f(metrics['accuracy'])} (argmax)",
+            "",
+            f"{'':<13}{head:<30}t=0.500",
+        ]
         for label, key, num, den in _BINARY_ROWS:
-            cells = [_f(r[key]) + (f" ({sum(r[c] for c in num)}/{sum(r[c] for c in den)})" if num else "")
-                     for r in reports]
+            cells = [
+                _f(r[key]) + (f" ({sum(r[c] for c in num)}/{sum(r[c] for c in den)})" if num else "")
+                for r in reports
+            ]
             lines.append(f"{label:<13}{cells[0]:<30}{cells[1]}")
         cells = ["{tp}/{fp}/{tn}/{fn}".format(**r) for r in reports]
         lines.append(f"{'TP/FP/TN/FN':<13}{cells[0]:<30}{cells[1]}")
     else:
         w = max(12, *(len(c) + 2 for c in names))
-        lines += [f"{'macro AUC':<{w}}{_f(metrics['macro_auc'])}",
-                  f"{'Accuracy':<{w}}{_f(metrics['accuracy'])} (argmax)", "",
-                  f"{'class':<{w}}{'AUC (95% CI)':<29}"
-                  + "".join(f"{h:<7}" for h in ("Sens", "Spec", "PPV", "NPV", "F1")) + "Youden t"]
+        lines += [
+            f"{'macro AUC':<{w}}{_f(metrics['macro_auc'])}",
+            f"{'Accuracy':<{w}}{_f(metrics['accuracy'])} (argmax)",
+            "",
+            f"{'class':<{w}}{'AUC (95% CI)':<29}"
+            + "".join(f"{h:<7}" for h in ("Sens", "Spec", "PPV", "NPV", "F1"))
+            + "Youden t",
+        ]
         for name, r in metrics["per_class"].items():
             auc = _auc_text(r["auc"], r["auc_ci"], r.get("auc_ci_resamples"), metrics.get("n_bootstrap"))
-            lines.append(f"{name:<{w}}{auc:<29}"
-                         + "".join(f"{_f(r[k]):<7}" for k in ("sensitivity", "specificity", "ppv", "npv", "f1"))
-                         + f"{r['youden_threshold']:.3f} ({r['threshold_source']})")
+            lines.append(
+                f"{name:<{w}}{auc:<29}"
+                + "".join(f"{_f(r[k]):<7}" for k in ("sensitivity", "specificity", "ppv", "npv", "f1"))
+                + f"{r['youden_threshold']:.3f} ({r['threshold_source']})"
+            )
         lines.append("(sensitivity to F1 at the argmax decision, each class vs the rest)")
     w, cols = max(len(c) for c in names) + 2, [max(7, len(c) + 2) for c in names]
-    lines += ["", "confusion matrix (rows: true, columns: predicted)",
-              " " * w + "".join(f"{c:>{cw}}" for c, cw in zip(names, cols))]
-    lines += [f"{c:<{w}}" + "".join(f"{v:>{cw}}" for v, cw in zip(row, cols))
-              for c, row in zip(names, metrics["confusion_matrix"])]
+    lines += [
+        "",
+        "confusion matrix (rows: true, columns: predicted)",
+        " " * w + "".join(f"{c:>{cw}}" for c, cw in zip(names, cols)),
+    ]
+    lines += [
+        f"{c:<{w}}" + "".join(f"{v:>{cw}}" for v, cw in zip(row, cols))
+        for c, row in zip(names, metrics["confusion_matrix"])
+    ]
     lines += [f"warning: {m}" for m in metrics.get("warnings", [])]
     return "\n".join(lines)

@@ -96,14 +96,16 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
     import zipfile
 
     import cxrdata.layers.random_affine  # noqa: F401  registers RandomAffine
-    import cxrmodels.models.inputs  # noqa: F401  registers ImagePreprocessing
     import cxrmodels.evaluation.keras_metrics  # noqa: F401  registers Specificity
+    import cxrmodels.models.inputs  # noqa: F401  registers ImagePreprocessing
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path!r}.")
-    damaged = (f"The model file {path!r} ({os.path.getsize(path)} bytes) is damaged: "
-               "it is not a complete .keras zip file (cut short by a kill or a full disk, or not a model)")
+    damaged = (
+        f"The model file {path!r} ({os.path.getsize(path)} bytes) is damaged: "
+        "it is not a complete .keras zip file (cut short by a kill or a full disk, or not a model)"
+    )
     # Keras says "File not found" for a file that is there but is not a zip file.
     if path.endswith(".keras") and not zipfile.is_zipfile(path):
         raise ValueError(damaged + ".")

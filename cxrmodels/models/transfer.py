@@ -54,8 +54,13 @@ class _Backbone:
 # The stem counts as block 0 of EfficientNet, the top convolution goes with block 7.
 _BACKBONES = (
     _Backbone(
-        "vgg19_transfer", "VGG19", "caffe", "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", 5,
-        "max", 128,
+        "vgg19_transfer",
+        "VGG19",
+        "caffe",
+        "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        5,
+        "max",
+        128,
         """VGG19 without its top, global max pooling, Dense 128 relu, Dense softmax.
 
     At (224, 224, 3) and 2 classes: 20,090,306 parameters, 65,922 of them
@@ -63,23 +68,39 @@ _BACKBONES = (
     last conv layer is `block5_conv4`. Preprocessing: caffe (BGR, mean pixel).""",
     ),
     _Backbone(
-        "densenet121", "DenseNet121", "torch", "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        5, "avg", 0,
+        "densenet121",
+        "DenseNet121",
+        "torch",
+        "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        5,
+        "avg",
+        0,
         """DenseNet121 (CheXNet's architecture), global average pooling, Dense softmax.
 
     Blocks are conv1..conv5 (each dense block with its transition); the last
     feature map is `relu`. Preprocessing: torch (ImageNet mean and std).""",
     ),
     _Backbone(
-        "resnet50", "ResNet50", "caffe", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", 5,
-        "avg", 0,
+        "resnet50",
+        "ResNet50",
+        "caffe",
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        5,
+        "avg",
+        0,
         """ResNet50, global average pooling, Dense softmax.
 
     Blocks are the stages conv1..conv5; the last feature map is
     `conv5_block3_out`. Preprocessing: caffe (BGR, mean pixel).""",
     ),
     _Backbone(
-        "efficientnet_b0", "EfficientNetB0", "raw", "efficientnetb0_notop.h5", 8, "avg", 0,
+        "efficientnet_b0",
+        "EfficientNetB0",
+        "raw",
+        "efficientnetb0_notop.h5",
+        8,
+        "avg",
+        0,
         """EfficientNetB0, global average pooling, Dense softmax.
 
     Blocks are the stem (0) and block1..block7 (with the top convolution), 8
@@ -134,21 +155,20 @@ def _build(
         y = keras.layers.GlobalMaxPooling2D(name="global_pool")(features.output)
     else:
         y = keras.layers.GlobalAveragePooling2D(name="global_pool")(features.output)
-    outputs = _inputs.classifier_head(
-        y, num_classes=num_classes, dense_units=dense_units, dropout=dropout
-    )
+    outputs = _inputs.classifier_head(y, num_classes=num_classes, dense_units=dense_units, dropout=dropout)
     model = keras.Model(inputs, outputs, name=name)
 
     if weights == "imagenet" and backbone.folds_imagenet_std:
-        standalone = _imagenet_application(application, backbone, include_top=False,
-                                           input_shape=(*input_shape[:2], 3))
+        standalone = _imagenet_application(
+            application, backbone, include_top=False, input_shape=(*input_shape[:2], 3)
+        )
         _fix_efficientnet_variance(standalone)
         _copy_backbone(standalone, backbone_layers)
     elif weights not in (None, "imagenet"):
-        _load_local_weights(model, weights, backbone=backbone, backbone_layers=backbone_layers,
-                            input_shape=input_shape)
-    _set_trainable(backbone_layers, trainable_blocks=trainable_blocks,
-                   freeze_batchnorm=freeze_batchnorm)
+        _load_local_weights(
+            model, weights, backbone=backbone, backbone_layers=backbone_layers, input_shape=input_shape
+        )
+    _set_trainable(backbone_layers, trainable_blocks=trainable_blocks, freeze_batchnorm=freeze_batchnorm)
     return model
 
 
@@ -187,9 +207,12 @@ def _has_std_rescaling(path: str) -> bool:
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return False
     layers = config.get("config", {}).get("layers", [])
-    return any(layer.get("class_name") == "Rescaling"
-               and isinstance(layer.get("config", {}).get("scale"), list)
-               and len(layer["config"]["scale"]) == len(_IMAGENET_STD_RGB) for layer in layers)
+    return any(
+        layer.get("class_name") == "Rescaling"
+        and isinstance(layer.get("config", {}).get("scale"), list)
+        and len(layer["config"]["scale"]) == len(_IMAGENET_STD_RGB)
+        for layer in layers
+    )
 
 
 def _load_local_weights(model, path, *, backbone, backbone_layers, input_shape) -> None:
@@ -248,7 +271,7 @@ def _stage(layer_name: str):
 def _set_trainable(layers, *, trainable_blocks: int, freeze_batchnorm: bool) -> None:
     stages = [_stage(layer.name) for layer in layers]
     numbered = sorted({s for s in stages if isinstance(s, int)})
-    unfrozen = set(numbered[len(numbered) - trainable_blocks:]) if trainable_blocks else set()
+    unfrozen = set(numbered[len(numbered) - trainable_blocks :]) if trainable_blocks else set()
     for layer, stage in zip(layers, stages):
         if stage == "top":
             stage = numbered[-1]
@@ -297,15 +320,25 @@ def _entrypoint(backbone: _Backbone):
         trainable_blocks: int = 0,
         freeze_batchnorm: bool = True,
     ) -> keras.Model:
-        return _build(backbone.name, backbone, input_shape=input_shape, num_classes=num_classes,
-                      weights=weights, augment=augment, pooling=pooling, dense_units=dense_units,
-                      dropout=dropout, trainable_blocks=trainable_blocks,
-                      freeze_batchnorm=freeze_batchnorm)
+        return _build(
+            backbone.name,
+            backbone,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            weights=weights,
+            augment=augment,
+            pooling=pooling,
+            dense_units=dense_units,
+            dropout=dropout,
+            trainable_blocks=trainable_blocks,
+            freeze_batchnorm=freeze_batchnorm,
+        )
 
     model_fn.__name__ = model_fn.__qualname__ = backbone.name
     model_fn.__doc__ = backbone.summary + "\n" + _DOC_ARGS
-    return register_model(model_fn, family="transfer", num_blocks=backbone.num_blocks,
-                          min_input_size=MIN_INPUT_SIZE)
+    return register_model(
+        model_fn, family="transfer", num_blocks=backbone.num_blocks, min_input_size=MIN_INPUT_SIZE
+    )
 
 
 vgg19_transfer = _entrypoint(_BY_NAME["vgg19_transfer"])

@@ -31,8 +31,12 @@ def prepare_run_dir(out: str, config: dict, *, overwrite: bool) -> int:
     Follows the output folder rule of `cxrdata.utils.output_dir`.
     """
     state = check_output_dir(
-        out, what="training run", markers=(_run.CONFIG_NAME,), overwrite=overwrite,
-        finished=lambda p: bool(_run.read_config(p).get("finished")))
+        out,
+        what="training run",
+        markers=(_run.CONFIG_NAME,),
+        overwrite=overwrite,
+        finished=lambda p: bool(_run.read_config(p).get("finished")),
+    )
     if state == FRESH:
         os.makedirs(out, exist_ok=True)
         return 0
@@ -73,7 +77,8 @@ def _clear_run(out: str) -> None:
     for name in os.listdir(out):
         path = os.path.join(out, name)
         ours = name in _run.RUN_FILES or (
-            name.startswith(("metrics-", "roc-", "confusion_matrix-")) and name.endswith((".json", ".png")))
+            name.startswith(("metrics-", "roc-", "confusion_matrix-")) and name.endswith((".json", ".png"))
+        )
         if not ours:
             continue
         if os.path.isdir(path):
@@ -111,8 +116,9 @@ def resume_state(history: dict, patience: int) -> ResumeState:
     wait = n - 1 - best_epoch
     # Keras stops only after an epoch that did not improve (wait >= 1), so with patience=0 a run
     # whose last epoch improved was not stopped.
-    return ResumeState(best=min(losses), best_epoch=best_epoch, wait=wait,
-                        stopped=n > 1 and wait >= max(patience, 1))
+    return ResumeState(
+        best=min(losses), best_epoch=best_epoch, wait=wait, stopped=n > 1 and wait >= max(patience, 1)
+    )
 
 
 def best_weights(path: str):
@@ -153,5 +159,7 @@ def restore_finished(net: keras.Model, out: str) -> None:
     try:
         net.load_weights(os.path.join(out, _run.BACKUP_DIR, "latest.weights.h5"))
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"The unfinished run in {out!r} cannot be resumed: neither its {_run.MODEL_NAME} "
-                         f"nor its backup can be read ({e}). Pass --overwrite to start over.") from e
+        raise ValueError(
+            f"The unfinished run in {out!r} cannot be resumed: neither its {_run.MODEL_NAME} "
+            f"nor its backup can be read ({e}). Pass --overwrite to start over."
+        ) from e

@@ -25,7 +25,7 @@ import os
 from typing import Any
 
 from cxrdata.utils.figures import save_figure
-from cxrdata.utils.io import atomic_write_bytes, atomic_write_text
+from cxrdata.utils.io import atomic_write_text
 
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.keras"
@@ -35,8 +35,17 @@ BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
 FORMAT_VERSION = 1
 # Everything `train` writes into a run folder; `overwrite` removes only these.
-RUN_FILES = (CONFIG_NAME, MODEL_NAME, HISTORY_NAME, CURVES_NAME, BACKUP_DIR, LOGS_DIR,
-             "metrics.json", "roc.png", "confusion_matrix.png")
+RUN_FILES = (
+    CONFIG_NAME,
+    MODEL_NAME,
+    HISTORY_NAME,
+    CURVES_NAME,
+    BACKUP_DIR,
+    LOGS_DIR,
+    "metrics.json",
+    "roc.png",
+    "confusion_matrix.png",
+)
 
 
 def config_path(run_dir: str | os.PathLike) -> str:
@@ -100,7 +109,8 @@ def load_model(run_dir: str | os.PathLike, config: dict[str, Any] | None = None)
         raise ValueError(
             f"The model in run {run_dir!r} has {outputs} class outputs but the run's {CONFIG_NAME} names "
             f"{len(config['class_names'])} classes {config['class_names']}: {MODEL_NAME} does not belong "
-            f"to this run.")
+            f"to this run."
+        )
     return model
 
 
@@ -171,7 +181,6 @@ def plot_learning_curves(history: dict[str, list[float]], path: str | os.PathLik
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
     from matplotlib.ticker import MaxNLocator
 
     n = max((len(v) for v in history.values()), default=0)

@@ -22,8 +22,10 @@ HEARTBEAT_DIR = "cxr_heartbeats"
 HEARTBEAT_SECONDS = 2.0
 # Addresses that listen on every interface, public ones included.
 WILDCARD_ADDRESSES = ("0.0.0.0", "::", "[::]", "*", "")
-UNAUTHENTICATED = ("keras-tuner's oracle server has no authentication: any process that reaches it can "
-                   "report trials (a fake best one too)")
+UNAUTHENTICATED = (
+    "keras-tuner's oracle server has no authentication: any process that reaches it can "
+    "report trials (a fake best one too)"
+)
 
 
 def wait_for_chief() -> None:
@@ -33,7 +35,6 @@ def wait_for_chief() -> None:
     search folder before it serves.
     """
     compat.keras_tuner_private().oracle_client.OracleClient(oracle=None).get_space()
-
 
 
 class Heartbeat:
@@ -85,8 +86,10 @@ class Liveness:
             if seen is None or seen[0] != beat:
                 self._last[tuner_id] = (beat, now)
             elif now - seen[1] > self._timeout:
-                lost[tuner_id] = (f"worker {tuner_id} lost: no heartbeat for {now - seen[1]:.0f}s "
-                                  f"(worker_timeout={self._timeout:g}s); trial ended by the chief")
+                lost[tuner_id] = (
+                    f"worker {tuner_id} lost: no heartbeat for {now - seen[1]:.0f}s "
+                    f"(worker_timeout={self._timeout:g}s); trial ended by the chief"
+                )
                 del self._last[tuner_id]
         return lost
 
@@ -110,9 +113,12 @@ def serve(oracle, *, heartbeat_dir: str, worker_timeout: float, poll: float = 0.
     if ip.strip() in WILDCARD_ADDRESSES:
         import warnings
 
-        warnings.warn(f"The chief listens on {address}, every interface of this host: {UNAUTHENTICATED}. "
-                      "Set KERASTUNER_ORACLE_IP to this host's address on a private network, or 127.0.0.1 "
-                      "when all workers run here.", stacklevel=2)
+        warnings.warn(
+            f"The chief listens on {address}, every interface of this host: {UNAUTHENTICATED}. "
+            "Set KERASTUNER_ORACLE_IP to this host's address on a private network, or 127.0.0.1 "
+            "when all workers run here.",
+            stacklevel=2,
+        )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
     servicer = oracle_chief.OracleServicer(oracle)
     protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
@@ -123,9 +129,11 @@ def serve(oracle, *, heartbeat_dir: str, worker_timeout: float, poll: float = 0.
     else:
         reason = "port taken or address not on this host"
     if not bound:
-        raise OSError(f"The chief cannot listen on {address} ({reason}). Set KERASTUNER_ORACLE_IP to an "
-                      "address of this host on a private network (127.0.0.1 when all workers run here; "
-                      f"{UNAUTHENTICATED}) and KERASTUNER_ORACLE_PORT to a free port.")
+        raise OSError(
+            f"The chief cannot listen on {address} ({reason}). Set KERASTUNER_ORACLE_IP to an "
+            "address of this host on a private network (127.0.0.1 when all workers run here; "
+            f"{UNAUTHENTICATED}) and KERASTUNER_ORACLE_PORT to a free port."
+        )
     server.start()
     liveness = Liveness(heartbeat_dir, worker_timeout)
     try:

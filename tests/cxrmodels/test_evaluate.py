@@ -12,8 +12,8 @@ import pytest
 
 import cxrdata
 from cxrmodels.cli import main
-from cxrmodels.evaluation.evaluator import evaluate
 from cxrmodels.evaluation.clinical import evaluate_predictions
+from cxrmodels.evaluation.evaluator import evaluate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -41,19 +41,24 @@ def test_metrics_match_a_direct_computation_from_model_predict(trained_run, conv
 
     y, probs = _direct_predictions(trained_run, converted_dataset, "test")
     y_val, p_val = _direct_predictions(trained_run, converted_dataset, "val")
-    expected = evaluate_predictions(y, probs, class_names=["COVID", "Normal"], val_true=y_val, val_probs=p_val,
-                                    n_bootstrap=50, seed=0)
+    expected = evaluate_predictions(
+        y, probs, class_names=["COVID", "Normal"], val_true=y_val, val_probs=p_val, n_bootstrap=50, seed=0
+    )
     manifest = cxrdata.read_manifest(converted_dataset)
     assert metrics["n"] == manifest.splits["test"].num_examples == len(y)
     assert metrics["class_counts"] == [manifest.splits["test"].counts[c] for c in ("COVID", "Normal")]
     assert metrics["threshold_source"] == "validation"
     for key in ("accuracy", "threshold"):
         assert metrics[key] == pytest.approx(expected[key], abs=1e-6)
-    assert (metrics["auc"] is None and expected["auc"] is None) or metrics["auc"] == pytest.approx(expected["auc"])
+    assert (metrics["auc"] is None and expected["auc"] is None) or metrics["auc"] == pytest.approx(
+        expected["auc"]
+    )
     assert metrics["confusion_matrix"] == expected["confusion_matrix"]
     # The confusion matrix by hand: rows true class, columns the argmax.
     predicted = probs.argmax(axis=1)
-    assert metrics["confusion_matrix"] == [[int(np.sum((y == t) & (predicted == p))) for p in (0, 1)] for t in (0, 1)]
+    assert metrics["confusion_matrix"] == [
+        [int(np.sum((y == t) & (predicted == p))) for p in (0, 1)] for t in (0, 1)
+    ]
     for key in ("tp", "fp", "tn", "fn"):
         assert metrics["at_0.5"][key] == expected["at_0.5"][key]
     assert metrics["dataset"]["same_as_training"] is True and metrics["split"] == "test"
@@ -61,10 +66,16 @@ def test_metrics_match_a_direct_computation_from_model_predict(trained_run, conv
 
 def test_metrics_json_and_figures_are_written(trained_run, converted_dataset):
     metrics = evaluate(trained_run, converted_dataset, n_bootstrap=20)
-    assert metrics["files"] == {name: os.path.join(trained_run, f"{name}{ext}") for name, ext in
-                                (("metrics", ".json"), ("roc", ".png"), ("confusion_matrix", ".png"))}
+    assert metrics["files"] == {
+        name: os.path.join(trained_run, f"{name}{ext}")
+        for name, ext in (("metrics", ".json"), ("roc", ".png"), ("confusion_matrix", ".png"))
+    }
     on_disk = json.loads((trained_run / "metrics.json").read_text())
-    assert on_disk["files"] == {"metrics": "metrics.json", "roc": "roc.png", "confusion_matrix": "confusion_matrix.png"}
+    assert on_disk["files"] == {
+        "metrics": "metrics.json",
+        "roc": "roc.png",
+        "confusion_matrix": "confusion_matrix.png",
+    }
     assert on_disk["confusion_matrix"] == metrics["confusion_matrix"] and on_disk["n_bootstrap"] == 20
     for name in ("roc.png", "confusion_matrix.png"):
         assert (trained_run / name).read_bytes()[:8] == PNG_SIGNATURE
@@ -72,7 +83,9 @@ def test_metrics_json_and_figures_are_written(trained_run, converted_dataset):
 
 def test_another_split_gets_its_own_files(trained_run, converted_dataset):
     metrics = evaluate(trained_run, converted_dataset, split="val", n_bootstrap=0)
-    assert (trained_run / "metrics-val.json").is_file() and (trained_run / "confusion_matrix-val.png").is_file()
+    assert (trained_run / "metrics-val.json").is_file() and (
+        trained_run / "confusion_matrix-val.png"
+    ).is_file()
     assert metrics["n"] == cxrdata.read_manifest(converted_dataset).splits["val"].num_examples
     assert metrics["auc_ci"] is None  # no bootstrap asked
     assert metrics["threshold_source"] == "test"  # no other split to choose it on: flagged
@@ -80,8 +93,9 @@ def test_another_split_gets_its_own_files(trained_run, converted_dataset):
 
 
 def test_external_dataset_with_the_same_preprocessing_warns(trained_run, converted_dataset, tmp_path):
-    data = _copy_with_manifest(converted_dataset, tmp_path / "external",
-                               lambda m: m["source"].update(src="/elsewhere/hospital-b"))
+    data = _copy_with_manifest(
+        converted_dataset, tmp_path / "external", lambda m: m["source"].update(src="/elsewhere/hospital-b")
+    )
     with pytest.warns(UserWarning, match="not the one the run was trained on"):
         metrics = evaluate(trained_run, data, n_bootstrap=0)
     assert metrics["dataset"]["same_as_training"] is False
@@ -94,14 +108,25 @@ def test_external_dataset_without_val_uses_the_training_val_split(trained_run, c
     with pytest.warns(UserWarning):
         metrics = evaluate(trained_run, data, n_bootstrap=0)
     assert metrics["threshold_source"] == "validation"
-    assert metrics["threshold_data"] == f"val split of the training dataset {os.path.abspath(converted_dataset)}"
+    assert (
+        metrics["threshold_data"] == f"val split of the training dataset {os.path.abspath(converted_dataset)}"
+    )
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda m: m["preprocessing"].update(radius=70), r"preprocessed differently.*radius: 70 here, 20 in training"),
-    (lambda m: m.update(image_shape=[48, 48, 1]), r"holds \(48, 48, 1\) images but the model takes \(64, 64, 1\)"),
-    (lambda m: m.update(class_names=["Normal", "COVID"]), r"has classes \['Normal', 'COVID'\]"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (
+            lambda m: m["preprocessing"].update(radius=70),
+            r"preprocessed differently.*radius: 70 here, 20 in training",
+        ),
+        (
+            lambda m: m.update(image_shape=[48, 48, 1]),
+            r"holds \(48, 48, 1\) images but the model takes \(64, 64, 1\)",
+        ),
+        (lambda m: m.update(class_names=["Normal", "COVID"]), r"has classes \['Normal', 'COVID'\]"),
+    ],
+)
 def test_dataset_prepared_differently_is_an_error(trained_run, converted_dataset, tmp_path, change, match):
     data = _copy_with_manifest(converted_dataset, tmp_path / "other", change)
     with pytest.raises(ValueError, match=match):
@@ -132,14 +157,17 @@ def _run_copy(trained_run, tmp_path):
     return run
 
 
-def test_a_truncated_model_file_is_called_damaged_not_missing(trained_run, converted_dataset, tmp_path, capsys):
+def test_a_truncated_model_file_is_called_damaged_not_missing(
+    trained_run, converted_dataset, tmp_path, capsys
+):
     from cxrmodels.serving.prediction import predict
 
     run = _run_copy(trained_run, tmp_path)
     model_file = run / "model.keras"
     model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
-    with pytest.raises(ValueError, match=r"model\.keras' \(\d+ bytes\) is damaged: it is not a complete "
-                                         r"\.keras zip file"):
+    with pytest.raises(
+        ValueError, match=r"model\.keras' \(\d+ bytes\) is damaged: it is not a complete " r"\.keras zip file"
+    ):
         evaluate(run, converted_dataset, n_bootstrap=0)
     with pytest.raises(ValueError, match="is damaged"):
         predict(run, [os.path.join(converted_dataset, "dataset.json")])
@@ -153,11 +181,15 @@ def test_a_model_with_other_classes_than_the_run_is_named(trained_run, converted
     from cxrmodels.serving.prediction import predict
 
     run = _run_copy(trained_run, tmp_path)
-    create_model("seed_cnn", input_shape=(64, 64, 1), num_classes=3, filters=(4, 8, 8),
-                 dense_units=8).save(run / "model.keras")
+    create_model("seed_cnn", input_shape=(64, 64, 1), num_classes=3, filters=(4, 8, 8), dense_units=8).save(
+        run / "model.keras"
+    )
     png = next(p for p in sorted(realdata.rglob("*.png")))
-    with pytest.raises(ValueError, match=r"has 3 class outputs but the run's config\.json names 2 classes "
-                                         r"\['COVID', 'Normal'\]: model\.keras does not belong to this run"):
+    with pytest.raises(
+        ValueError,
+        match=r"has 3 class outputs but the run's config\.json names 2 classes "
+        r"\['COVID', 'Normal'\]: model\.keras does not belong to this run",
+    ):
         predict(run, [png])
     with pytest.raises(ValueError, match="has 3 class outputs"):
         evaluate(run, converted_dataset, n_bootstrap=0)

@@ -22,15 +22,25 @@ NAMES = ["NORMAL", "PNEUMONIA"]
 
 # Three classes, six cases; argmax predictions 0 1 1 2 2 2.
 Y3 = np.array([0, 0, 1, 1, 2, 2])
-P3 = np.array([[.7, .2, .1], [.4, .5, .1], [.2, .6, .2], [.1, .3, .6], [.1, .1, .8], [.3, .3, .4]])
+P3 = np.array(
+    [[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]
+)
 NAMES3 = ["normal", "bacterial", "viral"]
 
 
-@pytest.mark.parametrize("names, expected", [
-    (["NORMAL", "PNEUMONIA"], 1), (["Pneumonia", "normal"], 0), (["Effusion", "No Finding"], 0),
-    (["no-finding", "mass"], 1), (["healthy", "sick"], 1), (["covid", "Negative"], 0),
-    (["cat", "dog"], 1), (["normal", "healthy"], 1),
-])
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        (["NORMAL", "PNEUMONIA"], 1),
+        (["Pneumonia", "normal"], 0),
+        (["Effusion", "No Finding"], 0),
+        (["no-finding", "mass"], 1),
+        (["healthy", "sick"], 1),
+        (["covid", "Negative"], 0),
+        (["cat", "dog"], 1),
+        (["normal", "healthy"], 1),
+    ],
+)
 def test_positive_class_index(names, expected):
     assert M.positive_class_index(names) == expected
 
@@ -42,17 +52,17 @@ def test_positive_class_index_needs_two_names():
 
 def test_roc_curve_moves_tied_scores_together():
     fpr, tpr, thresholds = M.roc_curve(Y, S)
-    np.testing.assert_allclose(thresholds, [np.inf, .95, .9, .8, .7, .6, .4, .3, .2, .1])
+    np.testing.assert_allclose(thresholds, [np.inf, 0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1])
     # at 0.6 one negative and one positive join at once: a diagonal step
-    np.testing.assert_allclose(fpr, [0, 0, 0, .2, .2, .4, .4, .6, .8, 1])
-    np.testing.assert_allclose(tpr, [0, .2, .4, .4, .6, .8, 1, 1, 1, 1])
+    np.testing.assert_allclose(fpr, [0, 0, 0, 0.2, 0.2, 0.4, 0.4, 0.6, 0.8, 1])
+    np.testing.assert_allclose(tpr, [0, 0.2, 0.4, 0.4, 0.6, 0.8, 1, 1, 1, 1])
 
 
 def test_roc_auc_counts_ties_half():
     assert M.roc_auc(Y, S) == pytest.approx(AUC)
-    assert M.roc_auc([0, 1, 0, 1], [.5, .5, .5, .5]) == 0.5
+    assert M.roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
     # positives 0.2, 0.9 vs negatives 0.2, 0.1: 0.5 + 1 + 1 + 1 = 3.5 of 4 pairs
-    assert M.roc_auc([0, 1, 0, 1], [.2, .2, .1, .9]) == 0.875
+    assert M.roc_auc([0, 1, 0, 1], [0.2, 0.2, 0.1, 0.9]) == 0.875
     assert M.roc_auc(Y, -S) == pytest.approx(1 - AUC)
 
 
@@ -66,18 +76,18 @@ def test_roc_auc_equals_mann_whitney_on_random_ties():
 
 def test_roc_auc_rejects_bad_inputs():
     with pytest.raises(ValueError, match="both classes.*only class 1"):
-        M.roc_auc([1, 1, 1], [.1, .2, .3])
+        M.roc_auc([1, 1, 1], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="same length"):
-        M.roc_auc([0, 1], [.1, .2, .3])
+        M.roc_auc([0, 1], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="binary labels"):
-        M.roc_auc([0, 2], [.1, .2])
+        M.roc_auc([0, 2], [0.1, 0.2])
     with pytest.raises(ValueError, match="finite"):
-        M.roc_auc([0, 1], [.1, np.nan])
+        M.roc_auc([0, 1], [0.1, np.nan])
 
 
 def test_youden_threshold():
     # J: 0.6 -> 1 - 0 = 1 (0.9 gives 0.5 - 0)
-    assert M.youden_threshold([0, 0, 1, 1], [.1, .3, .6, .9]) == 0.6
+    assert M.youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]) == 0.6
     # J per threshold: .95 .2, .9 .4, .8 .2, .7 .4, .6 .4, .4 (5/5 - 2/5) .6, .3 .4, ...
     assert M.youden_threshold(Y, S) == 0.4
 
@@ -95,7 +105,15 @@ def test_binary_report_hand_counts():
     r = M.binary_report(Y, S, threshold=0.5)
     # called positive (>= 0.5): positives .6 .7 .9 .95, negatives .6 .8
     assert r["confusion_matrix"] == [[3, 2], [1, 4]]
-    assert (r["tp"], r["fp"], r["tn"], r["fn"], r["n"], r["n_positive"], r["n_negative"]) == (4, 2, 3, 1, 10, 5, 5)
+    assert (r["tp"], r["fp"], r["tn"], r["fn"], r["n"], r["n_positive"], r["n_negative"]) == (
+        4,
+        2,
+        3,
+        1,
+        10,
+        5,
+        5,
+    )
     assert r["sensitivity"] == pytest.approx(0.8)  # 4 / 5
     assert r["specificity"] == pytest.approx(0.6)  # 3 / 5
     assert r["ppv"] == pytest.approx(4 / 6)
@@ -107,7 +125,7 @@ def test_binary_report_hand_counts():
 
 
 def test_binary_report_zero_denominators_are_none():
-    r = M.binary_report([0, 0], [.1, .2], threshold=0.5)
+    r = M.binary_report([0, 0], [0.1, 0.2], threshold=0.5)
     assert r["sensitivity"] is None and r["ppv"] is None and r["f1"] is None
     assert r["specificity"] == 1.0 and r["npv"] == 1.0
     assert '"sensitivity": null' in json.dumps(r, allow_nan=False)
@@ -170,9 +188,15 @@ def test_bootstrap_ci_rejects_bad_arguments():
 
 def test_evaluate_binary_threshold_from_validation():
     # validation Youden: J at 0.9 = 0.5, at 0.7 = 1.0 -> threshold 0.7
-    val_y, val_s = np.array([0, 0, 1, 1]), np.array([.2, .65, .7, .9])
-    m = M.evaluate_predictions(Y, PROBS, class_names=NAMES, val_true=val_y,
-                               val_probs=np.stack([1 - val_s, val_s], 1), n_bootstrap=200)
+    val_y, val_s = np.array([0, 0, 1, 1]), np.array([0.2, 0.65, 0.7, 0.9])
+    m = M.evaluate_predictions(
+        Y,
+        PROBS,
+        class_names=NAMES,
+        val_true=val_y,
+        val_probs=np.stack([1 - val_s, val_s], 1),
+        n_bootstrap=200,
+    )
     assert (m["n"], m["positive_class"], m["positive_index"], m["task"]) == (10, "PNEUMONIA", 1, "binary")
     assert m["auc"] == pytest.approx(AUC)
     assert m["auc_ci"][0] <= AUC <= m["auc_ci"][1]
@@ -199,12 +223,14 @@ def test_evaluate_binary_positive_class_first_and_test_threshold_flagged():
 
 
 def test_evaluate_binary_single_class_test_set_does_not_crash():
-    m = M.evaluate_predictions([1, 1], [[.3, .7], [.6, .4]], class_names=NAMES, n_bootstrap=10)
+    m = M.evaluate_predictions([1, 1], [[0.3, 0.7], [0.6, 0.4]], class_names=NAMES, n_bootstrap=10)
     assert m["auc"] is None and m["auc_ci"] is None
     assert (m["threshold"], m["threshold_source"]) == (0.5, "default")
     assert m["at_threshold"]["specificity"] is None and m["at_threshold"]["sensitivity"] == 0.5
-    assert m["warnings"] == ["the test data hold one class only: AUC is undefined",
-                             "Youden's threshold needs both classes in its data: 0.5 used instead"]
+    assert m["warnings"] == [
+        "the test data hold one class only: AUC is undefined",
+        "Youden's threshold needs both classes in its data: 0.5 used instead",
+    ]
     json.dumps(m, allow_nan=False)
 
 
@@ -220,15 +246,18 @@ def test_evaluate_multiclass_one_vs_rest():
     assert [pc[c]["auc"] for c in NAMES3] == pytest.approx([1.0, 0.8125, 0.875])
     assert m["macro_auc"] == pytest.approx((1 + 0.8125 + 0.875) / 3)
     # argmax one-vs-rest: class 0 TP 1 FN 1 FP 0 TN 4; class 1 TP 1 FN 1 FP 1 TN 3; class 2 TP 2 FN 0 FP 1 TN 3
-    assert [(pc[c]["tp"], pc[c]["fn"], pc[c]["fp"], pc[c]["tn"]) for c in NAMES3] == [(1, 1, 0, 4), (1, 1, 1, 3),
-                                                                                        (2, 0, 1, 3)]
-    assert [pc[c]["sensitivity"] for c in NAMES3] == pytest.approx([.5, .5, 1])
-    assert [pc[c]["specificity"] for c in NAMES3] == pytest.approx([1, .75, .75])
-    assert [pc[c]["ppv"] for c in NAMES3] == pytest.approx([1, .5, 2 / 3])
-    assert [pc[c]["npv"] for c in NAMES3] == pytest.approx([.8, .75, 1])
-    assert [pc[c]["f1"] for c in NAMES3] == pytest.approx([2 / 3, .5, .8])
+    assert [(pc[c]["tp"], pc[c]["fn"], pc[c]["fp"], pc[c]["tn"]) for c in NAMES3] == [
+        (1, 1, 0, 4),
+        (1, 1, 1, 3),
+        (2, 0, 1, 3),
+    ]
+    assert [pc[c]["sensitivity"] for c in NAMES3] == pytest.approx([0.5, 0.5, 1])
+    assert [pc[c]["specificity"] for c in NAMES3] == pytest.approx([1, 0.75, 0.75])
+    assert [pc[c]["ppv"] for c in NAMES3] == pytest.approx([1, 0.5, 2 / 3])
+    assert [pc[c]["npv"] for c in NAMES3] == pytest.approx([0.8, 0.75, 1])
+    assert [pc[c]["f1"] for c in NAMES3] == pytest.approx([2 / 3, 0.5, 0.8])
     # Youden on the test data (no validation): class 1 ties J = .5 at .6 and .3, the higher wins
-    assert [pc[c]["youden_threshold"] for c in NAMES3] == [.4, .6, .4]
+    assert [pc[c]["youden_threshold"] for c in NAMES3] == [0.4, 0.6, 0.4]
     assert m["threshold_source"] == "test"
     for c in NAMES3:
         if pc[c]["auc"] < 1:
@@ -239,7 +268,7 @@ def test_evaluate_multiclass_one_vs_rest():
 def test_evaluate_multiclass_youden_from_validation_and_missing_class():
     m = M.evaluate_predictions(Y3[:4], P3[:4], class_names=NAMES3, val_true=Y3, val_probs=P3, n_bootstrap=0)
     assert m["threshold_source"] == "validation"
-    assert [m["per_class"][c]["youden_threshold"] for c in NAMES3] == [.4, .6, .4]
+    assert [m["per_class"][c]["youden_threshold"] for c in NAMES3] == [0.4, 0.6, 0.4]
     assert m["per_class"]["viral"]["auc"] is None  # no viral case in the test set
     assert m["macro_auc"] == pytest.approx((1 + M.roc_auc(Y3[:4] == 1, P3[:4, 1])) / 2)
     assert any("'viral'" in w for w in m["warnings"])
@@ -290,7 +319,9 @@ def _assert_png(path):
 
 def test_plots_write_pngs(tmp_path):
     m = M.evaluate_predictions(Y, PROBS, class_names=NAMES, n_bootstrap=50)
-    assert P.plot_roc(Y, PROBS, class_names=NAMES, path=tmp_path / "roc.png", metrics=m) == str(tmp_path / "roc.png")
+    assert P.plot_roc(Y, PROBS, class_names=NAMES, path=tmp_path / "roc.png", metrics=m) == str(
+        tmp_path / "roc.png"
+    )
     P.plot_roc(Y3, P3, class_names=NAMES3, path=tmp_path / "roc3.png")
     P.plot_confusion_matrix(m["confusion_matrix"], class_names=NAMES, path=tmp_path / "cm.png", title="test")
     for name in ("roc.png", "roc3.png", "cm.png"):
@@ -306,9 +337,9 @@ def test_metrics_module_does_not_import_tensorflow():
 
 
 # Keras metrics. Batch 1: class-1 scores .1 .7 .8 for labels 0 0 1 -> TN 1, FP 1.
-Y_B1, P_B1 = [[1, 0], [1, 0], [0, 1]], [[.9, .1], [.3, .7], [.2, .8]]
+Y_B1, P_B1 = [[1, 0], [1, 0], [0, 1]], [[0.9, 0.1], [0.3, 0.7], [0.2, 0.8]]
 # Batch 2: scores .4 .6 .5 .3 for labels 0 0 0 1 -> TN 2 (.5 is not above .5), FP 1.
-Y_B2, P_B2 = [[1, 0], [1, 0], [1, 0], [0, 1]], [[.6, .4], [.4, .6], [.5, .5], [.7, .3]]
+Y_B2, P_B2 = [[1, 0], [1, 0], [1, 0], [0, 1]], [[0.6, 0.4], [0.4, 0.6], [0.5, 0.5], [0.7, 0.3]]
 
 
 def test_specificity_accumulates_and_resets():
@@ -350,8 +381,9 @@ def _identity_model():
 def test_default_metrics_binary_via_model_evaluate():
     model = _identity_model()  # its output is its input: the predictions are PROBS
     model.compile(loss="categorical_crossentropy", metrics=default_metrics(2, positive_index=1))
-    logs = model.evaluate(PROBS.astype("float32"), np.eye(2)[Y].astype("float32"), batch_size=4,
-                          verbose=0, return_dict=True)
+    logs = model.evaluate(
+        PROBS.astype("float32"), np.eye(2)[Y].astype("float32"), batch_size=4, verbose=0, return_dict=True
+    )
     assert logs["accuracy"] == pytest.approx(0.7)
     assert logs["precision"] == pytest.approx(4 / 6)  # s > .5: TP 4, FP 2
     assert logs["recall"] == pytest.approx(0.8)
@@ -362,8 +394,9 @@ def test_default_metrics_binary_via_model_evaluate():
 def test_default_metrics_binary_positive_first():
     model = _identity_model()
     model.compile(loss="categorical_crossentropy", metrics=default_metrics(2, positive_index=0))
-    logs = model.evaluate(PROBS[:, ::-1].astype("float32"), np.eye(2)[1 - Y].astype("float32"), verbose=0,
-                          return_dict=True)
+    logs = model.evaluate(
+        PROBS[:, ::-1].astype("float32"), np.eye(2)[1 - Y].astype("float32"), verbose=0, return_dict=True
+    )
     assert (logs["precision"], logs["recall"], logs["specificity"]) == pytest.approx((4 / 6, 0.8, 0.6))
     assert logs["auc"] == pytest.approx(AUC, abs=0.01)
 

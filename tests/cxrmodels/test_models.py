@@ -12,10 +12,16 @@ import keras
 import numpy as np
 import pytest
 
-from cxrmodels.models import cnn, transfer  # noqa: F401  (registers the models)
 from cxrmodels.models import _registry as registry
+from cxrmodels.models import (  # noqa: F401  (registers the models)
+    cnn,
+    create_model,
+    last_conv_layer_name,
+    list_models,
+    register_model,
+    transfer,
+)
 from cxrmodels.models.inputs import ImagePreprocessing
-from cxrmodels.models import create_model, last_conv_layer_name, list_models, register_model
 
 BUILTIN = ["densenet121", "efficientnet_b0", "resnet50", "seed_cnn", "vgg19_transfer"]
 TINY_CNN = dict(filters=(4, 8, 8), dense_units=8)
@@ -32,8 +38,9 @@ def _n_params(variables):
 
 def _train_once(model, x, y):
     """One eager train step (eager: tracing a 400-layer graph costs more than the step)."""
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",
-                  run_eagerly=True)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", run_eagerly=True
+    )
     before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
     loss = model.train_on_batch(x, y)
     after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
@@ -63,8 +70,7 @@ def test_unknown_model_name_lists_the_known_ones():
 
 
 def test_unknown_option_names_the_accepted_ones():
-    with pytest.raises(TypeError,
-                       match=r"unexpected options \['filterz'\].*'dense_units'.*'filters'"):
+    with pytest.raises(TypeError, match=r"unexpected options \['filterz'\].*'dense_units'.*'filters'"):
         create_model("seed_cnn", filterz=(4,))
     with pytest.raises(TypeError, match="trainable_blocks"):
         create_model("vgg19_transfer", filters=(4,))
@@ -72,7 +78,11 @@ def test_unknown_option_names_the_accepted_ones():
 
 def test_model_options_lists_defaults():
     assert registry.model_options("seed_cnn") == {
-        "filters": (32, 64, 128), "dense_units": 128, "dropout": 0.0, "pooling": "max"}
+        "filters": (32, 64, 128),
+        "dense_units": 128,
+        "dropout": 0.0,
+        "pooling": "max",
+    }
     assert registry.model_options("vgg19_transfer")["pooling"] == "max"
     assert registry.model_options("densenet121")["pooling"] == "avg"
 
@@ -100,7 +110,12 @@ def test_seed_cnn_has_the_reference_parameter_count():
     assert model.count_params() == 18_129_890
     assert model.name == "seed_cnn"
     assert [layer.name for layer in model.layers[-5:]] == [
-        "block3_bn", "block3_pool", "flatten", "fc1", "predictions"]
+        "block3_bn",
+        "block3_pool",
+        "flatten",
+        "fc1",
+        "predictions",
+    ]
     assert model.get_layer("block1_bn").momentum == 0.9
     assert model.input.dtype == "uint8"
 
@@ -135,8 +150,7 @@ def test_preprocessing_repeats_grayscale_and_round_trips_config():
     layer = ImagePreprocessing("caffe", channels=3)
     got = keras.ops.convert_to_numpy(layer(np.full((1, 2, 2, 1), 255, "uint8")))
     assert got.shape == (1, 2, 2, 3)
-    np.testing.assert_allclose(got[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68],
-                               rtol=1e-6)
+    np.testing.assert_allclose(got[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68], rtol=1e-6)
     clone = ImagePreprocessing.from_config(layer.get_config())
     assert (clone.mode, clone.channels) == ("caffe", 3)
     with pytest.raises(ValueError, match="`mode` must be one of"):
@@ -149,7 +163,8 @@ def test_grayscale_input_equals_repeated_rgb():
     rgb.set_weights(gray.get_weights())
     x = _images(n=3, size=32, channels=1, seed=2)
     np.testing.assert_allclose(
-        gray.predict(x, verbose=0), rgb.predict(np.repeat(x, 3, axis=-1), verbose=0), rtol=1e-5)
+        gray.predict(x, verbose=0), rgb.predict(np.repeat(x, 3, axis=-1), verbose=0), rtol=1e-5
+    )
 
 
 def test_augment_layer_sits_at_the_input():
@@ -204,8 +219,9 @@ def test_missing_weights_file(tmp_path):
 
 
 def test_seed_cnn_forward_and_backward():
-    model = create_model("seed_cnn", input_shape=(40, 40, 1), num_classes=3, dropout=0.5,
-                         pooling="avg", **TINY_CNN)
+    model = create_model(
+        "seed_cnn", input_shape=(40, 40, 1), num_classes=3, dropout=0.5, pooling="avg", **TINY_CNN
+    )
     x, y = _images(n=4, size=40), np.array([0, 1, 2, 1])
     probs = model.predict(x, verbose=0)
     assert probs.shape == (4, 3) and probs.dtype == np.float32
@@ -219,8 +235,12 @@ def test_seed_cnn_forward_and_backward():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, last_conv",
-    [("vgg19_transfer", "block5_conv4"), ("densenet121", "relu"),
-     ("resnet50", "conv5_block3_out"), ("efficientnet_b0", "top_activation")],
+    [
+        ("vgg19_transfer", "block5_conv4"),
+        ("densenet121", "relu"),
+        ("resnet50", "conv5_block3_out"),
+        ("efficientnet_b0", "top_activation"),
+    ],
 )
 def test_transfer_model_forward_and_backward(name, last_conv):
     model = create_model(name, input_shape=(32, 32, 1), num_classes=2, dense_units=4, dropout=0.2)
@@ -289,8 +309,7 @@ def test_trainable_blocks_keeps_batchnorm_frozen_by_default():
     assert model.get_layer("conv5_block3_3_conv").trainable
     assert not model.get_layer("conv5_block3_3_bn").trainable
     assert not model.get_layer("conv4_block6_3_conv").trainable
-    with_bn = create_model("resnet50", input_shape=(32, 32, 1), trainable_blocks=1,
-                           freeze_batchnorm=False)
+    with_bn = create_model("resnet50", input_shape=(32, 32, 1), trainable_blocks=1, freeze_batchnorm=False)
     assert with_bn.get_layer("conv5_block3_3_bn").trainable
     assert _n_params(with_bn.trainable_weights) > _n_params(model.trainable_weights)
 
@@ -301,8 +320,9 @@ def test_trainable_blocks_keeps_batchnorm_frozen_by_default():
 def test_seed_cnn_weights_file_round_trip(tmp_path):
     model = create_model("seed_cnn", input_shape=(36, 36, 1), **TINY_CNN)
     model.save_weights(tmp_path / "cnn.weights.h5")
-    loaded = create_model("seed_cnn", input_shape=(36, 36, 1), weights=tmp_path / "cnn.weights.h5",
-                          **TINY_CNN)
+    loaded = create_model(
+        "seed_cnn", input_shape=(36, 36, 1), weights=tmp_path / "cnn.weights.h5", **TINY_CNN
+    )
     x = _images(n=2, size=36)
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
 
@@ -310,15 +330,16 @@ def test_seed_cnn_weights_file_round_trip(tmp_path):
 def test_mismatched_weights_file_raises(tmp_path):
     path = tmp_path / "cnn.weights.h5"
     create_model("seed_cnn", input_shape=(36, 36, 1), **TINY_CNN).save_weights(path)
-    with pytest.raises(ValueError, match=r"cnn\.weights\.h5 does not match model 'seed_cnn': .*"
-                       r"variable\.shape=\(3, 3, 8, 16\), Received: value\.shape=\(3, 3, 8, 8\); "
-                       r"layers not loaded: "
-                       r"\['block3_bn', 'block3_conv1', 'block3_conv2', 'fc1'\]$"):
-        create_model("seed_cnn", input_shape=(36, 36, 1), weights=path, filters=(4, 8, 16),
-                     dense_units=8)
+    with pytest.raises(
+        ValueError,
+        match=r"cnn\.weights\.h5 does not match model 'seed_cnn': .*"
+        r"variable\.shape=\(3, 3, 8, 16\), Received: value\.shape=\(3, 3, 8, 8\); "
+        r"layers not loaded: "
+        r"\['block3_bn', 'block3_conv1', 'block3_conv2', 'fc1'\]$",
+    ):
+        create_model("seed_cnn", input_shape=(36, 36, 1), weights=path, filters=(4, 8, 16), dense_units=8)
     with pytest.raises(ValueError, match=r"holds 28 arrays, the model has 26 weights"):
-        create_model("seed_cnn", input_shape=(36, 36, 1), weights=path, filters=(4, 8, 8),
-                     dense_units=0)
+        create_model("seed_cnn", input_shape=(36, 36, 1), weights=path, filters=(4, 8, 8), dense_units=0)
     with pytest.raises(ValueError, match=r"matches neither model 'vgg19_transfer'.*VGG19 backbone"):
         create_model("vgg19_transfer", input_shape=(32, 32, 1), weights=path)
 
@@ -326,20 +347,21 @@ def test_mismatched_weights_file_raises(tmp_path):
 def test_transfer_loads_a_backbone_weights_file(tmp_path):
     backbone = keras.applications.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3))
     backbone.save_weights(tmp_path / "vgg19.weights.h5")
-    model = create_model("vgg19_transfer", input_shape=(32, 32, 1),
-                         weights=tmp_path / "vgg19.weights.h5")
+    model = create_model("vgg19_transfer", input_shape=(32, 32, 1), weights=tmp_path / "vgg19.weights.h5")
     for name in ("block1_conv1", "block5_conv4"):
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(model.get_layer(name).kernel),
-            keras.ops.convert_to_numpy(backbone.get_layer(name).kernel))
+            keras.ops.convert_to_numpy(backbone.get_layer(name).kernel),
+        )
     assert _n_params(model.trainable_weights) == 65_922
 
 
 def test_transfer_loads_a_whole_model_weights_file(tmp_path):
     model = create_model("vgg19_transfer", input_shape=(32, 32, 1), dense_units=8)
     model.save_weights(tmp_path / "whole.weights.h5")
-    loaded = create_model("vgg19_transfer", input_shape=(32, 32, 1), dense_units=8,
-                          weights=tmp_path / "whole.weights.h5")
+    loaded = create_model(
+        "vgg19_transfer", input_shape=(32, 32, 1), dense_units=8, weights=tmp_path / "whole.weights.h5"
+    )
     x = _images(n=2, size=32)
     np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), rtol=1e-6)
 
@@ -351,15 +373,13 @@ def _norm_variance(model):
 
 @pytest.mark.slow
 def test_efficientnet_imagenet_h5_file_gets_keras_std_scaling(tmp_path):
-    backbone = keras.applications.EfficientNetB0(include_top=False, weights=None,
-                                                 input_shape=(32, 32, 3))
+    backbone = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
     norm = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Normalization))
     norm.adapt_variance.assign(np.array([2.0, 3.0, 4.0], "float32"))
     imagenet_named = tmp_path / "efficientnetb0_notop.h5"
     backbone.save(imagenet_named)  # legacy HDF5, the format of the keras.applications files
     model = create_model("efficientnet_b0", input_shape=(32, 32, 1), weights=imagenet_named)
-    np.testing.assert_allclose(_norm_variance(model), [2.0 * 0.229, 3.0 * 0.224, 4.0 * 0.225],
-                               rtol=1e-6)
+    np.testing.assert_allclose(_norm_variance(model), [2.0 * 0.229, 3.0 * 0.224, 4.0 * 0.225], rtol=1e-6)
     other_name = tmp_path / "mine.h5"
     backbone.save(other_name)
     model = create_model("efficientnet_b0", input_shape=(32, 32, 1), weights=other_name)
@@ -387,7 +407,9 @@ def _features(model, x):
 def test_efficientnet_rebuilt_from_its_saved_imagenet_weights_gives_the_same_outputs(tmp_path, monkeypatch):
     imagenet_file = _fake_imagenet_efficientnet(tmp_path, monkeypatch)
     model = create_model("efficientnet_b0", input_shape=(32, 32, 1), weights="imagenet")
-    assert not any(isinstance(layer, keras.layers.Rescaling) and np.ndim(layer.scale) for layer in model.layers)
+    assert not any(
+        isinstance(layer, keras.layers.Rescaling) and np.ndim(layer.scale) for layer in model.layers
+    )
     model.save(tmp_path / "run.keras")
     model.save_weights(tmp_path / "run.weights.h5")
     x = _images(n=2, size=32)
@@ -405,14 +427,23 @@ def test_efficientnet_rebuilt_from_its_saved_imagenet_weights_gives_the_same_out
 def test_efficientnet_keras_file_with_keras_own_imagenet_scaling_rebuilds_the_same(tmp_path, monkeypatch):
     import dataclasses
 
-    from cxrmodels.models import transfer
 
     _fake_imagenet_efficientnet(tmp_path, monkeypatch)
     # As keras.applications builds it (and this library did before folding the std): with its Rescaling.
     keras_way = dataclasses.replace(transfer._BY_NAME["efficientnet_b0"], folds_imagenet_std=False)
-    old = transfer._build("efficientnet_b0", keras_way, input_shape=(32, 32, 1), num_classes=2,
-                          weights="imagenet", augment=None, pooling="avg", dense_units=0, dropout=0.0,
-                          trainable_blocks=0, freeze_batchnorm=True)
+    old = transfer._build(
+        "efficientnet_b0",
+        keras_way,
+        input_shape=(32, 32, 1),
+        num_classes=2,
+        weights="imagenet",
+        augment=None,
+        pooling="avg",
+        dense_units=0,
+        dropout=0.0,
+        trainable_blocks=0,
+        freeze_batchnorm=True,
+    )
     assert any(isinstance(layer, keras.layers.Rescaling) and np.ndim(layer.scale) for layer in old.layers)
     old.save(tmp_path / "old.keras")
     x = _images(n=2, size=32)
@@ -429,8 +460,11 @@ def test_imagenet_without_network_says_to_pass_a_local_file(monkeypatch):
         raise Exception(f"URL fetch failure on {origin}: None -- Name or service not known")
 
     monkeypatch.setattr(file_utils, "get_file", no_network)
-    with pytest.raises(ValueError, match=r"Could not get the ImageNet weights of VGG19.*"
-                                         r"weights='/path/to/vgg19_weights_tf_dim_ordering"):
+    with pytest.raises(
+        ValueError,
+        match=r"Could not get the ImageNet weights of VGG19.*"
+        r"weights='/path/to/vgg19_weights_tf_dim_ordering",
+    ):
         create_model("vgg19_transfer", input_shape=(32, 32, 1), weights="imagenet")
 
 
@@ -475,7 +509,8 @@ def test_models_build_under_jax_without_tensorflow():
         "print('ok')\n"
     )
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")

@@ -15,9 +15,9 @@ import time
 import keras_tuner as kt
 import pytest
 
+from cxrmodels.cli import main
 from cxrmodels.tuning import distribute as _distribute
 from cxrmodels.tuning import tuners as _tuners
-from cxrmodels.cli import main
 from cxrmodels.tuning.searcher import ENV_VARS, search
 
 TIMEOUT = 240  # seconds: a bound on every wait, far above the ~1 minute the search takes
@@ -30,11 +30,14 @@ def _env(monkeypatch, **values):
         monkeypatch.setenv(name, value)
 
 
-@pytest.mark.parametrize("present, missing", [
-    ({"KERASTUNER_TUNER_ID": "chief", "KERASTUNER_ORACLE_IP": "127.0.0.1"}, "KERASTUNER_ORACLE_PORT"),
-    ({"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": "8000"}, "KERASTUNER_TUNER_ID"),
-    ({"KERASTUNER_TUNER_ID": "tuner0", "KERASTUNER_ORACLE_PORT": "8000"}, "KERASTUNER_ORACLE_IP"),
-])
+@pytest.mark.parametrize(
+    "present, missing",
+    [
+        ({"KERASTUNER_TUNER_ID": "chief", "KERASTUNER_ORACLE_IP": "127.0.0.1"}, "KERASTUNER_ORACLE_PORT"),
+        ({"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": "8000"}, "KERASTUNER_TUNER_ID"),
+        ({"KERASTUNER_TUNER_ID": "tuner0", "KERASTUNER_ORACLE_PORT": "8000"}, "KERASTUNER_ORACLE_IP"),
+    ],
+)
 def test_a_distributed_launch_names_the_missing_variable(tiny_data, tmp_path, monkeypatch, present, missing):
     _env(monkeypatch, **present)
     with pytest.raises(ValueError, match=f"missing: {missing}\\. Set KERASTUNER_TUNER_ID=chief"):
@@ -47,8 +50,12 @@ def test_cli_distributed_launch_without_the_variables_exits_2(tiny_data, tmp_pat
     assert main(["tune", str(tiny_data), "--out", str(tmp_path / "t"), "--distributed"]) == 2
     err = capsys.readouterr().err
     assert "missing: KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT" in err
-    _env(monkeypatch, KERASTUNER_TUNER_ID="chief", KERASTUNER_ORACLE_IP="127.0.0.1",
-         KERASTUNER_ORACLE_PORT="http")
+    _env(
+        monkeypatch,
+        KERASTUNER_TUNER_ID="chief",
+        KERASTUNER_ORACLE_IP="127.0.0.1",
+        KERASTUNER_ORACLE_PORT="http",
+    )
     assert main(["tune", str(tiny_data), "--out", str(tmp_path / "t"), "--distributed"]) == 2
     assert "KERASTUNER_ORACLE_PORT must be a port number" in capsys.readouterr().err
 
@@ -56,8 +63,12 @@ def test_cli_distributed_launch_without_the_variables_exits_2(tiny_data, tmp_pat
 def test_a_local_search_hides_the_kerastuner_variables(monkeypatch):
     from cxrmodels.tuning.searcher import _kerastuner_env
 
-    _env(monkeypatch, KERASTUNER_TUNER_ID="tuner0", KERASTUNER_ORACLE_IP="127.0.0.1",
-         KERASTUNER_ORACLE_PORT="8000")
+    _env(
+        monkeypatch,
+        KERASTUNER_TUNER_ID="tuner0",
+        KERASTUNER_ORACLE_IP="127.0.0.1",
+        KERASTUNER_ORACLE_PORT="8000",
+    )
     with _kerastuner_env(distributed=False):
         assert not any(name in os.environ for name in ENV_VARS)  # keras-tuner would wait for a chief
     assert os.environ["KERASTUNER_TUNER_ID"] == "tuner0"
@@ -83,8 +94,9 @@ def test_the_chief_ends_the_trial_of_a_worker_whose_heartbeat_stopped(tmp_path, 
 
     hp = kt.HyperParameters()
     hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
-    oracle = _tuners._RandomOracle(objective=kt.Objective("val_auc", "max"), max_trials=3, hyperparameters=hp,
-                                   seed=1)
+    oracle = _tuners._RandomOracle(
+        objective=kt.Objective("val_auc", "max"), max_trials=3, hyperparameters=hp, seed=1
+    )
     oracle._set_project_dir(str(tmp_path), "proj")
     first, second = oracle.create_trial("tuner1"), oracle.create_trial("tuner0")
     assert first.hyperparameters.values == {"learning_rate": 1e-3}  # the reference value comes first
@@ -125,15 +137,43 @@ def _wait_for(condition, what: str):
 @pytest.mark.slow
 def test_chief_and_two_workers_finish_the_search_when_a_third_worker_dies(tiny_data, tmp_path):
     out, port = tmp_path / "search", _free_port()
-    args = [sys.executable, "-m", "cxrmodels.cli", "tune", str(tiny_data), "--out", str(out), "--tuner",
-            "random", "--max-trials", "6", "--max-epochs", "1", "--batch-size", "8", "--hp", "base_filters=4",
-            "--hp", "dense_units=8", "--distributed", "--worker-timeout", "6", "--verbose", "0"]
+    args = [
+        sys.executable,
+        "-m",
+        "cxrmodels.cli",
+        "tune",
+        str(tiny_data),
+        "--out",
+        str(out),
+        "--tuner",
+        "random",
+        "--max-trials",
+        "6",
+        "--max-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--hp",
+        "base_filters=4",
+        "--hp",
+        "dense_units=8",
+        "--distributed",
+        "--worker-timeout",
+        "6",
+        "--verbose",
+        "0",
+    ]
     procs, logs = {}, {}
 
     def launch(tuner_id):
         logs[tuner_id] = open(tmp_path / f"{tuner_id}.log", "w")
-        env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
-               "KERASTUNER_ORACLE_PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env = {
+            **os.environ,
+            "KERASTUNER_TUNER_ID": tuner_id,
+            "KERASTUNER_ORACLE_IP": "127.0.0.1",
+            "KERASTUNER_ORACLE_PORT": str(port),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
         procs[tuner_id] = subprocess.Popen(args, env=env, stdout=logs[tuner_id], stderr=subprocess.STDOUT)
 
     def log(tuner_id) -> str:
@@ -178,10 +218,15 @@ def test_chief_and_two_workers_finish_the_search_when_a_third_worker_dies(tiny_d
 
 def test_the_chief_never_suggests_listening_on_every_interface(monkeypatch):
     # 192.0.2.1 (TEST-NET-1) is on no host: the bind fails, and the message says where to listen instead.
-    _env(monkeypatch, KERASTUNER_TUNER_ID="chief", KERASTUNER_ORACLE_IP="192.0.2.1",
-         KERASTUNER_ORACLE_PORT="8000")
-    with pytest.raises(OSError, match=r"cannot listen on 192\.0\.2\.1:8000 .*private network.*no authentication"
-                       ) as caught:
+    _env(
+        monkeypatch,
+        KERASTUNER_TUNER_ID="chief",
+        KERASTUNER_ORACLE_IP="192.0.2.1",
+        KERASTUNER_ORACLE_PORT="8000",
+    )
+    with pytest.raises(
+        OSError, match=r"cannot listen on 192\.0\.2\.1:8000 .*private network.*no authentication"
+    ) as caught:
         _distribute.serve(object(), heartbeat_dir="unused", worker_timeout=10)
     assert "0.0.0.0" not in str(caught.value)
 
@@ -191,10 +236,18 @@ def test_the_chief_warns_when_it_listens_on_every_interface(monkeypatch):
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        _env(monkeypatch, KERASTUNER_TUNER_ID="chief", KERASTUNER_ORACLE_IP="0.0.0.0",
-             KERASTUNER_ORACLE_PORT=str(port))
-        with pytest.warns(UserWarning, match=rf"listens on 0\.0\.0\.0:{port}, every interface.*no authentication"), \
-                pytest.raises(OSError, match="private network"):
+        _env(
+            monkeypatch,
+            KERASTUNER_TUNER_ID="chief",
+            KERASTUNER_ORACLE_IP="0.0.0.0",
+            KERASTUNER_ORACLE_PORT=str(port),
+        )
+        with (
+            pytest.warns(
+                UserWarning, match=rf"listens on 0\.0\.0\.0:{port}, every interface.*no authentication"
+            ),
+            pytest.raises(OSError, match="private network"),
+        ):
             _distribute.serve(object(), heartbeat_dir="unused", worker_timeout=10)
     readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
     example = (pathlib.Path(__file__).resolve().parents[2] / "examples" / "distributed_tuning.md").read_text()
