@@ -14,11 +14,14 @@ Conventions used throughout:
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 
 _NORMAL_NAMES = {"normal", "negative", "healthy", "nofinding"}
 _MAX_BOOTSTRAP_CELLS = 2_000_000  # resamples x cases per chunk, bounds memory
+# Below this share of usable resamples (those holding both classes) a bootstrap CI is flagged.
+MIN_BOOTSTRAP_SHARE = 0.9
 
 
 def positive_class_index(class_names) -> int:
@@ -96,16 +99,20 @@ def roc_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         >>> tpr.tolist()
         [0.0, 0.5, 0.5, 1.0, 1.0]
     """
+    fps, tps, thresholds = _roc_counts(y_true, scores)
+    return fps / fps[-1], tps / tps[-1], thresholds
+
+
+def _roc_counts(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(false positives, true positives, thresholds)` per ROC point, as integers (see `roc_curve`)."""
     y, s = _binary_inputs(y_true, scores)
     _require_both_classes(y)
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
     last_of_tie = np.r_[s[1:] != s[:-1], True]
-    tps = np.cumsum(y)[last_of_tie]
-    fps = np.cumsum(~y)[last_of_tie]
-    tpr = np.r_[0.0, tps / tps[-1]]
-    fpr = np.r_[0.0, fps / fps[-1]]
-    return fpr, tpr, np.r_[np.inf, s[last_of_tie]]
+    tps = np.r_[0, np.cumsum(y, dtype=np.int64)[last_of_tie]]
+    fps = np.r_[0, np.cumsum(~y, dtype=np.int64)[last_of_tie]]
+    return fps, tps, np.r_[np.inf, s[last_of_tie]]
 
 
 def roc_auc(y_true, scores) -> float:
@@ -134,8 +141,11 @@ def bootstrap_auc_ci(
 ) -> tuple[float, float]:
     """A percentile bootstrap confidence interval of the ROC AUC, resampling cases.
 
-    Resamples lacking one class are skipped. All resamples are computed at
-    once from case counts over the score-sorted cases, in chunks that bound memory.
+    Resamples lacking one class have no AUC and are skipped; when fewer than
+    `MIN_BOOTSTRAP_SHARE` (90%) of them are usable (few cases of one class) a
+    UserWarning says how many were, since the interval then describes only
+    the resamples that happened to hold that class. All resamples are computed
+    at once from case counts over the score-sorted cases, in chunks that bound memory.
 
     Args:
         y_true: Binary labels [N], 1 for positive.
@@ -157,6 +167,27 @@ def bootstrap_auc_ci(
         raise ValueError(f"`n_bootstrap` must be a positive integer. Received: n_bootstrap={n_bootstrap}")
     if not 0 < confidence < 1:
         raise ValueError(f"`confidence` must be in (0, 1). Received: confidence={confidence}")
+    aucs = _bootstrap_aucs(y_true, scores, n_bootstrap=n_bootstrap, seed=seed)
+    note = _resample_note(len(aucs), n_bootstrap)
+    if note:
+        warnings.warn(f"bootstrap_auc_ci: {note}", stacklevel=2)
+    if len(aucs) == 0:
+        return float("nan"), float("nan")
+    low, high = np.quantile(aucs, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
+
+
+def _resample_note(used: int, n_bootstrap: int) -> str | None:
+    if used >= MIN_BOOTSTRAP_SHARE * n_bootstrap:
+        return None
+    return (
+        f"the AUC CI comes from {used} of {n_bootstrap} bootstrap resamples ({used / n_bootstrap:.0%}); "
+        "the others lacked a class (too few cases of one class for a reliable interval)"
+    )
+
+
+def _bootstrap_aucs(y_true, scores, *, n_bootstrap: int, seed: int) -> np.ndarray:
+    """The AUCs of the bootstrap resamples that hold both classes (see `bootstrap_auc_ci`)."""
     y, s = _binary_inputs(y_true, scores)
     _require_both_classes(y)
     order = np.argsort(-s, kind="mergesort")
@@ -175,18 +206,19 @@ def bootstrap_auc_ci(
         u = np.sum(pos * (below + neg / 2), axis=1)
         ok = (n_pos > 0) & (n_neg > 0)
         aucs.append(u[ok] / (n_pos[ok] * n_neg[ok]))
-    aucs = np.concatenate(aucs)
-    if len(aucs) == 0:
-        return float("nan"), float("nan")
-    low, high = np.quantile(aucs, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(low), float(high)
+    return np.concatenate(aucs)
 
 
 def youden_threshold(y_true, scores) -> float:
     """The threshold maximizing Youden's J = sensitivity + specificity - 1 on the given data.
 
     The threshold is one of the scores (cases with `score >= threshold` are
-    positive); among equally good thresholds the highest is returned.
+    positive). J is compared exactly, as the integer `TP * N - FP * P` (P
+    positive and N negative cases), so floating-point rounding never decides
+    between thresholds. Among equally good thresholds the highest is returned:
+    the most specific one, calling the fewest cases positive for the same J
+    (what `np.argmax` over scikit-learn's decreasing thresholds would pick
+    without rounding).
 
     Args:
         y_true: Binary labels [N], 1 for positive.
@@ -202,8 +234,9 @@ def youden_threshold(y_true, scores) -> float:
         >>> youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9])
         0.6
     """
-    fpr, tpr, thresholds = roc_curve(y_true, scores)
-    return float(thresholds[1 + int(np.argmax((tpr - fpr)[1:]))])
+    fps, tps, thresholds = _roc_counts(y_true, scores)
+    j = tps * fps[-1] - fps * tps[-1]  # (sensitivity + specificity - 1) * P * N
+    return float(thresholds[1 + int(np.argmax(j[1:]))])  # argmax: the first, i.e. highest, of ties
 
 
 def _ratio(num, den) -> float | None:
@@ -289,14 +322,25 @@ def _confusion_matrix(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
 
 
-def _auc_with_ci(y, s, n_bootstrap, seed, confidence=0.95) -> tuple[float | None, list | None]:
+def _auc_with_ci(y, s, n_bootstrap, seed, confidence=0.95) -> dict:
+    """`auc`, `auc_ci`, `auc_ci_resamples` (resamples with both classes) and a `note` on a weak CI."""
     if y.all() or not y.any():
-        return None, None
+        return {"auc": None, "auc_ci": None, "auc_ci_resamples": None, "note": None}
     auc = roc_auc(y, s)
     if not n_bootstrap:
-        return auc, None
-    ci = bootstrap_auc_ci(y, s, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
-    return auc, (None if np.isnan(ci[0]) else list(ci))
+        return {"auc": auc, "auc_ci": None, "auc_ci_resamples": None, "note": None}
+    aucs = _bootstrap_aucs(y, s, n_bootstrap=n_bootstrap, seed=seed)
+    ci = None
+    if len(aucs):
+        ci = [float(v) for v in np.quantile(aucs, [(1 - confidence) / 2, (1 + confidence) / 2])]
+    notes = [_resample_note(len(aucs), n_bootstrap)]
+    if ci is not None and ci[0] == ci[1]:
+        notes.append(
+            f"the AUC CI is degenerate ({ci[0]:.3f} in every usable resample): it does not "
+            "measure the uncertainty"
+        )
+    note = "; ".join(n for n in notes if n) or None
+    return {"auc": auc, "auc_ci": ci, "auc_ci_resamples": int(len(aucs)), "note": note}
 
 
 def _pick_threshold(y, p, c, val) -> tuple[float, str]:
@@ -321,6 +365,9 @@ def evaluate_predictions(
     and the K x K confusion matrix. More classes: per class one-vs-rest
     (`per_class`: AUC with CI, the report at the argmax decision, and a
     Youden threshold), the macro-average AUC, accuracy and confusion matrix.
+    Each AUC CI comes with `auc_ci_resamples`, the bootstrap resamples that
+    held both classes; fewer than 90% of `n_bootstrap`, or a zero-width
+    (degenerate) interval, adds a line to `warnings`.
 
     Args:
         y_true: Integer labels [N] indexing `class_names`.
@@ -394,36 +441,39 @@ def evaluate_predictions(
 def _binary_metrics(y, p, class_names, val, n_bootstrap, seed) -> dict:
     pos = positive_class_index(class_names)
     yb, s = y == pos, p[:, pos]
-    auc, ci = _auc_with_ci(yb, s, n_bootstrap, seed)
+    auc = _auc_with_ci(yb, s, n_bootstrap, seed)
+    note = auc.pop("note")
     t, source = _pick_threshold(y, p, pos, val)
+    found = [] if auc["auc"] is not None else ["the test data hold one class only: AUC is undefined"]
     return {
         "positive_class": class_names[pos],
         "positive_index": pos,
-        "auc": auc,
-        "auc_ci": ci,
+        **auc,
         "threshold": t,
         "threshold_source": source,
         "at_threshold": binary_report(yb, s, threshold=t),
         "at_0.5": binary_report(yb, s, threshold=0.5),
-        "warnings": [] if auc is not None else ["the test data hold one class only: AUC is undefined"],
+        "warnings": found + ([note] if note else []),
     }
 
 
 def _multiclass_metrics(y, p, cm, class_names, val, n_bootstrap, seed) -> dict:
     per_class, warnings = {}, []
     for c, name in enumerate(class_names):
-        auc, ci = _auc_with_ci(y == c, p[:, c], n_bootstrap, seed)
+        auc = _auc_with_ci(y == c, p[:, c], n_bootstrap, seed)
+        note = auc.pop("note")
         t, source = _pick_threshold(y, p, c, val)
         tp = cm[c, c]
         fn, fp = cm[c].sum() - tp, cm[:, c].sum() - tp
         per_class[name] = {
-            "auc": auc,
-            "auc_ci": ci,
+            **auc,
             "youden_threshold": t,
             "threshold_source": source,
             **_report_from_counts(tp=tp, fp=fp, tn=len(y) - tp - fn - fp, fn=fn),
         }
-        if auc is None:
+        if note:
+            warnings.append(f"class {name!r}: {note}")
+        if auc["auc"] is None:
             warnings.append(f"class {name!r}: AUC is undefined (the test data hold none or only cases of it)")
     aucs = [r["auc"] for r in per_class.values() if r["auc"] is not None]
     return {
@@ -438,8 +488,15 @@ def _f(x, digits=3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _auc_text(auc, ci) -> str:
-    return _f(auc) + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+def _auc_text(auc, ci, used=None, n_bootstrap=None) -> str:
+    if not ci:
+        return _f(auc)
+    flags = []
+    if ci[0] == ci[1]:
+        flags.append("degenerate")
+    if used is not None and n_bootstrap and used < MIN_BOOTSTRAP_SHARE * n_bootstrap:
+        flags.append(f"{used}/{n_bootstrap} resamples")
+    return _f(auc) + f" (95% CI {ci[0]:.3f}-{ci[1]:.3f}" + "".join(f"; {f}" for f in flags) + ")"
 
 
 # Rows of the binary table: label, key, and the counts whose sums make the ratio.
@@ -474,7 +531,7 @@ def format_metrics_table(metrics: dict) -> str:
         head = f"t={reports[0]['threshold']:.3f} (Youden, {metrics['threshold_source']})"
         lines += [
             f"positive class: {metrics['positive_class']}",
-            f"{'AUC':<13}{_auc_text(metrics['auc'], metrics['auc_ci'])}",
+            f"{'AUC':<13}{_auc_text(metrics['auc'], metrics['auc_ci'], metrics.get('auc_ci_resamples'), metrics.get('n_bootstrap'))}",
             f"{'Accuracy':<13}{_f(metrics['accuracy'])} (argmax)",
             "",
             f"{'':<13}{head:<30}t=0.500",
@@ -498,8 +555,9 @@ def format_metrics_table(metrics: dict) -> str:
             + "Youden t",
         ]
         for name, r in metrics["per_class"].items():
+            auc = _auc_text(r["auc"], r["auc_ci"], r.get("auc_ci_resamples"), metrics.get("n_bootstrap"))
             lines.append(
-                f"{name:<{w}}{_auc_text(r['auc'], r['auc_ci']):<29}"
+                f"{name:<{w}}{auc:<29}"
                 + "".join(f"{_f(r[k]):<7}" for k in ("sensitivity", "specificity", "ppv", "npv", "f1"))
                 + f"{r['youden_threshold']:.3f} ({r['threshold_source']})"
             )

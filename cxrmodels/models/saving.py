@@ -88,7 +88,13 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
 
     Returns:
         The `keras.Model`.
+
+    Raises:
+        FileNotFoundError: There is no file at `path`.
+        ValueError: The file is damaged (truncated, or not a `.keras` zip file).
     """
+    import zipfile
+
     import cxrdata.layers.random_affine  # noqa: F401  registers RandomAffine
     import cxrmodels.evaluation.keras_metrics  # noqa: F401  registers Specificity
     import cxrmodels.models.inputs  # noqa: F401  registers ImagePreprocessing
@@ -96,7 +102,17 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path!r}.")
-    return keras.saving.load_model(path, compile=compile)
+    damaged = (
+        f"The model file {path!r} ({os.path.getsize(path)} bytes) is damaged: "
+        "it is not a complete .keras zip file (cut short by a kill or a full disk, or not a model)"
+    )
+    # Keras says "File not found" for a file that is there but is not a zip file.
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(damaged + ".")
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except (zipfile.BadZipFile, EOFError) as err:  # a zip whose members are damaged
+        raise ValueError(f"{damaged}: {err}.") from err
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> None:

@@ -30,6 +30,7 @@ _TOP_NAMES = ("bn", "relu")  # DenseNet's final normalization and activation
 # keras.applications only adds this rescaling to EfficientNet when it downloads
 # the ImageNet weights itself (see `_fix_efficientnet_variance`).
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+_KERAS_ZIP_CONFIG = "config.json"  # the model's architecture inside a .keras file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,10 @@ class _Backbone:
     pooling: str  # the head's default global pooling
     dense_units: int  # the head's default hidden Dense units
     summary: str  # the first lines of the model function's docstring
+    # keras.applications adds Rescaling(1 / sqrt(std)) to the graph only when it loads the ImageNet
+    # weights; built without it and with the std folded into the variance, every build path of the
+    # model has the same layers, so its saved weights rebuild to the same outputs.
+    folds_imagenet_std: bool = False
 
 
 # The stem counts as block 0 of EfficientNet, the top convolution goes with block 7.
@@ -101,6 +106,7 @@ _BACKBONES = (
     Blocks are the stem (0) and block1..block7 (with the top convolution), 8
     in all; the last feature map is `top_activation`. The backbone rescales
     0..255 inputs itself.""",
+        folds_imagenet_std=True,
     ),
 )
 _BY_NAME = {b.name: b for b in _BACKBONES}
@@ -139,15 +145,8 @@ def _build(
     x = _inputs.prepare_images(inputs, mode=backbone.preprocessing, channels=3, augment=augment)
     own_layers = {id(layer) for layer in keras.Model(inputs, x).layers}
     application = getattr(keras.applications, backbone.application)
-    if weights == "imagenet":
-        try:
-            features = application(include_top=False, weights="imagenet", input_tensor=x)
-        except Exception as err:  # keras' get_file wraps download errors in a bare Exception
-            raise ValueError(
-                f"Could not get the ImageNet weights of {backbone.application} ({err}). Without "
-                f"a network, put {backbone.imagenet_file} in ~/.keras/models/, or pass its path: "
-                f"weights='/path/to/{backbone.imagenet_file}'."
-            ) from err
+    if weights == "imagenet" and not backbone.folds_imagenet_std:
+        features = _imagenet_application(application, backbone, include_top=False, input_tensor=x)
     else:
         features = application(include_top=False, weights=None, input_tensor=x)
     backbone_layers = [layer for layer in features.layers if id(layer) not in own_layers]
@@ -159,12 +158,61 @@ def _build(
     outputs = _inputs.classifier_head(y, num_classes=num_classes, dense_units=dense_units, dropout=dropout)
     model = keras.Model(inputs, outputs, name=name)
 
-    if weights not in (None, "imagenet"):
+    if weights == "imagenet" and backbone.folds_imagenet_std:
+        standalone = _imagenet_application(
+            application, backbone, include_top=False, input_shape=(*input_shape[:2], 3)
+        )
+        _fix_efficientnet_variance(standalone)
+        _copy_backbone(standalone, backbone_layers)
+    elif weights not in (None, "imagenet"):
         _load_local_weights(
             model, weights, backbone=backbone, backbone_layers=backbone_layers, input_shape=input_shape
         )
     _set_trainable(backbone_layers, trainable_blocks=trainable_blocks, freeze_batchnorm=freeze_batchnorm)
     return model
+
+
+def _imagenet_application(application, backbone: _Backbone, **kwargs) -> keras.Model:
+    try:
+        return application(weights="imagenet", **kwargs)
+    except Exception as err:  # keras' get_file wraps download errors in a bare Exception
+        raise ValueError(
+            f"Could not get the ImageNet weights of {backbone.application} ({err}). Without "
+            f"a network, put {backbone.imagenet_file} in ~/.keras/models/, or pass its path: "
+            f"weights='/path/to/{backbone.imagenet_file}'."
+        ) from err
+
+
+def _copy_backbone(standalone: keras.Model, backbone_layers) -> None:
+    sources = [layer for layer in standalone.layers if layer.weights]
+    targets = [layer for layer in backbone_layers if layer.weights]
+    for source, target in zip(sources, targets, strict=True):
+        store = {}
+        source.save_own_variables(store)
+        target.load_own_variables(store)
+
+
+def _has_std_rescaling(path: str) -> bool:
+    """Whether a `.keras` file holds keras.applications' per-channel ImageNet std Rescaling.
+
+    Models built with `weights="imagenet"` before the std was folded into the
+    variance have it; their weights need the same folding to give the same outputs.
+    """
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read(_KERAS_ZIP_CONFIG))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    layers = config.get("config", {}).get("layers", [])
+    return any(
+        layer.get("class_name") == "Rescaling"
+        and isinstance(layer.get("config", {}).get("scale"), list)
+        and len(layer["config"]["scale"]) == len(_IMAGENET_STD_RGB)
+        for layer in layers
+    )
 
 
 def _load_local_weights(model, path, *, backbone, backbone_layers, input_shape) -> None:
@@ -173,6 +221,8 @@ def _load_local_weights(model, path, *, backbone, backbone_layers, input_shape) 
         path.endswith(".weights.h5") and _count_h5_arrays(path) == len(model.weights)
     ):
         load_weights_file(model, path)
+        if backbone.folds_imagenet_std and path.endswith(".keras") and _has_std_rescaling(path):
+            _fix_efficientnet_variance(model)
         return
     application = getattr(keras.applications, backbone.application)
     standalone = application(include_top=False, weights=None, input_shape=(*input_shape[:2], 3))
@@ -184,23 +234,21 @@ def _load_local_weights(model, path, *, backbone, backbone_layers, input_shape) 
             f"({len(model.weights)} weights) nor its {backbone.application} backbone "
             f"({len(standalone.weights)} weights): {err}"
         ) from err
-    if backbone.name == "efficientnet_b0" and os.path.basename(path) == backbone.imagenet_file:
+    if backbone.folds_imagenet_std and os.path.basename(path) == backbone.imagenet_file:
         _fix_efficientnet_variance(standalone)
-    sources = [layer for layer in standalone.layers if layer.weights]
-    targets = [layer for layer in backbone_layers if layer.weights]
-    for source, target in zip(sources, targets, strict=True):
-        store = {}
-        source.save_own_variables(store)
-        target.load_own_variables(store)
+    _copy_backbone(standalone, backbone_layers)
 
 
 def _fix_efficientnet_variance(model) -> None:
-    """Gives a locally loaded ImageNet EfficientNet the scaling keras adds on download.
+    """Folds into the variance the ImageNet std scaling keras adds to EfficientNet on download.
 
     The ImageNet file stores the channel standard deviations as the
     Normalization layer's variance, and keras.applications compensates with a
-    Rescaling(1 / sqrt(std)) layer that it adds only when it downloads the file.
-    Multiplying the variance by the std is the same correction.
+    Rescaling(1 / sqrt(std)) layer that it adds only when it loads that file
+    itself (`weights="imagenet"`). Multiplying the variance by the std is the
+    same correction; this library always builds EfficientNet without that
+    layer and folds the std instead, whatever the weights, so a model and the
+    same model rebuilt from its saved weights have the same layers.
     """
     norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.Normalization))
     std = keras.ops.convert_to_tensor(_IMAGENET_STD_RGB, dtype=norm.adapt_variance.dtype)

@@ -116,7 +116,11 @@ def resume_state(history: dict, patience: int) -> ResumeState:
     n = len(history["val_loss"])
     best_epoch = min(range(n), key=lambda i: (math.isnan(history["val_loss"][i]), history["val_loss"][i]))
     wait = n - 1 - best_epoch
-    return ResumeState(best=min(losses), best_epoch=best_epoch, wait=wait, stopped=n > 1 and wait >= patience)
+    # Keras stops only after an epoch that did not improve (wait >= 1), so with patience=0 a run
+    # whose last epoch improved was not stopped.
+    return ResumeState(
+        best=min(losses), best_epoch=best_epoch, wait=wait, stopped=n > 1 and wait >= max(patience, 1)
+    )
 
 
 def best_weights(path: str):

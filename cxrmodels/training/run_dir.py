@@ -8,7 +8,7 @@ A run folder (`cxr train ... --out RUN`) holds:
 | `model.keras`         | best validation loss so far, and atomically at the end   |
 | `history.csv`         | one row per finished epoch (appended on resume)          |
 | `learning_curves.png` | accuracy and loss, train and validation, at the end      |
-| `backup/`             | the `BackupAndRestore` state while training runs         |
+| `backup/`             | the `BackupAndRestore` state, until `config.json` is final |
 | `logs/`               | TensorBoard logs                                         |
 
 `evaluate`, `predict` and `export` read a run through `read_config` and
@@ -86,6 +86,8 @@ def load_model(run_dir: str | os.PathLike, config: dict[str, Any] | None = None)
 
     Raises:
         FileNotFoundError: the run holds no `model.keras`.
+        ValueError: `model.keras` is damaged, or its number of outputs is not
+            the number of classes in `config.json`.
     """
     import warnings
 
@@ -101,7 +103,15 @@ def load_model(run_dir: str | os.PathLike, config: dict[str, Any] | None = None)
         )
     if not config.get("finished"):
         warnings.warn(f"Run {run_dir!r} did not finish: using its best model so far.", stacklevel=3)
-    return load_keras_model(path, compile=False)
+    model = load_keras_model(path, compile=False)
+    outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    if outputs != len(config["class_names"]):
+        raise ValueError(
+            f"The model in run {run_dir!r} has {outputs} class outputs but the run's {CONFIG_NAME} names "
+            f"{len(config['class_names'])} classes {config['class_names']}: {MODEL_NAME} does not belong "
+            f"to this run."
+        )
+    return model
 
 
 def read_history(path: str | os.PathLike) -> dict[str, list[float]]:

@@ -96,7 +96,8 @@ def train(
     ModelCheckpoint of the best model to `out/model.keras`, BackupAndRestore
     (`out/backup`), TensorBoard (`out/logs`) and CSVLogger (`out/history.csv`).
     At the end it writes the best model atomically, `learning_curves.png` and
-    `config.json` with `"finished": true`.
+    `config.json` with `"finished": true`, and only then removes `out/backup`:
+    a run killed anywhere before that is finished by a rerun, never retrained.
 
     Args:
         dataset_dir: A folder written by `cxrdata.convert`, with "train" and
@@ -364,7 +365,11 @@ def _callbacks(out: str, opts: dict, resume: _resume.ResumeState) -> list:
             restore_best_weights=True,
             verbose=verbose,
         ),
-        keras.callbacks.BackupAndRestore(os.path.join(out, _run.BACKUP_DIR), double_checkpoint=True),
+        # Kept after fit returns (Keras would delete it): until config.json says the run finished,
+        # the backup is what tells a rerun how many epochs are done.
+        keras.callbacks.BackupAndRestore(
+            os.path.join(out, _run.BACKUP_DIR), double_checkpoint=True, delete_checkpoint=False
+        ),
     ]
 
 
@@ -377,9 +382,6 @@ def _finish(out: str, net: keras.Model, config: dict, *, resumed_from: int, star
     best = min(range(len(losses)), key=lambda i: (math.isnan(losses[i]), losses[i])) if losses else -1
     save_model(net, os.path.join(out, _run.MODEL_NAME))
     _run.plot_learning_curves(history, os.path.join(out, _run.CURVES_NAME))
-    backup = os.path.join(out, _run.BACKUP_DIR)
-    if os.path.isdir(backup):
-        shutil.rmtree(backup)
     seconds = time.perf_counter() - start
     config["results"] = {
         "epochs": len(losses),
@@ -393,7 +395,9 @@ def _finish(out: str, net: keras.Model, config: dict, *, resumed_from: int, star
     }
     config["finished_at"] = datetime.datetime.now().isoformat(timespec="seconds")
     config["finished"] = True
-    _run.write_config(out, config)  # last: a run is finished only once this is written
+    _run.write_config(out, config)  # a run is finished only once this is written
+    # Only now: a kill before the config above leaves the backup, so the rerun finishes, not retrains.
+    shutil.rmtree(os.path.join(out, _run.BACKUP_DIR), ignore_errors=True)
     return TrainResult(
         run_dir=out,
         model=net,

@@ -20,6 +20,12 @@ from cxrdata.utils.io import atomic_write_text
 
 HEARTBEAT_DIR = "cxr_heartbeats"
 HEARTBEAT_SECONDS = 2.0
+# Addresses that listen on every interface, public ones included.
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "[::]", "*", "")
+UNAUTHENTICATED = (
+    "keras-tuner's oracle server has no authentication: any process that reaches it can "
+    "report trials (a fake best one too)"
+)
 
 
 def wait_for_chief() -> None:
@@ -102,7 +108,17 @@ def serve(oracle, *, heartbeat_dir: str, worker_timeout: float, poll: float = 0.
     kt_private = compat.keras_tuner_private()
     protos, oracle_chief = kt_private.protos, kt_private.oracle_chief
 
-    address = f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+    ip = os.environ["KERASTUNER_ORACLE_IP"]
+    address = f"{ip}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+    if ip.strip() in WILDCARD_ADDRESSES:
+        import warnings
+
+        warnings.warn(
+            f"The chief listens on {address}, every interface of this host: {UNAUTHENTICATED}. "
+            "Set KERASTUNER_ORACLE_IP to this host's address on a private network, or 127.0.0.1 "
+            "when all workers run here.",
+            stacklevel=2,
+        )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
     servicer = oracle_chief.OracleServicer(oracle)
     protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
@@ -114,8 +130,9 @@ def serve(oracle, *, heartbeat_dir: str, worker_timeout: float, poll: float = 0.
         reason = "port taken or address not on this host"
     if not bound:
         raise OSError(
-            f"The chief cannot listen on {address} ({reason}). Set KERASTUNER_ORACLE_IP to "
-            "an address of this host (0.0.0.0 for all) and KERASTUNER_ORACLE_PORT to a free port."
+            f"The chief cannot listen on {address} ({reason}). Set KERASTUNER_ORACLE_IP to an "
+            "address of this host on a private network (127.0.0.1 when all workers run here; "
+            f"{UNAUTHENTICATED}) and KERASTUNER_ORACLE_PORT to a free port."
         )
     server.start()
     liveness = Liveness(heartbeat_dir, worker_timeout)

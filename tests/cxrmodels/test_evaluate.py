@@ -149,3 +149,47 @@ def test_cli_prints_the_metrics_table(trained_run, converted_dataset, capsys):
     assert "threshold chosen on: val split of" in out
     assert main(["evaluate", str(converted_dataset), str(converted_dataset)]) == 2
     assert "not a training run" in capsys.readouterr().err
+
+
+def _run_copy(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("logs"))
+    return run
+
+
+def test_a_truncated_model_file_is_called_damaged_not_missing(
+    trained_run, converted_dataset, tmp_path, capsys
+):
+    from cxrmodels.serving.prediction import predict
+
+    run = _run_copy(trained_run, tmp_path)
+    model_file = run / "model.keras"
+    model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
+    with pytest.raises(
+        ValueError, match=r"model\.keras' \(\d+ bytes\) is damaged: it is not a complete " r"\.keras zip file"
+    ):
+        evaluate(run, converted_dataset, n_bootstrap=0)
+    with pytest.raises(ValueError, match="is damaged"):
+        predict(run, [os.path.join(converted_dataset, "dataset.json")])
+    assert main(["evaluate", str(run), str(converted_dataset)]) == 2
+    err = capsys.readouterr().err
+    assert "is damaged" in err and "not found" not in err.lower() and len(err.strip().splitlines()) == 1
+
+
+def test_a_model_with_other_classes_than_the_run_is_named(trained_run, converted_dataset, tmp_path, realdata):
+    from cxrmodels.models import create_model
+    from cxrmodels.serving.prediction import predict
+
+    run = _run_copy(trained_run, tmp_path)
+    create_model("seed_cnn", input_shape=(64, 64, 1), num_classes=3, filters=(4, 8, 8), dense_units=8).save(
+        run / "model.keras"
+    )
+    png = next(p for p in sorted(realdata.rglob("*.png")))
+    with pytest.raises(
+        ValueError,
+        match=r"has 3 class outputs but the run's config\.json names 2 classes "
+        r"\['COVID', 'Normal'\]: model\.keras does not belong to this run",
+    ):
+        predict(run, [png])
+    with pytest.raises(ValueError, match="has 3 class outputs"):
+        evaluate(run, converted_dataset, n_bootstrap=0)

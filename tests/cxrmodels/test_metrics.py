@@ -92,6 +92,15 @@ def test_youden_threshold():
     assert M.youden_threshold(Y, S) == 0.4
 
 
+def test_youden_ties_are_compared_exactly_and_go_to_the_highest_threshold():
+    # Sorted by score: 0.8 N, 0.73 P, 0.67 N, 0.58 P, 0.48 P, 0.33 N, 0.25 P, 0.22 N, 0.07 N, 0.03 P.
+    # J at 0.48 (TP 3, FP 2) and at 0.25 (TP 4, FP 3) is 1/5 for both; in floats 0.6 - 0.4 is
+    # 0.19999999999999996 and 0.8 - 0.6 is 0.20000000000000007, which would pick 0.25.
+    y = [0, 1, 0, 0, 1, 0, 0, 1, 1, 1]
+    s = [0.07, 0.03, 0.67, 0.22, 0.58, 0.8, 0.33, 0.25, 0.73, 0.48]
+    assert M.youden_threshold(y, s) == 0.48
+
+
 def test_binary_report_hand_counts():
     r = M.binary_report(Y, S, threshold=0.5)
     # called positive (>= 0.5): positives .6 .7 .9 .95, negatives .6 .8
@@ -145,8 +154,29 @@ def test_bootstrap_ci_counts_ties_half_in_every_resample():
     y = np.array([0, 1] * 20)
     assert M.bootstrap_auc_ci(y, np.full(40, 0.3), n_bootstrap=200) == (0.5, 0.5)
     assert M.bootstrap_auc_ci(y, y * 0.5, n_bootstrap=200) == (1.0, 1.0)
-    # two cases: half the resamples lack a class and are skipped; the rest are perfect
-    assert M.bootstrap_auc_ci([0, 1], [0.2, 0.9], n_bootstrap=50) == (1.0, 1.0)
+    # two cases: half the resamples lack a class and are skipped (and said to be); the rest are perfect
+    with pytest.warns(UserWarning, match=r"from 2\d of 50 bootstrap resamples"):
+        assert M.bootstrap_auc_ci([0, 1], [0.2, 0.9], n_bootstrap=50) == (1.0, 1.0)
+
+
+def test_bootstrap_ci_says_how_many_resamples_it_used_and_when_it_is_degenerate():
+    # 1 positive in 40 cases, perfectly separated: (39/40)^40 = 36% of the resamples lack it.
+    y = np.r_[np.zeros(39, int), 1]
+    s = np.r_[np.linspace(0.0, 0.5, 39), 0.9]
+    with pytest.warns(UserWarning, match=r"from 6\d\d of 1000 bootstrap resamples \(6\d%\)"):
+        assert M.bootstrap_auc_ci(y, s, n_bootstrap=1000) == (1.0, 1.0)
+    m = M.evaluate_predictions(y, np.stack([1 - s, s], 1), class_names=NAMES, n_bootstrap=1000)
+    used = m["auc_ci_resamples"]
+    assert 600 <= used <= 700 and m["n_bootstrap"] == 1000 and m["auc_ci"] == [1.0, 1.0]
+    assert any(f"from {used} of 1000 bootstrap resamples" in w and "degenerate" in w for w in m["warnings"])
+    table = M.format_metrics_table(m)
+    assert f"AUC          1.000 (95% CI 1.000-1.000; degenerate; {used}/1000 resamples)" in table
+    # enough of both classes: every resample is used, nothing flagged
+    m = M.evaluate_predictions(Y, PROBS, class_names=NAMES, n_bootstrap=200)
+    assert m["auc_ci_resamples"] >= 180 and not any("resamples" in w for w in m["warnings"])
+    m3 = M.evaluate_predictions(np.r_[Y3, 0, 0], np.r_[P3, P3[:2]], class_names=NAMES3, n_bootstrap=100)
+    assert all(m3["per_class"][c]["auc_ci_resamples"] <= 100 for c in NAMES3)
+    assert any(w.startswith("class 'bacterial': the AUC CI comes from") for w in m3["warnings"])
 
 
 def test_bootstrap_ci_rejects_bad_arguments():

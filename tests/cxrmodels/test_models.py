@@ -386,6 +386,70 @@ def test_efficientnet_imagenet_h5_file_gets_keras_std_scaling(tmp_path):
     np.testing.assert_allclose(_norm_variance(model), [2.0, 3.0, 4.0])
 
 
+def _fake_imagenet_efficientnet(tmp_path, monkeypatch):
+    """An "ImageNet" EfficientNetB0 file (variance 2, 3, 4) that keras.applications "downloads"."""
+    from cxrdata.utils.compat import keras_file_utils
+
+    backbone = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    norm = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Normalization))
+    norm.adapt_variance.assign(np.array([2.0, 3.0, 4.0], "float32"))
+    path = tmp_path / "efficientnetb0_notop.h5"
+    backbone.save(path)  # legacy HDF5, the format of the keras.applications files
+    monkeypatch.setattr(keras_file_utils(), "get_file", lambda fname, origin, **kwargs: str(path))
+    return path
+
+
+def _features(model, x):
+    return keras.Model(model.input, model.get_layer("top_activation").output).predict(x, verbose=0)
+
+
+@pytest.mark.slow
+def test_efficientnet_rebuilt_from_its_saved_imagenet_weights_gives_the_same_outputs(tmp_path, monkeypatch):
+    imagenet_file = _fake_imagenet_efficientnet(tmp_path, monkeypatch)
+    model = create_model("efficientnet_b0", input_shape=(32, 32, 1), weights="imagenet")
+    assert not any(
+        isinstance(layer, keras.layers.Rescaling) and np.ndim(layer.scale) for layer in model.layers
+    )
+    model.save(tmp_path / "run.keras")
+    model.save_weights(tmp_path / "run.weights.h5")
+    x = _images(n=2, size=32)
+    features = _features(model, x)
+    for saved in ("run.keras", "run.weights.h5"):
+        rebuilt = create_model("efficientnet_b0", input_shape=(32, 32, 1), weights=tmp_path / saved)
+        np.testing.assert_allclose(_features(rebuilt, x), features, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
+    # the ImageNet weights by name or as a local file: the same backbone
+    local = create_model("efficientnet_b0", input_shape=(32, 32, 1), weights=imagenet_file)
+    np.testing.assert_allclose(_features(local, x), features, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_efficientnet_keras_file_with_keras_own_imagenet_scaling_rebuilds_the_same(tmp_path, monkeypatch):
+    import dataclasses
+
+    _fake_imagenet_efficientnet(tmp_path, monkeypatch)
+    # As keras.applications builds it (and this library did before folding the std): with its Rescaling.
+    keras_way = dataclasses.replace(transfer._BY_NAME["efficientnet_b0"], folds_imagenet_std=False)
+    old = transfer._build(
+        "efficientnet_b0",
+        keras_way,
+        input_shape=(32, 32, 1),
+        num_classes=2,
+        weights="imagenet",
+        augment=None,
+        pooling="avg",
+        dense_units=0,
+        dropout=0.0,
+        trainable_blocks=0,
+        freeze_batchnorm=True,
+    )
+    assert any(isinstance(layer, keras.layers.Rescaling) and np.ndim(layer.scale) for layer in old.layers)
+    old.save(tmp_path / "old.keras")
+    x = _images(n=2, size=32)
+    rebuilt = create_model("efficientnet_b0", input_shape=(32, 32, 1), weights=tmp_path / "old.keras")
+    np.testing.assert_allclose(_features(rebuilt, x), _features(old, x), rtol=1e-5, atol=1e-5)
+
+
 def test_imagenet_without_network_says_to_pass_a_local_file(monkeypatch):
     from cxrdata.utils.compat import keras_file_utils
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -245,6 +246,95 @@ def test_run_killed_after_its_last_epoch_only_finishes(trained_run, converted_da
     np.testing.assert_allclose(
         result.model.predict(images, verbose=0), saved.predict(images, verbose=0), atol=1e-6
     )
+
+
+# The child trains like `trained_run` and dies (os._exit: no cleanup, as a kill) at one point of `_finish`.
+_KILLED_CHILD = """
+import os, sys
+from cxrmodels.models import saving
+from cxrmodels.training import run_dir, trainer
+
+step = sys.argv[3]
+
+def die_after(function, when=lambda *a, **k: True):
+    def wrapped(*args, **kwargs):
+        result = function(*args, **kwargs)
+        if when(*args, **kwargs):
+            os._exit(9)
+        return result
+    return wrapped
+
+if step == "fit_returned":
+    trainer._finish = lambda *args, **kwargs: os._exit(9)
+elif step == "history_written":
+    run_dir.write_history = die_after(run_dir.write_history)
+elif step == "model_written":
+    trainer.save_model = die_after(trainer.save_model)
+elif step == "curves_written":
+    run_dir.plot_learning_curves = die_after(run_dir.plot_learning_curves)
+elif step == "config_finished":
+    run_dir.write_config = die_after(run_dir.write_config, lambda out, config: config["finished"])
+trainer.train(sys.argv[1], out=sys.argv[2], epochs=2, batch_size=16, verbose=0,
+              model_kwargs={"filters": (4, 8, 8), "dense_units": 8})
+"""
+_FINISH_STEPS = ["fit_returned", "history_written", "model_written", "curves_written", "config_finished"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", _FINISH_STEPS)
+def test_run_killed_while_finishing_is_finished_by_a_rerun_not_retrained(
+    trained_run, converted_dataset, tmp_path, step
+):
+    root = pathlib.Path(__file__).resolve().parents[2]
+    run = tmp_path / "run"
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_CHILD, str(converted_dataset), str(run), step],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert child.returncode == 9, child.stderr[-3000:]
+    before = _history_rows(run)
+    assert [int(r["epoch"]) for r in before] == [0, 1]  # both epochs were done before the kill
+    images = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 1), dtype=np.uint8)
+    reference = keras.saving.load_model(trained_run / "model.keras", compile=False).predict(images, verbose=0)
+
+    if step == "config_finished":  # finished: only the backup is left over, and a rerun is refused
+        assert _config(run)["finished"] is True
+        with pytest.raises(FileExistsError, match="finished"):
+            train(converted_dataset, out=run, epochs=2, batch_size=16, verbose=0, model_kwargs=TINY)
+        model = keras.saving.load_model(run / "model.keras", compile=False)
+    else:
+        assert _config(run)["finished"] is False and (run / "backup").is_dir()
+        result = train(converted_dataset, out=run, epochs=2, batch_size=16, verbose=0, model_kwargs=TINY)
+        assert (result.resumed_from, result.epochs) == (2, 2)  # nothing retrained
+        assert _config(run)["finished"] is True and _config(run)["results"]["resumed_from"] == 2
+        assert not (run / "backup").exists()
+        model = result.model
+    assert _history_rows(run) == before  # each epoch once, as trained before the kill
+    # The same model as the uninterrupted `trained_run` (same data, options and seed).
+    np.testing.assert_allclose(model.predict(images, verbose=0), reference, atol=1e-5)
+
+
+def test_resumed_early_stopping_state_stops_only_after_an_epoch_that_did_not_improve():
+    from cxrmodels.training.resume import resume_state
+
+    # Keras' EarlyStopping stops only after an epoch that did not improve: with patience 0,
+    # right after the first such epoch, never after an improving one.
+    assert not resume_state({"val_loss": [1.0, 0.5]}, patience=0).stopped
+    assert not resume_state({"val_loss": [1.0, 0.5]}, patience=1).stopped
+    assert resume_state({"val_loss": [1.0, 1.2]}, patience=0).stopped
+    assert resume_state({"val_loss": [1.0, 1.0]}, patience=0).stopped  # equal is no improvement
+    assert not resume_state({"val_loss": [1.0, 1.2]}, patience=2).stopped
+    assert resume_state({"val_loss": [1.0, 1.2, 1.1]}, patience=2).stopped
+    assert not resume_state({"val_loss": [1.0]}, patience=0).stopped  # epoch 0 never stops
 
 
 # --- options ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -213,3 +214,41 @@ def test_chief_and_two_workers_finish_the_search_when_a_third_worker_dies(tiny_d
         assert (out / name).stat().st_size > 0
     assert f"trial {doomed['trial_id']} FAILED: worker tuner2 lost" in (tmp_path / "chief.log").read_text()
     assert "Worker ran" in (tmp_path / "tuner0.log").read_text()
+
+
+def test_the_chief_never_suggests_listening_on_every_interface(monkeypatch):
+    # 192.0.2.1 (TEST-NET-1) is on no host: the bind fails, and the message says where to listen instead.
+    _env(
+        monkeypatch,
+        KERASTUNER_TUNER_ID="chief",
+        KERASTUNER_ORACLE_IP="192.0.2.1",
+        KERASTUNER_ORACLE_PORT="8000",
+    )
+    with pytest.raises(
+        OSError, match=r"cannot listen on 192\.0\.2\.1:8000 .*private network.*no authentication"
+    ) as caught:
+        _distribute.serve(object(), heartbeat_dir="unused", worker_timeout=10)
+    assert "0.0.0.0" not in str(caught.value)
+
+
+def test_the_chief_warns_when_it_listens_on_every_interface(monkeypatch):
+    with socket.socket() as taken:  # the bind fails right after the warning, so the test does not serve
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _env(
+            monkeypatch,
+            KERASTUNER_TUNER_ID="chief",
+            KERASTUNER_ORACLE_IP="0.0.0.0",
+            KERASTUNER_ORACLE_PORT=str(port),
+        )
+        with (
+            pytest.warns(
+                UserWarning, match=rf"listens on 0\.0\.0\.0:{port}, every interface.*no authentication"
+            ),
+            pytest.raises(OSError, match="private network"),
+        ):
+            _distribute.serve(object(), heartbeat_dir="unused", worker_timeout=10)
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = (pathlib.Path(__file__).resolve().parents[2] / "examples" / "distributed_tuning.md").read_text()
+    assert "0.0.0.0" not in example.replace("never `0.0.0.0`", "") and "private" in readme
