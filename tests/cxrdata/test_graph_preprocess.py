@@ -36,8 +36,10 @@ def test_graph_resize_equals_the_converters_resize(shape, size, aspect, interpol
         assert np.abs(pillow.astype(int) - expected).max() <= 1
 
 
-@pytest.mark.parametrize("mode, fmt", [("L", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("I;16", "PNG"),
-                                       ("L", "JPEG"), ("RGB", "JPEG")])
+@pytest.mark.parametrize(
+    "mode, fmt",
+    [("L", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("I;16", "PNG"), ("L", "JPEG"), ("RGB", "JPEG")],
+)
 def test_graph_decode_equals_pillows(mode, fmt):
     import tensorflow as tf
 

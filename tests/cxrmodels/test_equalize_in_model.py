@@ -28,15 +28,44 @@ def raw_dataset(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("raw")
     write_tree(base / "src", per_class={"COVID": 12, "Normal": 16}, image_size=48, seed=5)
-    convert(base / "src", base / "data", image_size=48, equalize="none", shard_size=0.02, workers=1, progress=False)
+    convert(
+        base / "src",
+        base / "data",
+        image_size=48,
+        equalize="none",
+        shard_size=0.02,
+        workers=1,
+        progress=False,
+    )
     return base / "data"
 
 
 @pytest.fixture(scope="module")
 def eq_run(raw_dataset, tmp_path_factory):
     run = tmp_path_factory.mktemp("eqrun") / "run"
-    assert main(["train", str(raw_dataset), "--out", str(run), "--epochs", "1", "--batch-size", "8",
-                 "--equalize-in-model", str(RADIUS), "--filters", "4", "8", "--dense-units", "8", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(raw_dataset),
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--equalize-in-model",
+                str(RADIUS),
+                "--filters",
+                "4",
+                "8",
+                "--dense-units",
+                "8",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return run
 
 

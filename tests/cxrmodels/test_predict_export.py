@@ -170,7 +170,9 @@ def test_savedmodel_turns_raw_png_and_jpeg_bytes_into_cxr_predicts_probabilities
     assert sidecar["class_names"] == ["COVID", "Normal"] and sidecar["input_shape"] == [64, 64, 1]
     assert sidecar["preprocessing"]["equalize"] == "local"
     paths = _raw_files(realdata, tmp_path)
-    expected = np.array([[r["probabilities"][c] for c in ("COVID", "Normal")] for r in predict(trained_run, paths)])
+    expected = np.array(
+        [[r["probabilities"][c] for c in ("COVID", "Normal")] for r in predict(trained_run, paths)]
+    )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
@@ -186,7 +188,9 @@ def test_savedmodel_predict_images_takes_the_datasets_pixels(trained_run, model,
 
     loaded = tf.saved_model.load(export(trained_run, tmp_path / "sm", format="savedmodel"))
     direct = loaded.signatures["predict_images"](images=tf.constant(test_batch[0]))
-    np.testing.assert_allclose(direct["probabilities"].numpy(), model.predict(test_batch[0], verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        direct["probabilities"].numpy(), model.predict(test_batch[0], verbose=0), atol=1e-5
+    )
     assert [c.decode() for c in direct["class_names"].numpy()] == ["COVID", "Normal"]
 
 
