@@ -4,6 +4,16 @@ The order is fixed: (decode, to grayscale: `cxrdata.sources`) then resize, then
 equalize. `equalize="local"` calls `skimage.filters.rank.equalize` with
 `disk(radius)` on the resized image, so its output is bit-identical to the
 reference notebook's per-image call.
+
+Resizing (`resampler="cxrdata"`, the default since datasets record it) is
+Pillow's published two-pass convolution (`libImaging/Resample.c`: float64
+weights, 22-bit fixed point, a horizontal pass into uint8, then a vertical
+one), written out here in numpy and, identically, as TensorFlow ops in
+`cxrdata.graph_preprocess`, so an exported model resizes raw images in its
+graph to the very bytes the converter makes. Pillow 13's own `Image.resize`
+runs the two passes in an order of its choosing, which changes the last bit
+of some pixels; `resampler="pillow"` (what manifests without the key were
+made with) keeps calling it.
 """
 
 from __future__ import annotations
@@ -17,6 +27,10 @@ import numpy as np
 from PIL import Image
 
 EQUALIZE_MODES = ("local", "clahe", "global", "none")
+RESAMPLERS = ("cxrdata", "pillow")
+# Filters `resampler="cxrdata"` computes itself (support, the filter function below).
+_SUPPORTS = {"bilinear": 1.0, "bicubic": 2.0}
+_PRECISION_BITS = 22  # Pillow's PRECISION_BITS for 8-bit images: 32 - 8 - 2
 ASPECT_MODES = ("stretch", "crop", "pad")
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -41,6 +55,11 @@ class PreprocessConfig:
         radius: disk radius in pixels for `equalize="local"`. Defaults to 70.
         clip_limit: CLAHE clip limit. Defaults to 0.01.
         interpolation: resampling filter for resizing. Defaults to "bilinear".
+        resampler: "cxrdata" (Pillow's algorithm with a fixed pass order, the
+            same bytes as `cxrdata.graph_preprocess` in an exported model;
+            bilinear and bicubic) or "pillow" (`PIL.Image.resize`, how
+            datasets without this key in their manifest were made). Defaults
+            to "cxrdata".
     """
 
     image_size: tuple[int, int] = (299, 299)
@@ -49,6 +68,7 @@ class PreprocessConfig:
     radius: int = 70
     clip_limit: float = 0.01
     interpolation: str = "bilinear"
+    resampler: str = "cxrdata"
 
     def __post_init__(self):
         size = self.image_size
@@ -64,6 +84,9 @@ class PreprocessConfig:
         _check_choice("aspect", self.aspect, ASPECT_MODES)
         _check_choice("equalize", self.equalize, EQUALIZE_MODES)
         _check_choice("interpolation", self.interpolation, tuple(INTERPOLATIONS))
+        _check_choice("resampler", self.resampler, RESAMPLERS)
+        if self.resampler == "cxrdata" and self.interpolation not in _SUPPORTS:
+            object.__setattr__(self, "resampler", "pillow")  # nearest, lanczos: Pillow's own
         if not isinstance(self.radius, (int, np.integer)) or self.radius < 1:
             raise ValueError(f"`radius` must be a positive int. Received: radius={self.radius!r}")
         if not 0 < float(self.clip_limit) <= 1:
@@ -80,6 +103,7 @@ class PreprocessConfig:
         kwargs = {k: v for k, v in d.items() if k in fields}
         if "image_size" in kwargs:
             kwargs["image_size"] = tuple(kwargs["image_size"])
+        kwargs.setdefault("resampler", "pillow")  # what datasets without the key were resized with
         return cls(**kwargs)
 
 
@@ -95,8 +119,61 @@ def _disk(radius: int) -> np.ndarray:
     return disk(radius)
 
 
+def _filter(x: np.ndarray, interpolation: str) -> np.ndarray:
+    x = np.abs(x)
+    if interpolation == "bilinear":
+        return np.where(x < 1.0, 1.0 - x, 0.0)
+    a = -0.5  # Pillow's bicubic, term for term
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _resample_axis1(image: np.ndarray, out_size: int, interpolation: str) -> np.ndarray:
+    """One of Pillow's passes: axis 1 of an int64 `[rows, n]` image resampled to `out_size`.
+
+    Pillow's `precompute_coeffs` and `normalize_coeffs_8bpc` in float64, in
+    its order of operations (the weight sum one tap after another), then the
+    fixed-point sums. `cxrdata.graph_preprocess` does the same in TensorFlow.
+    """
+    in_size = image.shape[1]
+    scale = float(in_size) / float(out_size)
+    filterscale = max(scale, 1.0)
+    support = _SUPPORTS[interpolation] * filterscale
+    ksize = int(np.ceil(support)) * 2 + 1
+    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    ss = 1.0 / filterscale
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C's (int): toward 0
+    xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
+    taps = np.arange(ksize)
+    position = (xmin[:, None] + taps[None, :]).astype(np.float64) - center[:, None] + 0.5
+    weights = np.where(taps[None, :] < xmax[:, None], _filter(position * ss, interpolation), 0.0)
+    total = np.zeros(out_size)
+    for i in range(ksize):
+        total = total + weights[:, i]
+    weights = np.where(total[:, None] != 0.0, weights / np.where(total == 0.0, 1.0, total)[:, None], weights)
+    fixed = weights * float(1 << _PRECISION_BITS)
+    fixed = np.where(weights < 0, fixed - 0.5, fixed + 0.5).astype(np.int64)
+    index = np.minimum(xmin[:, None] + taps[None, :], in_size - 1)
+    sums = np.einsum("rok,ok->ro", image[:, index], fixed) + (1 << (_PRECISION_BITS - 1))
+    return np.clip(sums >> _PRECISION_BITS, 0, 255)
+
+
+def _resize_exact(image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """Pillow's two-pass resize of a 2-D uint8 image to `size` `(height, width)`, horizontal first."""
+    height, width = size
+    x = image.astype(np.int64)
+    if x.shape[1] != width:
+        x = _resample_axis1(x, width, interpolation)
+    if x.shape[0] != height:
+        x = _resample_axis1(x.T, height, interpolation).T
+    return np.ascontiguousarray(x.astype(np.uint8))
+
+
 def resize(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """Resizes a 2-D uint8 image to `config.image_size` with `config.aspect`."""
+    if config.resampler == "cxrdata":
+        return _resize_cxrdata(image, config)
     height, width = config.image_size
     h, w = image.shape
     resample = INTERPOLATIONS[config.interpolation]
@@ -116,6 +193,26 @@ def resize(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     if pil.size != (width, height):
         pil = pil.resize((width, height), resample=resample)
     return np.array(pil)
+
+
+def _resize_cxrdata(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """`resize` with `resampler="cxrdata"`: the same crop, pad and rounding, the exact resampler."""
+    height, width = config.image_size
+    h, w = image.shape
+    if config.aspect == "crop":
+        scale = min(h / height, w / width)
+        ch, cw = round(height * scale), round(width * scale)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        image = image[top : top + ch, left : left + cw]
+    elif config.aspect == "pad":
+        scale = min(height / h, width / w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        inner = _resize_exact(image, (nh, nw), config.interpolation)
+        canvas = np.zeros((height, width), np.uint8)
+        top, left = (height - nh) // 2, (width - nw) // 2
+        canvas[top : top + nh, left : left + nw] = inner
+        return canvas
+    return _resize_exact(image, (height, width), config.interpolation)
 
 
 def equalize(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:

@@ -69,6 +69,14 @@ def register(subparsers) -> None:
         action="store_true",
         help="resize inside the model when --image-size differs from the dataset's",
     )
+    p.add_argument(
+        "--equalize-in-model",
+        type=int,
+        default=None,
+        metavar="RADIUS",
+        help="equalize inside the model (cxrdata.LocalEqualization(RADIUS), before augmentation, on the "
+        "device); the dataset must be converted with --equalize none",
+    )
     p.add_argument("--seed", type=int, default=0, help="default: 0")
     p.add_argument(
         "--strategy",
@@ -150,6 +158,7 @@ def _train(args) -> int:
         balance=args.balance,
         image_size=args.image_size,
         resize_in_model=args.resize_in_model,
+        equalize_in_model=args.equalize_in_model,
         seed=args.seed,
         overwrite=args.overwrite,
         strategy=args.strategy,

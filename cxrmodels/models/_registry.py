@@ -170,6 +170,7 @@ def create_model(
     num_classes: int = 2,
     weights: str | os.PathLike | None = None,
     augment: keras.layers.Layer | None = None,
+    equalize: keras.layers.Layer | None = None,
     **kwargs,
 ) -> keras.Model:
     """Builds a registered model.
@@ -190,6 +191,11 @@ def create_model(
             `keras.applications` `.h5` backbone file. Defaults to `None`.
         augment: A Keras layer applied right at the input in training, for
             example `cxrdata.RandomAffine(...)`. Defaults to `None`.
+        equalize: A Keras layer applied to the uint8 input before `augment`,
+            in training and inference, for example
+            `cxrdata.LocalEqualization(70)` for a dataset converted with
+            `equalize="none"`: the equalization then runs on the device and
+            travels with the saved model. Defaults to `None`.
         **kwargs: The model's own options; see `model_options(name)`.
 
     Returns:
@@ -213,6 +219,17 @@ def create_model(
     if unknown:
         raise TypeError(
             f"Model {name!r} got unexpected options {unknown}. " f"Accepted options: {sorted(accepted)}."
+        )
+    if equalize is not None:
+        if not isinstance(equalize, keras.layers.Layer):
+            raise TypeError(
+                "`equalize` must be None or a Keras layer (for example "
+                f"`cxrdata.LocalEqualization(70)`). Received: equalize={equalize!r}"
+            )
+        # Equalize first, then augment: the order of the CPU path (convert, then warp).
+        layers = [equalize] + ([augment] if augment is not None else [])
+        augment = keras.Sequential(
+            [keras.Input(shape=tuple(input_shape), dtype="uint8"), *layers], name="equalize_augment"
         )
     return fn(input_shape=input_shape, num_classes=num_classes, weights=weights, augment=augment, **kwargs)
 

@@ -4,24 +4,24 @@ Both formats get `cxr.json` beside the model: the class names, the positive
 class, the model's input shape and the preprocessing the training images had
 (see `cxrmodels.training.run_dir.sidecar`).
 
-The SavedModel's serving signature takes encoded image bytes. What it does to
-them, and what it does not:
+The SavedModel's `serving_default` signature takes the bytes of raw PNG or
+JPEG files of any size, as a clinic's system would send them, and applies the
+whole preprocessing of the run's training set inside the graph
+(`cxrdata.graph_preprocess`): decode (JPEG with libjpeg's integer IDCT, as
+Pillow), grayscale (Pillow's integer luma), resize with the dataset's
+`image_size`, `aspect` and filter (the converter's exact resampler), then
+`cxrdata.LocalEqualization(radius)` when the dataset was equalized with
+`equalize="local"`; a run that equalizes inside its model needs nothing more.
+Its probabilities are those of `cxr predict` on the same files. Not
+reproduced in the graph: EXIF orientation (a JPEG whose EXIF says "rotated" is
+used as stored), DICOM, and other formats. A run whose preprocessing the graph
+cannot reproduce exactly (`equalize` "clahe" or "global", filters "nearest"
+or "lanczos", or a dataset resized by Pillow before cxrdata recorded its
+`resampler`) is refused with a ValueError.
 
-* decodes PNG or JPEG with `tf.io.decode_image` (the first frame of a GIF;
-  8-bit: a 16-bit PNG is truncated to its high byte, and JPEG EXIF
-  orientation is ignored);
-* converts to grayscale with Pillow's integer ITU-R 601 luma, as
-  `cxrdata.decode_image` does (alpha dropped);
-* resizes to the model's input with bilinear interpolation (antialiased),
-  only when the size differs: this approximates the converter's Pillow resize
-  and always stretches (no "crop" or "pad" aspect handling);
-* does NOT equalize. The training images were equalized by the converter
-  (`equalize` in `cxr.json`; "local" is a scikit-image rank filter, with no
-  TensorFlow op), so the signature expects images that are already
-  preprocessed like the training set: run `cxrdata.decode_image` and
-  `cxrdata.preprocess_image` with the sidecar's preprocessing (or use
-  `cxr predict`) and send the result as PNG. Images preprocessed that way
-  already have the model's size, so then nothing is approximated.
+`predict_images` takes uint8 pixels as they are stored in the run's dataset
+(`cxrdata.load` batches): for checking the deployed model against `cxr
+evaluate` on the converted shards, without decoding anything.
 """
 
 from __future__ import annotations
@@ -47,10 +47,12 @@ def export(
     a TF SavedModel into `out` (for `tf.saved_model.load` and TF Serving) and
     `out/cxr.json`, with two signatures:
 
-    * `serving_default(image_bytes)`: a `tf.string [None]` batch of PNG or JPEG
-      files, already preprocessed like the training set (equalized; see the
-      module docstring for what the signature does and does not do), and
-    * `predict_images(images)`: uint8 pixels `[None, height, width, channels]`.
+    * `serving_default(image_bytes)`: a `tf.string [None]` batch of raw PNG or
+      JPEG files of any size; the graph decodes, converts to gray, resizes
+      and equalizes them as the training set was (see the module docstring),
+      and
+    * `predict_images(images)`: uint8 pixels `[None, height, width, channels]`
+      as stored in the run's dataset.
 
     Both return `probabilities` (float32 `[None, num_classes]`) and
     `class_names` (a constant `tf.string [num_classes]`).
@@ -67,7 +69,8 @@ def export(
     Raises:
         FileNotFoundError: `run_dir` is not a training run.
         FileExistsError: `out` is not empty and `overwrite` is False.
-        ValueError: An unknown `format`.
+        ValueError: An unknown `format`, or (savedmodel) a preprocessing the
+            graph cannot reproduce exactly.
 
     Example:
         >>> export("runs/a", "serving/cxr/1", format="savedmodel")  # doctest: +SKIP
@@ -79,6 +82,18 @@ def export(
         raise ValueError(f"`format` must be one of {', '.join(FORMATS)}. Received: format={format!r}")
     out = os.fspath(out)
     config = _run.read_config(run_dir)
+    if format == "savedmodel":
+        from cxrdata.graph_preprocess import check_graph_preprocessing
+        from cxrdata.preprocess import PreprocessConfig
+
+        try:
+            check_graph_preprocessing(PreprocessConfig.from_dict(config["preprocessing"]))
+        except ValueError as e:
+            raise ValueError(
+                f"The run {os.fspath(run_dir)!r} cannot be exported as a self-contained SavedModel: {e}. "
+                "Export it with format='keras' (--format keras), or retrain on a dataset converted "
+                "by this version with --interpolation bilinear and --equalize local or none."
+            ) from None
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
         raise FileExistsError(
             f"{out!r} already exists and is not empty. Choose a new folder, or pass "
@@ -115,8 +130,14 @@ def _write_savedmodel(model, config: dict, path: str) -> None:
     import keras
     import tensorflow as tf
 
+    from cxrdata.graph_preprocess import preprocess_bytes
+    from cxrdata.layers.local_equalization import LocalEqualization
+    from cxrdata.preprocess import PreprocessConfig
+
     height, width, channels = (int(d) for d in config["model"]["input_shape"])
     class_names = [str(c) for c in config["class_names"]]
+    preprocessing = PreprocessConfig.from_dict(config["preprocessing"])
+    equalizer = LocalEqualization(preprocessing.radius) if preprocessing.equalize == "local" else None
 
     def predict_images(images):
         return {
@@ -126,10 +147,12 @@ def _write_savedmodel(model, config: dict, path: str) -> None:
 
     def serving_default(image_bytes):
         images = tf.map_fn(
-            lambda data: _decode(data, height, width),
+            lambda data: preprocess_bytes(data, preprocessing),
             image_bytes,
             fn_output_signature=tf.TensorSpec([height, width, 1], tf.uint8),
         )
+        if equalizer is not None:
+            images = equalizer(images)
         if channels == 3:
             images = tf.image.grayscale_to_rgb(images)
         return predict_images(images)
@@ -147,27 +170,3 @@ def _write_savedmodel(model, config: dict, path: str) -> None:
         input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")],
     )
     archive.write_out(path, verbose=False)
-
-
-def _decode(data, height: int, width: int):
-    """One encoded image to grayscale uint8 `[height, width, 1]` (see the module docstring)."""
-    import tensorflow as tf
-
-    image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
-
-    def luma():  # Pillow's convert("L"): (19595 R + 38470 G + 7471 B + 2^15) >> 16
-        rgb = tf.cast(image[..., :3], tf.int32)
-        y = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 32768) // 65536
-        return tf.cast(y, tf.uint8)[..., None]
-
-    gray = tf.cond(tf.shape(image)[-1] >= 3, luma, lambda: image[..., :1])
-    size = tf.shape(gray)[:2]
-
-    def resize():
-        resized = tf.image.resize(
-            tf.cast(gray, tf.float32), [height, width], method="bilinear", antialias=True
-        )
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-
-    same = tf.logical_and(tf.equal(size[0], height), tf.equal(size[1], width))
-    return tf.ensure_shape(tf.cond(same, lambda: gray, resize), [height, width, 1])

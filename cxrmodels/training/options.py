@@ -188,6 +188,7 @@ def check_train_args(
     resize_in_model,
     seed,
     strategy,
+    equalize_in_model=None,
     model_kwargs,
     augment_strength,
     patience,
@@ -221,6 +222,12 @@ def check_train_args(
         check_choice("balance", balance, BALANCE_MODES)
     if not isinstance(resize_in_model, bool):
         raise TypeError(f"`resize_in_model` must be a bool. Received: resize_in_model={resize_in_model!r}")
+    equalize_in_model = check_int("equalize_in_model", equalize_in_model, minimum=1, allow_none=True)
+    if equalize_in_model is not None and augment == "cpu":
+        raise ValueError(
+            "`equalize_in_model` equalizes inside the model, so augmentation must run there too, after "
+            "it: pass augment='gpu' (--augment gpu) or 'none'. Received: augment='cpu'"
+        )
     policy = shared.policy
     strategy_obj, strategy_name = _strategy(strategy)
     return {
@@ -235,6 +242,7 @@ def check_train_args(
         "balance": balance,
         "image_size": _image_size(image_size),
         "resize_in_model": resize_in_model,
+        "equalize_in_model": equalize_in_model,
         "seed": shared.seed,
         "strategy": strategy_name,
         "strategy_obj": strategy_obj,

@@ -78,6 +78,7 @@ def train(
     balance: str = "none",
     image_size: int | tuple[int, int] | None = None,
     resize_in_model: bool = False,
+    equalize_in_model: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
     strategy=None,
@@ -124,6 +125,13 @@ def train(
             `keras.layers.Resizing` at the model's input (which then takes the
             dataset's size). Without it such a mismatch is a ValueError.
             Defaults to False.
+        equalize_in_model: A disk radius: put `cxrdata.LocalEqualization(radius)`
+            at the model's input, before the augmentation, so the equalization
+            runs on the device and is part of the saved model (predict,
+            evaluate and export then feed it unequalized images, as the
+            dataset holds them). The dataset must be converted with
+            `equalize="none"`. Recorded in `config.json` as
+            `model.equalize_in_model`. Defaults to None (no equalization in the model).
         seed: Seeds Keras, the pipeline's shuffling and the augmentation.
             Defaults to 0.
         overwrite: Replace a run already in `out`. Defaults to False.
@@ -170,6 +178,7 @@ def train(
         balance=balance,
         image_size=image_size,
         resize_in_model=resize_in_model,
+        equalize_in_model=equalize_in_model,
         seed=seed,
         strategy=strategy,
         model_kwargs=model_kwargs,
@@ -198,6 +207,13 @@ def train(
             f"Model {opts['model']!r} got unexpected options {unknown}. "
             f"Accepted options: {sorted(model_options(opts['model']))}."
         )
+    if opts["equalize_in_model"] is not None and manifest.preprocessing.get("equalize") != "none":
+        raise ValueError(
+            f"The dataset {dataset_dir!r} is already equalized (equalize="
+            f"{manifest.preprocessing.get('equalize')!r}); equalizing again in the model would do it twice. "
+            f"Convert with --equalize none (equalize='none') to equalize in the model. Received: "
+            f"equalize_in_model={opts['equalize_in_model']}"
+        )
     model_shape, data_shape = input_shapes(
         manifest.image_shape, opts["image_size"], resize_in_model=opts["resize_in_model"]
     )
@@ -215,6 +231,7 @@ def train(
             "input_shape": list(data_shape),
             "image_size": list(model_shape[:2]),
             "resize_in_model": data_shape != model_shape,
+            "equalize_in_model": opts["equalize_in_model"],
             "num_classes": k,
         },
         "class_names": list(manifest.class_names),
@@ -342,8 +359,18 @@ def _build_model(opts, model_shape, data_shape, num_classes, aug) -> keras.Model
     kwargs = dict(opts["model_kwargs"])
     if "filters" in kwargs:
         kwargs["filters"] = tuple(kwargs["filters"])
+    equalize = None
+    if opts.get("equalize_in_model") is not None:
+        from cxrdata.layers.local_equalization import LocalEqualization
+
+        equalize = LocalEqualization(opts["equalize_in_model"], name="local_equalization")
     return create_model(
-        opts["model"], input_shape=tuple(data_shape), num_classes=num_classes, augment=front, **kwargs
+        opts["model"],
+        input_shape=tuple(data_shape),
+        num_classes=num_classes,
+        augment=front,
+        equalize=equalize,
+        **kwargs,
     )
 
 

@@ -131,30 +131,81 @@ def test_gradcam_matches_the_textbook_recipe_also_inside_a_nested_model():
 # --- export -------------------------------------------------------------------------------------
 
 
-def test_savedmodel_serves_png_bytes_like_the_model(trained_run, model, test_batch, tmp_path):
-    import tensorflow as tf
+SERVE_SCRIPT = """
+import json, sys
+import tensorflow as tf
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+files = [open(p, "rb").read() for p in sys.argv[2:]]
+probs = serve(image_bytes=tf.constant(files))["probabilities"].numpy()
+assert not any(m.split(".")[0] in ("cxrdata", "cxrmodels") for m in sys.modules), "library imported"
+print(json.dumps(probs.tolist()))
+"""
+
+
+def _raw_files(realdata, folder) -> list[str]:
+    """Raw radiographs of three sizes other than the model's 64x64, as PNG (gray, RGB) and JPEG."""
+    source = Image.open(sorted((realdata / "png").glob("*/*.png"))[0]).convert("L")
+    paths = []
+    for i, (w, h) in enumerate([(97, 80), (150, 173), (301, 256)]):
+        gray = source.resize((w, h), Image.Resampling.BILINEAR)
+        rgb = Image.merge("RGB", [gray, gray.point(lambda v: v * 0.9), gray.point(lambda v: 255 - v // 3)])
+        for image, ext, kwargs in [(gray, "png", {}), (rgb, "png", {}), (gray, "jpg", {"quality": 90})]:
+            path = folder / f"raw{i}-{image.mode}.{ext}"
+            image.save(path, **kwargs)
+            paths.append(str(path))
+        rgb.save(folder / f"raw{i}-rgb.jpg", quality=85)
+        paths.append(str(folder / f"raw{i}-rgb.jpg"))
+    return paths
+
+
+def test_savedmodel_turns_raw_png_and_jpeg_bytes_into_cxr_predicts_probabilities(
+    trained_run, realdata, tmp_path
+):
+    """In a fresh process without this library, raw files of other sizes give `cxr predict`'s output."""
+    import subprocess
+    import sys
 
     out = export(trained_run, tmp_path / "sm", format="savedmodel")
-    assert (tmp_path / "sm" / "saved_model.pb").is_file() and out == str(tmp_path / "sm")
     sidecar = json.loads((tmp_path / "sm" / "cxr.json").read_text())
     assert sidecar["class_names"] == ["COVID", "Normal"] and sidecar["input_shape"] == [64, 64, 1]
     assert sidecar["preprocessing"]["equalize"] == "local"
+    paths = _raw_files(realdata, tmp_path)
+    expected = np.array(
+        [[r["probabilities"][c] for c in ("COVID", "Normal")] for r in predict(trained_run, paths)]
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE_SCRIPT, out, *paths], capture_output=True, text=True, env=env, cwd=root
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    served = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
 
-    pixels = test_batch[0]
-    expected = model.predict(pixels, verbose=0)
-    loaded = tf.saved_model.load(out)
-    result = loaded.signatures["serving_default"](image_bytes=tf.constant([_png(p) for p in pixels]))
-    assert result["probabilities"].dtype == tf.float32
-    np.testing.assert_allclose(result["probabilities"].numpy(), expected, atol=1e-5)
-    assert [c.decode() for c in result["class_names"].numpy()] == ["COVID", "Normal"]
-    direct = loaded.signatures["predict_images"](images=tf.constant(pixels))
-    np.testing.assert_allclose(direct["probabilities"].numpy(), expected, atol=1e-5)
 
-    # RGB PNGs are turned to gray as the converter does (equal channels: the same gray).
-    rgb = io.BytesIO()
-    Image.fromarray(np.repeat(pixels[0], 3, axis=-1), mode="RGB").save(rgb, format="PNG")
-    result = loaded.signatures["serving_default"](image_bytes=tf.constant([rgb.getvalue()]))
-    np.testing.assert_allclose(result["probabilities"].numpy(), expected[:1], atol=1e-5)
+def test_savedmodel_predict_images_takes_the_datasets_pixels(trained_run, model, test_batch, tmp_path):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(export(trained_run, tmp_path / "sm", format="savedmodel"))
+    direct = loaded.signatures["predict_images"](images=tf.constant(test_batch[0]))
+    np.testing.assert_allclose(
+        direct["probabilities"].numpy(), model.predict(test_batch[0], verbose=0), atol=1e-5
+    )
+    assert [c.decode() for c in direct["class_names"].numpy()] == ["COVID", "Normal"]
+
+
+def test_savedmodel_export_refuses_a_preprocessing_the_graph_cannot_reproduce(trained_run, tmp_path):
+    config = json.loads((trained_run / "config.json").read_text())
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in os.listdir(trained_run):
+        if os.path.isfile(trained_run / name):
+            (run / name).write_bytes((trained_run / name).read_bytes())
+    config["preprocessing"]["equalize"] = "clahe"
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="cannot be exported as a self-contained SavedModel.*equalize"):
+        export(run, tmp_path / "sm", format="savedmodel")
+    assert not (tmp_path / "sm").exists()
 
 
 def test_keras_export_reloads_with_identical_predictions(trained_run, model, test_batch, tmp_path):
