@@ -167,7 +167,7 @@ def gradcam(model, images, *, class_index=None, layer_name: str | None = None) -
     """
     import tensorflow as tf
 
-    from cxrmodels.models._registry import last_conv_layer_name
+    from cxrmodels.models import last_conv_layer_name
 
     grad_model = _feature_model(model, (layer_name or last_conv_layer_name(model)).split("/"))
     x = tf.convert_to_tensor(images)

@@ -188,7 +188,7 @@ def train(
     )
     import cxrdata
     from cxrmodels.evaluation.clinical import positive_class_index
-    from cxrmodels.models._registry import model_options
+    from cxrmodels.models import model_options
 
     dataset_dir = os.fspath(dataset_dir)
     out = os.fspath(out)
@@ -348,7 +348,7 @@ def _make_strategy(strategy):
 
 
 def _build_model(opts, model_shape, data_shape, num_classes, aug) -> keras.Model:
-    from cxrmodels.models._registry import create_model
+    from cxrmodels.models import create_model
 
     front = aug
     if data_shape != model_shape:

@@ -122,7 +122,7 @@ class CXRHyperModel(kt.HyperModel):
         name: str | None = None,
     ):
         from cxrmodels.evaluation.clinical import positive_class_index
-        from cxrmodels.models._registry import model_options
+        from cxrmodels.models import model_options
         from cxrmodels.models.inputs import check_input_shape, check_num_classes
         from cxrmodels.training.options import SharedOptions
 
@@ -209,7 +209,7 @@ class CXRHyperModel(kt.HyperModel):
 
     def _compiled_model(self, values: dict[str, Any]) -> keras.Model:
         from cxrmodels.evaluation.keras_metrics import default_metrics
-        from cxrmodels.models._registry import create_model
+        from cxrmodels.models import create_model
 
         previous = keras.config.dtype_policy()
         try:
