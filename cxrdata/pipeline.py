@@ -66,7 +66,7 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
          augment: keras.layers.Layer | None = None, label_mode: str = "categorical",
          balance: str | None = None, cache: str | os.PathLike | None = None,
          deterministic: bool | None = None, drop_remainder: bool = False,
-         service: str | None = None) -> tf.data.Dataset:
+         service: str | None = None, with_masks: bool = False) -> tf.data.Dataset:
     """Loads one split of a converted dataset as batches of `(images, labels)`.
 
     Args:
@@ -99,11 +99,18 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
             workers run the reading, parsing and augmentation
             (`processing_mode="parallel_epochs"`: each worker yields every
             record once per epoch). Defaults to None (this process does it).
+        with_masks: also yield each image's lung mask (see `cxr convert`'s
+            masks): batches become `(images, labels, masks)`, masks uint8
+            `[batch, height, width, 1]` of 0 and 1, all 0 for a record without a
+            mask. Not for `Model.fit`, which would take the masks for sample
+            weights; `augment`, `balance` and `cache` are refused with it.
+            Defaults to False.
 
     Returns:
-        A `tf.data.Dataset` of `(images, labels)`: images uint8
-        `[batch, height, width, channels]`. Under a `tf.distribute` strategy it
-        shards by file (by record when there are fewer files than workers).
+        A `tf.data.Dataset` of `(images, labels)` (`(images, labels, masks)`
+        with `with_masks`): images uint8 `[batch, height, width, channels]`.
+        Under a `tf.distribute` strategy it shards by file (by record when
+        there are fewer files than workers).
 
     Raises:
         ValueError: an argument is invalid or the split does not exist.
@@ -118,7 +125,16 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
     _check_args(batch_size=batch_size, seed=seed, augment=augment, label_mode=label_mode,
                 balance=balance, cache=cache, deterministic=deterministic)
     _service.check_service(service)
+    if not isinstance(with_masks, bool):
+        raise TypeError(f"`with_masks` must be True or False. Received: with_masks={with_masks!r}")
+    if with_masks and (augment is not None or balance not in (None, "none") or cache is not None):
+        raise ValueError("`with_masks=True` reads images with their masks as stored: it takes no `augment`, "
+                         f"`balance` or `cache`. Received: augment={augment!r}, balance={balance!r}, "
+                         f"cache={cache!r}")
     plan = _plan(dataset_dir, split)
+    if with_masks:
+        return _with_masks(plan, split, batch_size=batch_size, shuffle=shuffle, seed=seed, repeat=repeat,
+                           label_mode=label_mode, deterministic=deterministic, drop_remainder=drop_remainder)
 
     n = plan.num_examples
     steps = n // batch_size if drop_remainder else math.ceil(n / batch_size)
@@ -166,6 +182,39 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     else:
         options.experimental_distribute.auto_shard_policy = _shard_policy(len(plan.paths), split)
+    return ds.prefetch(AUTOTUNE).with_options(options)
+
+
+def _with_masks(plan: _Plan, split: str, *, batch_size, shuffle, seed, repeat, label_mode, deterministic,
+                drop_remainder) -> tf.data.Dataset:
+    """Batches of `(images, labels, masks)`, each record parsed on its own (masks are optional)."""
+    spec = {k: feature_spec()[k] for k in ("image", "label", "mask")}
+    shape, num_classes = plan.image_shape, plan.num_classes
+
+    def parse(serialized):
+        f = tf.io.parse_single_example(serialized, spec)
+        if plan.encoding == "png":
+            image = tf.io.decode_png(f["image"], channels=shape[2])
+        else:
+            image = tf.reshape(tf.io.decode_raw(f["image"], tf.uint8), shape)
+        mask = tf.cond(tf.strings.length(f["mask"]) > 0,
+                       lambda: tf.io.decode_png(f["mask"], channels=1),
+                       lambda: tf.zeros([*shape[:2], 1], tf.uint8))
+        mask = tf.cast(tf.ensure_shape(mask, [*shape[:2], 1]) > 127, tf.uint8)
+        label = f["label"]
+        if label_mode == "categorical":
+            label = tf.one_hot(label, num_classes, dtype=tf.float32)
+        else:
+            label = tf.cast(label, tf.int32)
+        return tf.ensure_shape(image, shape), label, mask
+
+    ds = _read(plan, shuffle=shuffle, deterministic=deterministic, seed=seed, repeat=repeat)
+    if shuffle:
+        ds = ds.shuffle(_buffer_size(plan, False, plan.num_examples), seed=seed)
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = _shard_policy(len(plan.paths), split)
     return ds.prefetch(AUTOTUNE).with_options(options)
 
 

@@ -12,6 +12,8 @@ Each record is a `tf.train.Example` with these features:
 | group      | bytes  | patient / group id ("" when none was given)          |
 | path       | bytes  | source path relative to the conversion's SRC         |
 | sha256     | bytes  | hex SHA-256 of the source file's bytes               |
+| mask       | bytes  | optional: the lung mask, a PNG of 0 and 255, the     |
+|            |        | image's size; absent when the image has none         |
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def feature_spec() -> dict[str, tf.io.FixedLenFeature]:
     """The spec that `tf.io.parse_example` takes for these records."""
     s, i = tf.io.FixedLenFeature([], tf.string), tf.io.FixedLenFeature([], tf.int64)
     return {"image": s, "height": i, "width": i, "label": i,
-            "class_name": s, "group": s, "path": s, "sha256": s}
+            "class_name": s, "group": s, "path": s, "sha256": s,
+            "mask": tf.io.FixedLenFeature([], tf.string, default_value="")}
 
 
 def _bytes(v: bytes) -> tf.train.Feature:
@@ -43,14 +46,16 @@ def _int(v: int) -> tf.train.Feature:
 
 
 def serialize_example(*, image: bytes, height: int, width: int, label: int, class_name: str,
-                      group: str = "", path: str = "", sha256: str = "") -> bytes:
-    """Serializes one record (see the module docstring for the schema)."""
+                      group: str = "", path: str = "", sha256: str = "", mask: bytes = b"") -> bytes:
+    """Serializes one record (see the module docstring for the schema); `mask` only when given."""
     feature = {
         "image": _bytes(image), "height": _int(height), "width": _int(width),
         "label": _int(label), "class_name": _bytes(class_name.encode()),
         "group": _bytes(group.encode()), "path": _bytes(path.encode()),
         "sha256": _bytes(sha256.encode()),
     }
+    if mask:
+        feature["mask"] = _bytes(mask)
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -63,6 +68,7 @@ def parse_record(serialized: bytes) -> dict:
         out[k] = f.int64_list.value[0] if f.HasField("int64_list") else f.bytes_list.value[0]
     for k in ("class_name", "group", "path", "sha256"):
         out[k] = out[k].decode()
+    out["mask"] = ex["mask"].bytes_list.value[0] if "mask" in ex else b""
     return out
 
 

@@ -35,6 +35,7 @@ _EXPORTS = {
     "Specificity": "cxrmodels.evaluation.keras_metrics",
     "evaluate_predictions": "cxrmodels.evaluation.clinical",
     "evaluate": "cxrmodels.evaluation.evaluator",
+    "audit": "cxrmodels.evaluation.shortcut_audit",
     "predict": "cxrmodels.serving.prediction",
     "gradcam": "cxrmodels.serving.prediction",
     "export": "cxrmodels.serving.exporting",
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see
     from cxrmodels import evaluation, models, serving, training, tuning
     from cxrmodels.evaluation.clinical import evaluate_predictions
     from cxrmodels.evaluation.evaluator import evaluate
+    from cxrmodels.evaluation.shortcut_audit import audit
     from cxrmodels.evaluation.keras_metrics import Specificity
     from cxrmodels.models._registry import (
         create_model,

@@ -15,7 +15,8 @@ import importlib
 import os
 import sys
 
-COMMAND_MODULES = ("cxrmodels.cli.data", "cxrmodels.cli.bench", "cxrmodels.cli.models", "cxrmodels.cli.tuning")
+COMMAND_MODULES = ("cxrmodels.cli.data", "cxrmodels.cli.bench", "cxrmodels.cli.models", "cxrmodels.cli.tuning",
+                   "cxrmodels.cli.auditing")
 
 EPILOG = """\
 typical session:

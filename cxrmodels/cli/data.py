@@ -13,7 +13,8 @@ def register(subparsers) -> None:
     p = add_command(subparsers, "synth", func=_synth,
                     help="Write a folder tree of synthetic CXR-like phantoms (no download needed).",
                     examples="  cxr synth phantoms/ --per-class 200 --image-size 299\n"
-                             "  cxr synth kermany-like/ --layout splits --classes NORMAL PNEUMONIA")
+                             "  cxr synth kermany-like/ --layout splits --classes NORMAL PNEUMONIA\n"
+                             "  cxr synth shortcut/ --masks --shortcut marker --shortcut-strength 0.9")
     p.add_argument("out", help="folder to write")
     p.add_argument("--classes", nargs="+", default=["COVID", "Normal"], help="class folders (default: COVID Normal)")
     p.add_argument("--per-class", type=int, default=100, help="images per class (default: 100)")
@@ -21,12 +22,22 @@ def register(subparsers) -> None:
     p.add_argument("--layout", choices=["classes", "splits"], default="classes")
     p.add_argument("--patients", type=int, default=None, help="images per patient (default: one each)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--masks", action="store_true",
+                   help="write lung masks, Kaggle layout: CLASS/images/ and CLASS/masks/")
+    p.add_argument("--shortcut", choices=["marker", "brightness", "border"], default=None,
+                   help="plant a class-correlated cue outside the lungs (corner label, global brightness, "
+                        "bright frame)")
+    p.add_argument("--shortcut-strength", type=float, default=1.0,
+                   help="0 (cue independent of the class) to 1 (cue on every disease image, no normal one); "
+                        "default: 1")
 
     p = add_command(subparsers, "convert", func=_convert,
                     help="Convert an image folder or CSV into equalized, sharded TFRecords.",
                     examples="  cxr convert COVID-19_Radiography_Dataset/ data/\n"
                              "  cxr convert chest_xray/ data/ --image-size 224 --equalize clahe\n"
                              "  cxr convert images/ data/ --labels labels.csv --group-by patient\n"
+                             "  cxr convert images/ data/ --labels labels.csv --group-by source --test-groups A,B\n"
+                             "  cxr convert external/ external-data/ --splits 0,0,1   # a test-only dataset\n"
                              "  cxr convert images/ data/ --resume      # finish an interrupted run")
     p.add_argument("src", help="class-folder tree, train/val/test tree, or root of the CSV's paths")
     p.add_argument("out", help="output folder (shards, dataset.json, rejects.csv)")
@@ -49,6 +60,11 @@ def register(subparsers) -> None:
                    help="DICOM to 8 bits: auto = rescale, then the file's VOI LUT or first window, else "
                         "the 0.5-99.5th percentile range; minmax = always that range; none = full "
                         "BitsStored range, as cxr 0.1 (default: auto)")
+    p.add_argument("--masks", metavar="DIR",
+                   help="lung masks in a tree mirroring SRC (default: Kaggle masks/ beside images/, or the "
+                        "CSV's mask column)")
+    p.add_argument("--test-groups", metavar="A,B",
+                   help="groups (--group-by/--group-pattern ids, e.g. sources) sent entirely to the test split")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
     mode.add_argument("--resume", action="store_true", help="finish an interrupted conversion in OUT")
@@ -73,7 +89,8 @@ def _synth(args) -> int:
     from cxrdata.synthetic import write_tree
 
     rows = write_tree(args.out, classes=tuple(args.classes), per_class=args.per_class,
-                      image_size=args.image_size, seed=args.seed, layout=args.layout, patients=args.patients)
+                      image_size=args.image_size, seed=args.seed, layout=args.layout, patients=args.patients,
+                      masks=args.masks, shortcut=args.shortcut, shortcut_strength=args.shortcut_strength)
     print(f"Wrote {len(rows)} phantoms to {args.out}")
     return 0
 
@@ -87,7 +104,8 @@ def _convert(args) -> int:
                      radius=args.radius, interpolation=args.interpolation, splits=args.splits,
                      seed=args.seed, encoding=args.encoding, shard_size=args.shard_size,
                      workers=args.workers, overwrite=args.overwrite, resume=args.resume,
-                     progress=not args.quiet and sys.stderr.isatty(), dicom_window=args.dicom_window)
+                     progress=not args.quiet and sys.stderr.isatty(), dicom_window=args.dicom_window,
+                     masks=args.masks, test_groups=args.test_groups)
     print(result.summary(args.out))
     return 0
 
