@@ -89,7 +89,7 @@ def kind_of(class_name: str) -> str:
 def write_tree(root, *, classes=("COVID", "Normal"), per_class=20, image_size=299, seed: int = 0,
                format: str = "png", layout: str = "classes", splits=(0.7, 0.15, 0.15),
                masks: bool = False, patients: int | None = None, bit_depth: int = 8,
-               shortcut: str | None = None, shortcut_strength: float = 1.0) -> list[dict]:
+               shortcut: str | None = None, shortcut_strength: float = 1.0, severity: float = 1.0) -> list[dict]:
     """Writes a folder tree of phantoms laid out like a public chest X-ray dataset.
 
     Layout "classes" gives `root/<class>/<class>-00001.png`, like the COVID-19
@@ -126,6 +126,8 @@ def write_tree(root, *, classes=("COVID", "Normal"), per_class=20, image_size=29
             probability (1 + strength) / 2, a normal one with (1 - strength) / 2.
             Drawn from its own seeded stream: the films are the same with and
             without a shortcut. Defaults to 1.0.
+        severity: Scales the findings' opacity (1: as `make_phantom`; 0.3: subtle,
+            easily outshone by a shortcut). Defaults to 1.0.
 
     Returns:
         One dict per image written, in writing order: "path" (relative to `root`,
@@ -145,6 +147,8 @@ def write_tree(root, *, classes=("COVID", "Normal"), per_class=20, image_size=29
     classes, counts, shape, ext, splits = _check_tree_args(
         classes, per_class, image_size, seed, format, layout, splits, masks, patients, bit_depth)
     _check_shortcut(shortcut, shortcut_strength)
+    if isinstance(severity, bool) or not isinstance(severity, (int, float)) or not 0 <= severity <= 1:
+        raise ValueError(f"`severity` must be a number from 0 to 1. Received: severity={severity!r}")
     pil_format, suffix = _FORMATS[ext]
     group = 1 if patients is None else patients
     rows, patient_number = [], 0
@@ -163,6 +167,8 @@ def write_tree(root, *, classes=("COVID", "Normal"), per_class=20, image_size=29
             patient_number += 1
             patient_id = f"P{patient_number:05d}"
             anatomy = _sample_anatomy(np.random.default_rng([seed, class_key, p]), kind)
+            if severity != 1:
+                anatomy = _scaled_findings(anatomy, severity)
             folder = name if layout == "classes" else f"{_SPLITS[split_of[p]]}/{name}"
             for j in range(size):
                 number += 1
@@ -242,6 +248,16 @@ def _check_tree_args(classes, per_class, image_size, seed, format, layout, split
     if bit_depth == 16 and _FORMATS[ext][0] != "PNG":
         raise ValueError(f"16-bit images need format='png'. Received: format={format!r}, bit_depth=16")
     return classes, counts, shape, ext, fractions
+
+
+def _scaled_findings(anatomy: dict, severity: float) -> dict:
+    anatomy = dict(anatomy)
+    if "lesion_alpha" in anatomy:
+        anatomy["lesion_alpha"] *= severity
+    if "consolidation" in anatomy:
+        *rest, alpha = anatomy["consolidation"]
+        anatomy["consolidation"] = (*rest, alpha * severity)
+    return anatomy
 
 
 def _check_shortcut(shortcut, strength) -> None:

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-blanked-auc", type=float, default=None, metavar="AUC",
                    help="flag when the lungs-blanked AUC reaches this (default: 0.7)")
     p.add_argument("--min-lung-share", type=float, default=None, metavar="SHARE",
-                   help="flag when the median Grad-CAM share inside the lungs is below this (default: 0.5)")
+                   help="flag when the median Grad-CAM share inside the lungs is below this multiple of the "
+                        "lungs' share of the image (default: 1.0)")
     p.add_argument("--max-external-drop", type=float, default=None, metavar="AUC",
                    help="flag when internal AUC - external AUC exceeds this (default: 0.05)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: RUN/audit/DATASET-SPLIT)")

@@ -44,8 +44,7 @@ def plot_audit(report: dict, data: dict, *, path: str | os.PathLike) -> str:
             if len(s):
                 ax.hist(s, bins=np.linspace(0, 1, 21), alpha=0.55, color=f"C{c}", label=f"{name} (n={len(s)})")
         ax.axvline(share["lung_area"], ls=":", c="k", label=f"lung area {share['lung_area']:.2f}")
-        ax.axvline(report["thresholds"]["lung_share"], ls="--", c="C3",
-                   label=f"flag below {report['thresholds']['lung_share']:.2f}")
+        ax.axvline(share["cutoff"], ls="--", c="C3", label=f"flag below {share['cutoff']:.2f}")
         ax.set(xlim=(0, 1), xlabel="share of Grad-CAM energy inside the lungs", ylabel="images",
                title=f"Grad-CAM inside the lungs: median {share['median']:.2f}")
         ax.legend(fontsize=8)
@@ -54,7 +53,7 @@ def plot_audit(report: dict, data: dict, *, path: str | os.PathLike) -> str:
     for i, (image, cam, mask, label) in enumerate(shown):
         ax = fig.add_subplot(grid[1, 2 * i:2 * i + 2])
         gray = np.repeat(image.astype(np.float32)[..., None] / 255.0, 3, axis=-1)
-        ax.imshow(0.6 * gray + 0.4 * jet(np.clip(cam, 0, 1))[..., :3])
+        ax.imshow(np.clip(0.6 * gray + 0.4 * jet(np.clip(cam, 0, 1))[..., :3], 0, 1))
         ax.contour(mask.astype(float), levels=[0.5], colors="w", linewidths=1)
         ax.set_title(f"{report['class_names'][label]}", fontsize=9)
         ax.set_axis_off()

@@ -10,9 +10,11 @@ lung masks (`cxr convert` with masks), the audit measures:
    only: its median lung value), so no intensity from the removed region
    survives and no gray level the image does not hold is introduced. A model
    that still separates the classes with its lungs blanked uses something else;
-2. the share of positive Grad-CAM energy (of the predicted class) inside the
+2. the share of positive Grad-CAM energy inside the
    lung mask, per image, summarised by class, beside the lungs' share of the
-   image (what a map blind to anatomy would give);
+   image (what a map blind to anatomy would give). With two classes the map is
+   the positive (disease) class's, wherever its evidence lies; images with no
+   positive energy for it are left out. With more, the predicted class's;
 3. with an external dataset, the drop from the internal AUC to the external one.
 
 Each check gets a verdict against a documented, overridable threshold
@@ -32,9 +34,11 @@ from cxrdata.utils.io import atomic_write_text
 from cxrmodels.training import run_dir as _run
 
 # lungs_blanked_auc: flagged at or above it (0.5 is chance; 0.7 is "acceptable discrimination", Hosmer-Lemeshow).
-# lung_share: flagged when the median share of Grad-CAM energy inside the lungs is below it.
+# lung_share: flagged when the median share of Grad-CAM energy inside the lungs is below this multiple of the
+#   median lungs' share of the image area (1.0: the evidence is no more in the lungs than a map blind to
+#   anatomy would put there; Grad-CAM maps are coarse, so an absolute share would punish small images).
 # external_drop: flagged when internal AUC - external AUC exceeds it.
-DEFAULT_THRESHOLDS = {"lungs_blanked_auc": 0.7, "lung_share": 0.5, "external_drop": 0.05}
+DEFAULT_THRESHOLDS = {"lungs_blanked_auc": 0.7, "lung_share": 1.0, "external_drop": 0.05}
 AUDIT_DIR = "audit"
 
 
@@ -101,7 +105,10 @@ def audit(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, *, split: 
     model = _run.load_model(run_dir, config)
     class_names = list(config["class_names"])
 
-    data = _predict_variants(model, dataset_dir, split, batch_size=batch_size, examples=examples)
+    from cxrmodels.evaluation.clinical import positive_class_index
+
+    target = positive_class_index(class_names) if len(class_names) == 2 else None
+    data = _predict_variants(model, dataset_dir, split, batch_size=batch_size, examples=examples, target=target)
     checks: dict[str, dict] = {}
     original = _auc(data["y"], data["probs"]["original"], class_names, n_bootstrap)
     with_masks = data["has_mask"]
@@ -170,8 +177,9 @@ def _check_args(split, thresholds, batch_size, n_bootstrap, examples) -> dict:
         raise ValueError(f"`thresholds` takes the keys {sorted(DEFAULT_THRESHOLDS)}. Received: thresholds={thresholds}")
     limits = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     for k, v in limits.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise ValueError(f"`thresholds[{k!r}]` must be a number from 0 to 1. Received: {k}={v!r}")
+        top = 10 if k == "lung_share" else 1
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top:
+            raise ValueError(f"`thresholds[{k!r}]` must be a number from 0 to {top}. Received: {k}={v!r}")
     return {k: float(v) for k, v in limits.items()}
 
 
@@ -198,7 +206,7 @@ def blank(images: np.ndarray, masks: np.ndarray, *, keep: str) -> np.ndarray:
     return out
 
 
-def _predict_variants(model, dataset_dir, split, *, batch_size, examples) -> dict:
+def _predict_variants(model, dataset_dir, split, *, batch_size, examples, target=None) -> dict:
     """Labels, masks, probabilities of the three image variants, Grad-CAM shares and a few examples."""
     import cxrdata
     from cxrmodels.serving.prediction import gradcam
@@ -217,7 +225,7 @@ def _predict_variants(model, dataset_dir, split, *, batch_size, examples) -> dic
                                                  np.float64))
         probs["lungs_only"].append(np.asarray(model.predict_on_batch(blank(images, masks, keep="lungs")),
                                               np.float64))
-        cams = gradcam(model, images)
+        cams = gradcam(model, images, class_index=target)
         inside = (masks[..., 0] > 0)
         total = cams.reshape(len(cams), -1).sum(axis=1)
         within = (cams * inside).reshape(len(cams), -1).sum(axis=1)
@@ -269,14 +277,16 @@ def _share_check(data, class_names, limit) -> dict:
         if len(s):
             by_class[name] = {"n": int(len(s)), "median": float(np.median(s)), "q25": float(np.percentile(s, 25)),
                               "q75": float(np.percentile(s, 75))}
-    median, lung_area = float(np.median(share[valid])), float(np.nanmean(area))
-    flagged = median < limit
-    verdict = (f"Grad-CAM share inside the lungs: median {median:.2f} (lungs cover {lung_area:.2f} of the image; "
-               + ", ".join(f"{k} {v['median']:.2f}" for k, v in by_class.items()) + "): the model's evidence lies "
-               + ("mostly outside the lungs" if flagged else "mostly inside the lungs")
-               + f" (flagged below {limit:.2f})")
+    median, lung_area = float(np.median(share[valid])), float(np.nanmedian(area))
+    cutoff = limit * lung_area
+    flagged = median < cutoff
+    verdict = (f"Grad-CAM share inside the lungs: median {median:.2f} ("
+               + ", ".join(f"{k} {v['median']:.2f}" for k, v in by_class.items())
+               + f"; the lungs cover {lung_area:.2f} of the image): the model's evidence is "
+               + ("no more in the lungs than elsewhere" if flagged else "concentrated in the lungs")
+               + f" (flagged below {cutoff:.2f} = {limit:g} x lung area)")
     return {"status": "flagged" if flagged else "ok", "verdict": verdict, "median": median,
-            "lung_area": lung_area, "by_class": by_class, "n": int(valid.sum()),
+            "lung_area": lung_area, "cutoff": cutoff, "by_class": by_class, "n": int(valid.sum()),
             "per_image": [None if np.isnan(v) else round(float(v), 4) for v in share]}
 
 
