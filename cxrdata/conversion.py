@@ -24,21 +24,21 @@ import shutil
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from cxrdata import __version__
-from cxrdata.utils.io import atomic_write_text, sha256_file
+from cxrdata.dicom import DICOM_WINDOWS, MULTI_FRAME_POLICY
 from cxrdata.manifest import MANIFEST_NAME, REJECTS_NAME, Manifest, ShardInfo, SplitInfo, shard_name
 from cxrdata.preprocess import PreprocessConfig, preprocess_image
-from cxrdata.dicom import DICOM_WINDOWS, MULTI_FRAME_POLICY
 from cxrdata.sources import DecodeError, Source, decode_image, discover
-from cxrdata.utils.argument_validation import check_choice
 from cxrdata.splits import assign_splits, parse_ratios
+from cxrdata.utils.argument_validation import check_choice
+from cxrdata.utils.io import atomic_write_text, sha256_file
 from cxrdata.utils.output_dir import FINISHED, OVERWRITE, check_output_dir, refuse_other_options
 
 PARTIAL_DIR = ".cxr-partial"
@@ -71,9 +71,11 @@ class ConversionResult:
         shards = sum(len(s.shards) for s in self.manifest.splits.values())
         rate = self.num_converted / self.seconds if self.seconds > 0 else 0.0
         masks = sum(s.masks for s in self.manifest.splits.values())
-        line = (f"Converted {self.num_converted} images ({parts}) into {shards} shards in {out} "
-                f"in {self.seconds:.1f}s ({rate:.0f} images/s){f', {masks} with lung masks' if masks else ''}; "
-                f"{len(self.rejects)} rejected")
+        line = (
+            f"Converted {self.num_converted} images ({parts}) into {shards} shards in {out} "
+            f"in {self.seconds:.1f}s ({rate:.0f} images/s){f', {masks} with lung masks' if masks else ''}; "
+            f"{len(self.rejects)} rejected"
+        )
         return line + (f" (see {os.path.join(out, REJECTS_NAME)})" if self.rejects else "")
 
 
@@ -152,10 +154,15 @@ def _check_out(out: str, *, overwrite: bool, resume: bool) -> str:
     if overwrite and resume:
         raise ValueError("Pass at most one of `overwrite` and `resume`.")
     return check_output_dir(
-        out, what="dataset", markers=(MANIFEST_NAME, PARTIAL_DIR), overwrite=overwrite,
+        out,
+        what="dataset",
+        markers=(MANIFEST_NAME, PARTIAL_DIR),
+        overwrite=overwrite,
         finished=lambda p: os.path.exists(os.path.join(p, MANIFEST_NAME))
         and not os.path.exists(os.path.join(p, PARTIAL_DIR)),
-        keep_finished=resume, finished_hint=" Pass --resume (resume=True) to keep it as it is.")
+        keep_finished=resume,
+        finished_hint=" Pass --resume (resume=True) to keep it as it is.",
+    )
 
 
 def _clear_dataset(out: str) -> None:
@@ -178,27 +185,54 @@ def _hash_all(sources: Sequence[Source], workers: int, progress: bool) -> list[s
             return e
 
     with ThreadPoolExecutor(max(2, workers)) as pool:
-        return list(tqdm(pool.map(one, sources), total=len(sources), desc="Hashing", unit="file",
-                         disable=not progress, leave=False))
+        return list(
+            tqdm(
+                pool.map(one, sources),
+                total=len(sources),
+                desc="Hashing",
+                unit="file",
+                disable=not progress,
+                leave=False,
+            )
+        )
 
 
-def _plan_shards(items: list[_Item], config: PreprocessConfig, encoding: str, shard_size_mb: float) -> list[list[_Item]]:
+def _plan_shards(
+    items: list[_Item], config: PreprocessConfig, encoding: str, shard_size_mb: float
+) -> list[list[_Item]]:
     h, w = config.image_size
     per_record = h * w * (0.6 if encoding == "png" else 1.0) + 400
     per_shard = max(1, int(shard_size_mb * 1e6 // per_record))
     count = max(1, math.ceil(len(items) / per_shard))
-    return [items[i * len(items) // count:(i + 1) * len(items) // count] for i in range(count)]
+    return [items[i * len(items) // count : (i + 1) * len(items) // count] for i in range(count)]
 
 
-def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
-            group_by: str | None = None, group_pattern: str | None = None,
-            class_names: Sequence[str] | None = None, image_size: int | tuple[int, int] = 299,
-            aspect: str = "stretch", equalize: str = "local", radius: int = 70, clip_limit: float = 0.01,
-            interpolation: str = "bilinear", splits: str | Sequence[float] = (0.7, 0.15, 0.15),
-            seed: int = 0, encoding: str = "raw", shard_size: float = 100, workers: int | None = None,
-            overwrite: bool = False, resume: bool = False, progress: bool = True,
-            dicom_window: str = "auto", masks: str | os.PathLike | None = None,
-            test_groups: Sequence[str] | str | None = None) -> ConversionResult:
+def convert(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    labels: str | os.PathLike | None = None,
+    group_by: str | None = None,
+    group_pattern: str | None = None,
+    class_names: Sequence[str] | None = None,
+    image_size: int | tuple[int, int] = 299,
+    aspect: str = "stretch",
+    equalize: str = "local",
+    radius: int = 70,
+    clip_limit: float = 0.01,
+    interpolation: str = "bilinear",
+    splits: str | Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    encoding: str = "raw",
+    shard_size: float = 100,
+    workers: int | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    dicom_window: str = "auto",
+    masks: str | os.PathLike | None = None,
+    test_groups: Sequence[str] | str | None = None,
+) -> ConversionResult:
     """Converts a chest X-ray folder tree or CSV into equalized, sharded TFRecords.
 
     Each image is decoded, turned to grayscale, resized to `image_size` and
@@ -261,15 +295,22 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
         >>> print(result.summary("data/"))  # doctest: +SKIP
     """
     start = time.perf_counter()
-    config = PreprocessConfig(image_size=image_size if not isinstance(image_size, int) else (image_size, image_size),
-                              aspect=aspect, equalize=equalize, radius=radius, clip_limit=clip_limit,
-                              interpolation=interpolation)
+    config = PreprocessConfig(
+        image_size=image_size if not isinstance(image_size, int) else (image_size, image_size),
+        aspect=aspect,
+        equalize=equalize,
+        radius=radius,
+        clip_limit=clip_limit,
+        interpolation=interpolation,
+    )
     ratios = parse_ratios(splits)
     check_choice("dicom_window", dicom_window, DICOM_WINDOWS)
     if encoding not in ENCODINGS:
         raise ValueError(f"`encoding` must be one of {', '.join(ENCODINGS)}. Received: encoding={encoding!r}")
     if not shard_size > 0:
-        raise ValueError(f"`shard_size` must be a positive number of megabytes. Received: shard_size={shard_size!r}")
+        raise ValueError(
+            f"`shard_size` must be a positive number of megabytes. Received: shard_size={shard_size!r}"
+        )
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"`workers` must be a positive int. Received: workers={workers!r}")
@@ -277,18 +318,28 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
         test_groups = [g.strip() for g in test_groups.split(",") if g.strip()]
     test_groups = sorted(set(test_groups)) if test_groups else None
     if test_groups and not (group_by or group_pattern):
-        raise ValueError("`test_groups` names groups, which need `group_by` (a CSV column) or `group_pattern`. "
-                         f"Received: test_groups={test_groups}")
+        raise ValueError(
+            "`test_groups` names groups, which need `group_by` (a CSV column) or `group_pattern`. "
+            f"Received: test_groups={test_groups}"
+        )
     out = os.fspath(out)
     state = _check_out(out, overwrite=overwrite, resume=resume)
-    listing = discover(src, labels=labels, group_by=group_by, group_pattern=group_pattern, class_names=class_names,
-                       masks=masks)
+    listing = discover(
+        src,
+        labels=labels,
+        group_by=group_by,
+        group_pattern=group_pattern,
+        class_names=class_names,
+        masks=masks,
+    )
     if test_groups:
         known = {s.group for s in listing.sources}
         unknown = [g for g in test_groups if g not in known]
         if unknown:
-            raise ValueError(f"`test_groups` names group(s) no image has: {', '.join(map(repr, unknown))}. "
-                             f"Groups found: {', '.join(map(repr, sorted(known - {''})[:20])) or '(none)'}")
+            raise ValueError(
+                f"`test_groups` names group(s) no image has: {', '.join(map(repr, unknown))}. "
+                f"Groups found: {', '.join(map(repr, sorted(known - {''})[:20])) or '(none)'}"
+            )
     if state == FINISHED:
         return _already_done(out, start)
     if state == OVERWRITE:
@@ -296,9 +347,14 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
 
     index = {c: i for i, c in enumerate(listing.class_names)}
     digests = _hash_all(listing.sources, workers, progress)
-    rejects = [Reject(s.relpath, f"unreadable: {d.strerror or d}" if isinstance(d, OSError) else str(d))
-               for s, d in zip(listing.sources, digests) if isinstance(d, Exception)]
-    items = [_Item(s, index[s.label], d) for s, d in zip(listing.sources, digests) if not isinstance(d, Exception)]
+    rejects = [
+        Reject(s.relpath, f"unreadable: {d.strerror or d}" if isinstance(d, OSError) else str(d))
+        for s, d in zip(listing.sources, digests)
+        if isinstance(d, Exception)
+    ]
+    items = [
+        _Item(s, index[s.label], d) for s, d in zip(listing.sources, digests) if not isinstance(d, Exception)
+    ]
     if not items:
         raise ValueError(f"No readable image under {os.fspath(src)!r}.")
 
@@ -311,9 +367,17 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
         order = np.random.default_rng([seed, n]).permutation(len(members))
         plan[split] = _plan_shards([members[i] for i in order], config, encoding, shard_size)
 
-    options = {"src": os.path.abspath(os.fspath(src)), "labels": os.fspath(labels) if labels else None,
-               "group_by": group_by, "group_pattern": group_pattern, "layout": listing.layout,
-               "splits": list(ratios), "seed": seed, "encoding": encoding, "shard_size_mb": shard_size}
+    options = {
+        "src": os.path.abspath(os.fspath(src)),
+        "labels": os.fspath(labels) if labels else None,
+        "group_by": group_by,
+        "group_pattern": group_pattern,
+        "layout": listing.layout,
+        "splits": list(ratios),
+        "seed": seed,
+        "encoding": encoding,
+        "shard_size_mb": shard_size,
+    }
     if masks is not None:
         options["masks"] = os.path.abspath(os.fspath(masks))
     if test_groups:
@@ -325,8 +389,19 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
     _check_plan(partial, fingerprint, resume)
 
     _write_shards(out, partial, plan, listing.class_names, preprocessing, encoding, workers, progress)
-    return _finish(out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start,
-                   grouped=bool(group_by or group_pattern))
+    return _finish(
+        out,
+        partial,
+        plan,
+        listing,
+        config,
+        preprocessing,
+        encoding,
+        options,
+        rejects,
+        start,
+        grouped=bool(group_by or group_pattern),
+    )
 
 
 def _preprocessing(config: PreprocessConfig, dicom_window: str) -> dict:
@@ -344,10 +419,18 @@ def _split_items(items, layout, ratios, seed, num_classes, test_groups=None) -> 
     if all(g is not None for g in given):
         return given
     if any(g is not None for g in given):
-        raise ValueError("The labels CSV gives a split for some rows but not all. Fill the `split` "
-                         "column for every row, or remove it.")
-    return assign_splits([it.label for it in items], [it.source.group for it in items],
-                         [it.sha256 for it in items], ratios=ratios, seed=seed, num_classes=num_classes)
+        raise ValueError(
+            "The labels CSV gives a split for some rows but not all. Fill the `split` "
+            "column for every row, or remove it."
+        )
+    return assign_splits(
+        [it.label for it in items],
+        [it.source.group for it in items],
+        [it.sha256 for it in items],
+        ratios=ratios,
+        seed=seed,
+        num_classes=num_classes,
+    )
 
 
 def _fingerprint(options, preprocessing, class_names, plan) -> str:
@@ -355,7 +438,9 @@ def _fingerprint(options, preprocessing, class_names, plan) -> str:
     for split, shards in plan.items():
         for i, shard in enumerate(shards):
             for it in shard:
-                h.update(f"{split}\0{i}\0{it.source.relpath}\0{it.sha256}\0{it.label}\0{it.source.group}\n".encode())
+                h.update(
+                    f"{split}\0{i}\0{it.source.relpath}\0{it.sha256}\0{it.label}\0{it.source.group}\n".encode()
+                )
                 if it.source.mask:
                     h.update(f"mask\0{it.source.mask}\n".encode())
     return h.hexdigest()
@@ -377,11 +462,18 @@ def _write_shards(out, partial, plan, class_names, preprocessing, encoding, work
     for name in os.listdir(out):  # leftovers of a killed run
         if name.startswith(".") and name.endswith(".tmp"):
             os.unlink(os.path.join(out, name))
-    pending = [(split, i, shard) for split, shards in plan.items() for i, shard in enumerate(shards)
-               if not os.path.exists(os.path.join(out, shard_name(split, i, len(shards))))]
+    pending = [
+        (split, i, shard)
+        for split, shards in plan.items()
+        for i, shard in enumerate(shards)
+        if not os.path.exists(os.path.join(out, shard_name(split, i, len(shards))))
+    ]
     cfg = preprocessing
-    tasks = [(it.source.path, os.path.basename(it.source.path), cfg, encoding, it.source.mask)
-             for _, _, shard in pending for it in shard]
+    tasks = [
+        (it.source.path, os.path.basename(it.source.path), cfg, encoding, it.source.mask)
+        for _, _, shard in pending
+        for it in shard
+    ]
     results = _OrderedResults(tasks, workers)  # starts the workers before TensorFlow loads here
 
     from cxrdata.records import ShardWriter, serialize_example
@@ -403,9 +495,19 @@ def _write_shards(out, partial, plan, class_names, preprocessing, encoding, work
                     if isinstance(mask, str):
                         shard_rejects.append([_relative_mask(it.source), mask])
                         mask = None
-                    writer.write(serialize_example(
-                        image=payload, height=h, width=w, label=it.label, class_name=class_names[it.label],
-                        group=it.source.group, path=it.source.relpath, sha256=it.sha256, mask=mask or b""))
+                    writer.write(
+                        serialize_example(
+                            image=payload,
+                            height=h,
+                            width=w,
+                            label=it.label,
+                            class_name=class_names[it.label],
+                            group=it.source.group,
+                            path=it.source.relpath,
+                            sha256=it.sha256,
+                            mask=mask or b"",
+                        )
+                    )
                     counts[class_names[it.label]] += 1
                     with_mask += mask is not None
                     groups[it.source.group] = groups.get(it.source.group, 0) + 1
@@ -413,8 +515,13 @@ def _write_shards(out, partial, plan, class_names, preprocessing, encoding, work
             except BaseException:
                 writer.abort()
                 raise
-            record = {"shard": info.__dict__, "counts": counts, "rejects": shard_rejects, "masks": with_mask,
-                      "groups": groups}
+            record = {
+                "shard": info.__dict__,
+                "counts": counts,
+                "rejects": shard_rejects,
+                "masks": with_mask,
+                "groups": groups,
+            }
             atomic_write_text(os.path.join(partial, name + ".json"), json.dumps(record) + "\n")
             writer.commit()
     finally:
@@ -426,7 +533,7 @@ def _relative_mask(source) -> str:
     """The mask's path for rejects.csv: beside its image's relative path when it can be."""
     root = source.path[: len(source.path) - len(source.relpath)]
     if root and source.mask.startswith(root):
-        return source.mask[len(root):]
+        return source.mask[len(root) :]
     return source.mask
 
 
@@ -444,7 +551,7 @@ class _OrderedResults:
         # TensorFlow's threads exist; spawn is the safe choice then.
         method = "spawn" if "tensorflow" in sys.modules else "fork"
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
-        self._chunks = iter([tasks[i:i + _CHUNK] for i in range(0, len(tasks), _CHUNK)])
+        self._chunks = iter([tasks[i : i + _CHUNK] for i in range(0, len(tasks), _CHUNK)])
         for chunk in self._chunks:
             self._window.append(self._pool.submit(_process_chunk, chunk))
             if len(self._window) >= workers * 3:
@@ -464,8 +571,9 @@ class _OrderedResults:
             except BrokenProcessPool:
                 raise RuntimeError(
                     "A conversion worker process died. If you call cxrdata.convert from a script, put "
-                    "the call under `if __name__ == \"__main__\":` (worker processes re-import the script), "
-                    "or pass workers=1.") from None
+                    'the call under `if __name__ == "__main__":` (worker processes re-import the script), '
+                    "or pass workers=1."
+                ) from None
             nxt = next(self._chunks, None)
             if nxt is not None:
                 self._window.append(self._pool.submit(_process_chunk, nxt))
@@ -478,8 +586,9 @@ class _OrderedResults:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _finish(out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start,
-            grouped=False) -> ConversionResult:
+def _finish(
+    out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start, grouped=False
+) -> ConversionResult:
     splits = {}
     all_rejects = list(rejects)
     for split, shards in plan.items():
@@ -494,8 +603,12 @@ def _finish(out, partial, plan, listing, config, preprocessing, encoding, option
             for g, n in record.get("groups", {}).items():
                 groups[g] = groups.get(g, 0) + n
             all_rejects += [Reject(p, r) for p, r in record["rejects"]]
-        splits[split] = SplitInfo(counts=counts, shards=tuple(infos), masks=masks,
-                                  groups=dict(sorted(groups.items())) if grouped else None)
+        splits[split] = SplitInfo(
+            counts=counts,
+            shards=tuple(infos),
+            masks=masks,
+            groups=dict(sorted(groups.items())) if grouped else None,
+        )
     all_rejects.sort(key=lambda r: r.path)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -503,18 +616,28 @@ def _finish(out, partial, plan, listing, config, preprocessing, encoding, option
     w.writerows([r.path, r.reason] for r in all_rejects)
     atomic_write_text(os.path.join(out, REJECTS_NAME), buf.getvalue())
     h, wd = config.image_size
-    manifest = Manifest(class_names=listing.class_names, image_shape=(h, wd, 1), encoding=encoding,
-                        preprocessing=preprocessing, splits=splits, source=options,
-                        library_version=__version__)
+    manifest = Manifest(
+        class_names=listing.class_names,
+        image_shape=(h, wd, 1),
+        encoding=encoding,
+        preprocessing=preprocessing,
+        splits=splits,
+        source=options,
+        library_version=__version__,
+    )
     manifest.write(out)
     shutil.rmtree(partial)
     train = splits.get("train")
     if train is not None:
         missing = [c for c, n in train.counts.items() if n == 0]
         if missing:
-            print(f"warning: no image of class(es) {', '.join(missing)} was converted into the train split",
-                  file=sys.stderr)
-    return ConversionResult(manifest=manifest, rejects=tuple(all_rejects), seconds=time.perf_counter() - start)
+            print(
+                f"warning: no image of class(es) {', '.join(missing)} was converted into the train split",
+                file=sys.stderr,
+            )
+    return ConversionResult(
+        manifest=manifest, rejects=tuple(all_rejects), seconds=time.perf_counter() - start
+    )
 
 
 def _already_done(out: str, start: float) -> ConversionResult:

@@ -123,15 +123,23 @@ class Manifest:
             for key in ("masks", "groups"):
                 if not info[key]:
                     del info[key]
-        order = ["format_version", "library_version", "class_names", "image_shape",
-                 "encoding", "preprocessing", "source", "splits"]
+        order = [
+            "format_version",
+            "library_version",
+            "class_names",
+            "image_shape",
+            "encoding",
+            "preprocessing",
+            "source",
+            "splits",
+        ]
         return {k: d[k] for k in order}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
         if d.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(
                 f"This manifest has format version {d['format_version']}, newer than this "

@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from cxrdata import _service
 from cxrdata.manifest import read_manifest
-from cxrdata.utils.argument_validation import check_seed
 from cxrdata.records import feature_spec
+from cxrdata.utils.argument_validation import check_seed
 
 LABEL_MODES = ("categorical", "int")
 BALANCE_MODES = (None, "none", "oversample")
@@ -61,12 +61,23 @@ class _Plan:
         return len(self.class_counts)
 
 
-def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: int = 32,
-         shuffle: bool = True, seed: int | None = None, repeat: bool = False,
-         augment: keras.layers.Layer | None = None, label_mode: str = "categorical",
-         balance: str | None = None, cache: str | os.PathLike | None = None,
-         deterministic: bool | None = None, drop_remainder: bool = False,
-         service: str | None = None, with_masks: bool = False) -> tf.data.Dataset:
+def load(
+    dataset_dir: str | os.PathLike,
+    split: str = "train",
+    *,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+    repeat: bool = False,
+    augment: keras.layers.Layer | None = None,
+    label_mode: str = "categorical",
+    balance: str | None = None,
+    cache: str | os.PathLike | None = None,
+    deterministic: bool | None = None,
+    drop_remainder: bool = False,
+    service: str | None = None,
+    with_masks: bool = False,
+) -> tf.data.Dataset:
     """Loads one split of a converted dataset as batches of `(images, labels)`.
 
     Args:
@@ -122,25 +133,50 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
         >>> val = cxrdata.load("data/cxr", "val", shuffle=False)  # doctest: +SKIP
         >>> model.fit(train, validation_data=val)  # doctest: +SKIP
     """
-    _check_args(batch_size=batch_size, seed=seed, augment=augment, label_mode=label_mode,
-                balance=balance, cache=cache, deterministic=deterministic)
+    _check_args(
+        batch_size=batch_size,
+        seed=seed,
+        augment=augment,
+        label_mode=label_mode,
+        balance=balance,
+        cache=cache,
+        deterministic=deterministic,
+    )
     _service.check_service(service)
     if not isinstance(with_masks, bool):
         raise TypeError(f"`with_masks` must be True or False. Received: with_masks={with_masks!r}")
     if with_masks and (augment is not None or balance not in (None, "none") or cache is not None):
-        raise ValueError("`with_masks=True` reads images with their masks as stored: it takes no `augment`, "
-                         f"`balance` or `cache`. Received: augment={augment!r}, balance={balance!r}, "
-                         f"cache={cache!r}")
+        raise ValueError(
+            "`with_masks=True` reads images with their masks as stored: it takes no `augment`, "
+            f"`balance` or `cache`. Received: augment={augment!r}, balance={balance!r}, "
+            f"cache={cache!r}"
+        )
     plan = _plan(dataset_dir, split)
     if with_masks:
-        return _with_masks(plan, split, batch_size=batch_size, shuffle=shuffle, seed=seed, repeat=repeat,
-                           label_mode=label_mode, deterministic=deterministic, drop_remainder=drop_remainder)
+        return _with_masks(
+            plan,
+            split,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            repeat=repeat,
+            label_mode=label_mode,
+            deterministic=deterministic,
+            drop_remainder=drop_remainder,
+        )
 
     n = plan.num_examples
     steps = n // batch_size if drop_remainder else math.ceil(n / batch_size)
     if balance == "oversample":
-        ds = _oversampled(plan, batch_size=batch_size, shuffle=shuffle, seed=seed, cache=cache,
-                          deterministic=deterministic, drop_remainder=drop_remainder)
+        ds = _oversampled(
+            plan,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            cache=cache,
+            deterministic=deterministic,
+            drop_remainder=drop_remainder,
+        )
         if not repeat:
             ds = ds.take(max(steps, 1))
     else:
@@ -148,8 +184,9 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
         # shuffle keeps its buffer full across epochs instead of draining and
         # refilling it at each boundary, as the tf.data guide describes.
         repeat_files = repeat and not cache
-        ds = _read(plan, shuffle=shuffle and not cache, deterministic=deterministic, seed=seed,
-                   repeat=repeat_files)
+        ds = _read(
+            plan, shuffle=shuffle and not cache, deterministic=deterministic, seed=seed, repeat=repeat_files
+        )
         decoded = bool(cache) and plan.encoding == "png"
         if cache:
             ds = _decode(ds, plan, deterministic).cache(_cache_name(cache))
@@ -164,8 +201,11 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
             # Keras can then size its progress bar from the first epoch on.
             ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
 
-    ds = ds.map(_batch_fn(plan, label_mode, batch_size if drop_remainder else None),
-                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.map(
+        _batch_fn(plan, label_mode, batch_size if drop_remainder else None),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
     if augment is not None:
         fn, compiled = _augment_fn(augment, [batch_size, *plan.image_shape])
         # The layer's random state advances once per call, so parallel calls would
@@ -173,8 +213,7 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
         # spreads each call over the cores) and reproducible; uncompiled layers run
         # in parallel unless determinism is asked for.
         sequential = compiled or deterministic is True
-        ds = ds.map(fn, num_parallel_calls=None if sequential else AUTOTUNE,
-                    deterministic=deterministic)
+        ds = ds.map(fn, num_parallel_calls=None if sequential else AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
     if service is not None:
         ds = _service.distribute(ds, service)
@@ -185,8 +224,9 @@ def load(dataset_dir: str | os.PathLike, split: str = "train", *, batch_size: in
     return ds.prefetch(AUTOTUNE).with_options(options)
 
 
-def _with_masks(plan: _Plan, split: str, *, batch_size, shuffle, seed, repeat, label_mode, deterministic,
-                drop_remainder) -> tf.data.Dataset:
+def _with_masks(
+    plan: _Plan, split: str, *, batch_size, shuffle, seed, repeat, label_mode, deterministic, drop_remainder
+) -> tf.data.Dataset:
     """Batches of `(images, labels, masks)`, each record parsed on its own (masks are optional)."""
     spec = {k: feature_spec()[k] for k in ("image", "label", "mask")}
     shape, num_classes = plan.image_shape, plan.num_classes
@@ -197,9 +237,11 @@ def _with_masks(plan: _Plan, split: str, *, batch_size, shuffle, seed, repeat, l
             image = tf.io.decode_png(f["image"], channels=shape[2])
         else:
             image = tf.reshape(tf.io.decode_raw(f["image"], tf.uint8), shape)
-        mask = tf.cond(tf.strings.length(f["mask"]) > 0,
-                       lambda: tf.io.decode_png(f["mask"], channels=1),
-                       lambda: tf.zeros([*shape[:2], 1], tf.uint8))
+        mask = tf.cond(
+            tf.strings.length(f["mask"]) > 0,
+            lambda: tf.io.decode_png(f["mask"], channels=1),
+            lambda: tf.zeros([*shape[:2], 1], tf.uint8),
+        )
         mask = tf.cast(tf.ensure_shape(mask, [*shape[:2], 1]) > 127, tf.uint8)
         label = f["label"]
         if label_mode == "categorical":
@@ -251,8 +293,7 @@ def class_weights(dataset_dir: str | os.PathLike, split: str = "train") -> dict[
 
 def _check_args(*, batch_size, seed, augment, label_mode, balance, cache, deterministic) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
     check_seed(seed)
     if augment is not None and not isinstance(augment, keras.layers.Layer):
         raise TypeError(
@@ -260,13 +301,13 @@ def _check_args(*, batch_size, seed, augment, label_mode, balance, cache, determ
             f"Received: augment={augment!r} of type {type(augment).__name__}"
         )
     if label_mode not in LABEL_MODES:
-        raise ValueError(
-            f"`label_mode` must be one of {LABEL_MODES}. Received: label_mode={label_mode!r}")
+        raise ValueError(f"`label_mode` must be one of {LABEL_MODES}. Received: label_mode={label_mode!r}")
     if balance not in BALANCE_MODES:
         raise ValueError(f"`balance` must be one of {BALANCE_MODES}. Received: balance={balance!r}")
     if deterministic is not None and not isinstance(deterministic, bool):
         raise TypeError(
-            f"`deterministic` must be True, False or None. Received: deterministic={deterministic!r}")
+            f"`deterministic` must be True, False or None. Received: deterministic={deterministic!r}"
+        )
     if cache is not None:
         if not isinstance(cache, (str, os.PathLike)) or not os.fspath(cache):
             raise ValueError(
@@ -286,8 +327,10 @@ def _plan(dataset_dir: str | os.PathLike, split: str) -> _Plan:
     manifest = read_manifest(dataset_dir)
     info = manifest.split(split)
     if manifest.encoding not in ("raw", "png"):
-        raise ValueError(f"Unknown image encoding {manifest.encoding!r} in {dataset_dir!r}: "
-                         f"expected 'raw' or 'png'. Upgrade cxr.")
+        raise ValueError(
+            f"Unknown image encoding {manifest.encoding!r} in {dataset_dir!r}: "
+            f"expected 'raw' or 'png'. Upgrade cxr."
+        )
     if not info.shards:
         raise ValueError(f"Split {split!r} of {dataset_dir!r} has no shards.")
     paths = tuple(os.path.join(dataset_dir, s.name) for s in info.shards)
@@ -315,18 +358,22 @@ def _plan(dataset_dir: str | os.PathLike, split: str) -> _Plan:
     )
 
 
-def _read(plan: _Plan, *, shuffle: bool, deterministic: bool | None, seed=None,
-          repeat: bool = False) -> tf.data.Dataset:
+def _read(
+    plan: _Plan, *, shuffle: bool, deterministic: bool | None, seed=None, repeat: bool = False
+) -> tf.data.Dataset:
     """Serialized records of all shards, read in parallel."""
-    files = tf.data.Dataset.from_tensor_slices(
-        (list(plan.paths), tf.constant(plan.records, dtype=tf.int64)))
+    files = tf.data.Dataset.from_tensor_slices((list(plan.paths), tf.constant(plan.records, dtype=tf.int64)))
     if shuffle:
         files = files.shuffle(len(plan.paths), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         files = files.repeat()
     # Unshuffled, shards are read one after another: a larger cycle would mix their records.
-    return files.interleave(_read_shard, cycle_length=None if shuffle else 1,
-                            num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return files.interleave(
+        _read_shard,
+        cycle_length=None if shuffle else 1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
 
 
 def _read_shard(path: tf.Tensor, expected: tf.Tensor) -> tf.data.Dataset:
@@ -413,8 +460,9 @@ def _augment_fn(layer: keras.layers.Layer, batch_shape: list):
     return augment, compiled
 
 
-def _oversampled(plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic,
-                 drop_remainder) -> tf.data.Dataset:
+def _oversampled(
+    plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic, drop_remainder
+) -> tf.data.Dataset:
     """Endless batches drawing each class present in the split with equal probability."""
     classes = [c for c, n in enumerate(plan.class_counts) if n > 0]
     decoded = bool(cache) and plan.encoding == "png"
@@ -422,8 +470,7 @@ def _oversampled(plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic
     for c in classes:
         # Each class has its own seeds, so the class streams are not in lockstep.
         class_seed = None if seed is None else seed * 1009 + c + 1
-        ds = _read(plan, shuffle=shuffle and not cache, deterministic=deterministic,
-                   seed=class_seed)
+        ds = _read(plan, shuffle=shuffle and not cache, deterministic=deterministic, seed=class_seed)
         if decoded:
             ds = _decode(ds, plan, deterministic)
         ds = ds.filter(_has_label(c, decoded))
@@ -434,8 +481,8 @@ def _oversampled(plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic
             ds = ds.shuffle(size, seed=class_seed)
         streams.append(ds.repeat())
     ds = tf.data.Dataset.sample_from_datasets(
-        streams, weights=[1.0 / len(streams)] * len(streams), seed=seed,
-        rerandomize_each_iteration=True)
+        streams, weights=[1.0 / len(streams)] * len(streams), seed=seed, rerandomize_each_iteration=True
+    )
     if not decoded:
         ds = _decode(ds, plan, deterministic)
     return ds.batch(batch_size, drop_remainder=drop_remainder)

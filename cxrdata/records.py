@@ -23,8 +23,8 @@ import os
 
 import tensorflow as tf
 
-from cxrdata.utils.io import fsync_path
 from cxrdata.manifest import ShardInfo
+from cxrdata.utils.io import fsync_path
 
 FEATURE_KEYS = ("image", "height", "width", "label", "class_name", "group", "path", "sha256")
 
@@ -32,9 +32,17 @@ FEATURE_KEYS = ("image", "height", "width", "label", "class_name", "group", "pat
 def feature_spec() -> dict[str, tf.io.FixedLenFeature]:
     """The spec that `tf.io.parse_example` takes for these records."""
     s, i = tf.io.FixedLenFeature([], tf.string), tf.io.FixedLenFeature([], tf.int64)
-    return {"image": s, "height": i, "width": i, "label": i,
-            "class_name": s, "group": s, "path": s, "sha256": s,
-            "mask": tf.io.FixedLenFeature([], tf.string, default_value="")}
+    return {
+        "image": s,
+        "height": i,
+        "width": i,
+        "label": i,
+        "class_name": s,
+        "group": s,
+        "path": s,
+        "sha256": s,
+        "mask": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
 
 
 def _bytes(v: bytes) -> tf.train.Feature:
@@ -45,13 +53,27 @@ def _int(v: int) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
 
 
-def serialize_example(*, image: bytes, height: int, width: int, label: int, class_name: str,
-                      group: str = "", path: str = "", sha256: str = "", mask: bytes = b"") -> bytes:
+def serialize_example(
+    *,
+    image: bytes,
+    height: int,
+    width: int,
+    label: int,
+    class_name: str,
+    group: str = "",
+    path: str = "",
+    sha256: str = "",
+    mask: bytes = b"",
+) -> bytes:
     """Serializes one record (see the module docstring for the schema); `mask` only when given."""
     feature = {
-        "image": _bytes(image), "height": _int(height), "width": _int(width),
-        "label": _int(label), "class_name": _bytes(class_name.encode()),
-        "group": _bytes(group.encode()), "path": _bytes(path.encode()),
+        "image": _bytes(image),
+        "height": _int(height),
+        "width": _int(width),
+        "label": _int(label),
+        "class_name": _bytes(class_name.encode()),
+        "group": _bytes(group.encode()),
+        "path": _bytes(path.encode()),
         "sha256": _bytes(sha256.encode()),
     }
     if mask:
@@ -102,8 +124,12 @@ class ShardWriter:
         with open(self.tmp_path, "rb") as f:
             while block := f.read(1 << 20):
                 h.update(block)
-        self.info = ShardInfo(name=os.path.basename(self.path), records=self.records,
-                              size=os.path.getsize(self.tmp_path), sha256=h.hexdigest())
+        self.info = ShardInfo(
+            name=os.path.basename(self.path),
+            records=self.records,
+            size=os.path.getsize(self.tmp_path),
+            sha256=h.hexdigest(),
+        )
         return self.info
 
     def commit(self) -> None:
@@ -121,7 +147,7 @@ class ShardWriter:
         if os.path.exists(self.tmp_path):
             os.unlink(self.tmp_path)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -17,14 +17,47 @@ from dataclasses import dataclass
 import numpy as np
 
 # Files that are obviously not images: skipped without a word.
-SKIPPED_SUFFIXES = frozenset({
-    ".txt", ".csv", ".tsv", ".json", ".md", ".rst", ".xlsx", ".xls", ".pdf", ".html", ".htm",
-    ".py", ".ipynb", ".yaml", ".yml", ".xml", ".log", ".doc", ".docx", ".zip", ".tar", ".gz",
-    ".db", ".ini", ".pkl", ".npy", ".h5",
-})
+SKIPPED_SUFFIXES = frozenset(
+    {
+        ".txt",
+        ".csv",
+        ".tsv",
+        ".json",
+        ".md",
+        ".rst",
+        ".xlsx",
+        ".xls",
+        ".pdf",
+        ".html",
+        ".htm",
+        ".py",
+        ".ipynb",
+        ".yaml",
+        ".yml",
+        ".xml",
+        ".log",
+        ".doc",
+        ".docx",
+        ".zip",
+        ".tar",
+        ".gz",
+        ".db",
+        ".ini",
+        ".pkl",
+        ".npy",
+        ".h5",
+    }
+)
 MASK_FOLDERS = frozenset({"masks", "mask"})
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                 "validation": "val", "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 class DecodeError(Exception):
@@ -96,10 +129,15 @@ def find_mask(path: str, relpath: str, masks_dir: str | None = None) -> str | No
     return next((c for c in candidates if os.path.isfile(c)), None)
 
 
-def discover(src: str | os.PathLike, *, labels: str | os.PathLike | None = None,
-             group_by: str | None = None, group_pattern: str | None = None,
-             class_names: list[str] | tuple[str, ...] | None = None,
-             masks: str | os.PathLike | None = None) -> Listing:
+def discover(
+    src: str | os.PathLike,
+    *,
+    labels: str | os.PathLike | None = None,
+    group_by: str | None = None,
+    group_pattern: str | None = None,
+    class_names: list[str] | tuple[str, ...] | None = None,
+    masks: str | os.PathLike | None = None,
+) -> Listing:
     """Lists the images under `src`, sorted, with their labels.
 
     Args:
@@ -130,16 +168,22 @@ def discover(src: str | os.PathLike, *, labels: str | os.PathLike | None = None,
     """
     src = os.fspath(src)
     if not os.path.isdir(src):
-        raise FileNotFoundError(f"Source folder not found: {src!r}. Pass the folder that holds the class folders.")
+        raise FileNotFoundError(
+            f"Source folder not found: {src!r}. Pass the folder that holds the class folders."
+        )
     pattern = re.compile(group_pattern) if group_pattern else None
     masks = None if masks is None else os.fspath(masks)
     if masks is not None and not os.path.isdir(masks):
-        raise FileNotFoundError(f"Masks folder not found: {masks!r}. Pass a folder mirroring the source tree.")
+        raise FileNotFoundError(
+            f"Masks folder not found: {masks!r}. Pass a folder mirroring the source tree."
+        )
     if labels is not None:
         return _discover_csv(src, os.fspath(labels), group_by, class_names, masks)
     if group_by is not None:
-        raise ValueError("`group_by` names a CSV column and needs `labels`. For folder trees use "
-                         f"`group_pattern`. Received: group_by={group_by!r}, labels=None")
+        raise ValueError(
+            "`group_by` names a CSV column and needs `labels`. For folder trees use "
+            f"`group_pattern`. Received: group_by={group_by!r}, labels=None"
+        )
     top = _subfolders(src)
     split_dirs = [d for d in top if d.lower() in SPLIT_ALIASES]
     items: list[tuple[str, str, str | None]] = []  # (abs path, class, split)
@@ -147,7 +191,9 @@ def discover(src: str | os.PathLike, *, labels: str | os.PathLike | None = None,
         layout = "splits"
         for d in split_dirs:
             for cls in _subfolders(os.path.join(src, d)):
-                items += [(p, cls, SPLIT_ALIASES[d.lower()]) for p in _walk_class_folder(os.path.join(src, d), cls)]
+                items += [
+                    (p, cls, SPLIT_ALIASES[d.lower()]) for p in _walk_class_folder(os.path.join(src, d), cls)
+                ]
         found_classes = sorted({c for d in split_dirs for c in _subfolders(os.path.join(src, d))})
     elif split_dirs:
         raise ValueError(
@@ -161,21 +207,31 @@ def discover(src: str | os.PathLike, *, labels: str | os.PathLike | None = None,
         for cls in top:
             items += [(p, cls, None) for p in _walk_class_folder(src, cls)]
     if not found_classes:
-        raise ValueError(f"{src!r} has no class folders. Expected {src}/<class name>/<images>, "
-                         "or pass a labels CSV with --labels.")
+        raise ValueError(
+            f"{src!r} has no class folders. Expected {src}/<class name>/<images>, "
+            "or pass a labels CSV with --labels."
+        )
     names = _resolve_class_names(found_classes, class_names, "class folders")
     per_class = {c: 0 for c in names}
     for _, cls, _ in items:
         per_class[cls] = per_class.get(cls, 0) + 1
     empty = [c for c in names if per_class.get(c, 0) == 0]
     if empty:
-        raise ValueError(f"Class folder(s) {', '.join(repr(c) for c in empty)} hold no image file. "
-                         "Remove the folder or add images.")
+        raise ValueError(
+            f"Class folder(s) {', '.join(repr(c) for c in empty)} hold no image file. "
+            "Remove the folder or add images."
+        )
     sources = tuple(
-        Source(path=p, relpath=os.path.relpath(p, src), label=cls,
-               group=_group_of(os.path.relpath(p, src), pattern), split=split,
-               mask=find_mask(p, os.path.relpath(p, src), masks))
-        for p, cls, split in items if cls in names
+        Source(
+            path=p,
+            relpath=os.path.relpath(p, src),
+            label=cls,
+            group=_group_of(os.path.relpath(p, src), pattern),
+            split=split,
+            mask=find_mask(p, os.path.relpath(p, src), masks),
+        )
+        for p, cls, split in items
+        if cls in names
     )
     return Listing(sources=sources, class_names=names, layout=layout)
 
@@ -186,8 +242,10 @@ def _resolve_class_names(found, requested, what) -> tuple[str, ...]:
     requested = tuple(requested)
     unknown = sorted(set(found) - set(requested))
     if unknown:
-        raise ValueError(f"Found {what} not in `class_names`: {', '.join(map(repr, unknown))}. "
-                         f"Received: class_names={list(requested)}")
+        raise ValueError(
+            f"Found {what} not in `class_names`: {', '.join(map(repr, unknown))}. "
+            f"Received: class_names={list(requested)}"
+        )
     return requested
 
 
@@ -200,20 +258,26 @@ def _discover_csv(src, labels, group_by, class_names, masks_dir=None) -> Listing
         needed = ["path", "label"] + ([group_by] if group_by else [])
         missing = [c for c in needed if c not in columns]
         if missing:
-            raise ValueError(f"{labels!r} lacks column(s) {', '.join(missing)}. Its columns: "
-                             f"{', '.join(columns) or '(none)'}. Expected path,label[,{group_by or 'group'}].")
+            raise ValueError(
+                f"{labels!r} lacks column(s) {', '.join(missing)}. Its columns: "
+                f"{', '.join(columns) or '(none)'}. Expected path,label[,{group_by or 'group'}]."
+            )
         rows = list(reader)
     if not rows:
         raise ValueError(f"{labels!r} has no rows.")
-    bad = [i + 2 for i, r in enumerate(rows) if not (r["label"] or "").strip() or not (r["path"] or "").strip()]
+    bad = [
+        i + 2 for i, r in enumerate(rows) if not (r["label"] or "").strip() or not (r["path"] or "").strip()
+    ]
     if bad:
         raise ValueError(f"{labels!r}: empty path or label on line(s) {', '.join(map(str, bad[:10]))}.")
     found = sorted({r["label"].strip() for r in rows})
     if class_names is not None:
         unknown = sorted(set(found) - set(class_names))
         if unknown:
-            raise ValueError(f"{labels!r} has label(s) not in `class_names`: {', '.join(map(repr, unknown))}. "
-                             f"Add them to class_names or fix the CSV. Received: class_names={list(class_names)}")
+            raise ValueError(
+                f"{labels!r} has label(s) not in `class_names`: {', '.join(map(repr, unknown))}. "
+                f"Add them to class_names or fix the CSV. Received: class_names={list(class_names)}"
+            )
     names = tuple(class_names) if class_names is not None else tuple(found)
     sources = []
     for r in rows:
@@ -227,10 +291,16 @@ def _discover_csv(src, labels, group_by, class_names, masks_dir=None) -> Listing
             mask = os.path.normpath(mask if os.path.isabs(mask) else os.path.join(src, mask))
         elif masks_dir is not None:
             mask = find_mask(path, os.path.normpath(rel), masks_dir)
-        sources.append(Source(path=os.path.normpath(path), relpath=os.path.normpath(rel),
-                              label=r["label"].strip(),
-                              group=(r[group_by] or "").strip() if group_by else "",
-                              split=SPLIT_ALIASES[split] if split else None, mask=mask))
+        sources.append(
+            Source(
+                path=os.path.normpath(path),
+                relpath=os.path.normpath(rel),
+                label=r["label"].strip(),
+                group=(r[group_by] or "").strip() if group_by else "",
+                split=SPLIT_ALIASES[split] if split else None,
+                mask=mask,
+            )
+        )
     sources.sort(key=lambda s: s.relpath)
     return Listing(sources=tuple(sources), class_names=names, layout="csv")
 
@@ -250,11 +320,15 @@ def check_pixel_count(width: int, height: int) -> None:
 
     cap = Image.MAX_IMAGE_PIXELS
     if cap is not None and width * height > cap:
-        raise DecodeError(f"image too large: {width}x{height} = {width * height} pixels, over the limit of "
-                          f"{cap} (PIL.Image.MAX_IMAGE_PIXELS)")
+        raise DecodeError(
+            f"image too large: {width}x{height} = {width * height} pixels, over the limit of "
+            f"{cap} (PIL.Image.MAX_IMAGE_PIXELS)"
+        )
 
 
-def decode_image(data: bytes | str | os.PathLike, *, name: str = "", dicom_window: str = "auto") -> np.ndarray:
+def decode_image(
+    data: bytes | str | os.PathLike, *, name: str = "", dicom_window: str = "auto"
+) -> np.ndarray:
     """Decodes one image file into a 2-D uint8 grayscale array.
 
     8-bit data is kept as is; 16-bit data is scaled to 8 bits over its full

@@ -10,7 +10,7 @@ the requested ones.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,11 +23,15 @@ def parse_ratios(splits: str | Sequence[float]) -> tuple[float, ...]:
         try:
             splits = [float(s) for s in splits.split(",")]
         except ValueError:
-            raise ValueError(f"`splits` must be comma-separated numbers like 0.7,0.15,0.15. Received: splits={splits!r}") from None
+            raise ValueError(
+                f"`splits` must be comma-separated numbers like 0.7,0.15,0.15. Received: splits={splits!r}"
+            ) from None
     ratios = tuple(float(s) for s in splits)
     if not 2 <= len(ratios) <= 3 or any(r < 0 for r in ratios):
-        raise ValueError(f"`splits` must be 2 or 3 non-negative ratios (train, val[, test]); 0,0,1 makes a "
-                         f"test-only dataset (an external test set). Received: splits={ratios}")
+        raise ValueError(
+            f"`splits` must be 2 or 3 non-negative ratios (train, val[, test]); 0,0,1 makes a "
+            f"test-only dataset (an external test set). Received: splits={ratios}"
+        )
     if abs(sum(ratios) - 1.0) > 1e-6:
         raise ValueError(f"`splits` must add up to 1. Received: splits={ratios} (sum {sum(ratios):g})")
     return ratios
@@ -63,8 +67,15 @@ def units(groups: Sequence[str], digests: Sequence[str]) -> list[list[int]]:
     return [members[r] for r in sorted(members)]
 
 
-def assign_splits(labels: Sequence[int], groups: Sequence[str], digests: Sequence[str], *,
-                  ratios: Sequence[float], seed: int, num_classes: int) -> list[str]:
+def assign_splits(
+    labels: Sequence[int],
+    groups: Sequence[str],
+    digests: Sequence[str],
+    *,
+    ratios: Sequence[float],
+    seed: int,
+    num_classes: int,
+) -> list[str]:
     """Returns a split name for each image.
 
     Args:

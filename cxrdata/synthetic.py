@@ -28,8 +28,9 @@ _FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpeg"), "jpg": ("JPEG", "
 _SPLITS = ("train", "val", "test")
 
 
-def make_phantom(image_size=299, *, label: str = "normal", rng: np.random.Generator | None = None,
-                 seed: int | None = None) -> np.ndarray:
+def make_phantom(
+    image_size=299, *, label: str = "normal", rng: np.random.Generator | None = None, seed: int | None = None
+) -> np.ndarray:
     """Draws one synthetic chest X-ray.
 
     Args:
@@ -83,13 +84,27 @@ def kind_of(class_name: str) -> str:
         return "pneumonia"
     raise ValueError(
         "Class names must start with 'covid', 'normal', 'pneumonia' or 'viral', or be 'healthy' "
-        f"or 'lung_opacity', to choose a phantom kind. Received: class name {class_name!r}")
+        f"or 'lung_opacity', to choose a phantom kind. Received: class name {class_name!r}"
+    )
 
 
-def write_tree(root, *, classes=("COVID", "Normal"), per_class=20, image_size=299, seed: int = 0,
-               format: str = "png", layout: str = "classes", splits=(0.7, 0.15, 0.15),
-               masks: bool = False, patients: int | None = None, bit_depth: int = 8,
-               shortcut: str | None = None, shortcut_strength: float = 1.0, severity: float = 1.0) -> list[dict]:
+def write_tree(
+    root,
+    *,
+    classes=("COVID", "Normal"),
+    per_class=20,
+    image_size=299,
+    seed: int = 0,
+    format: str = "png",
+    layout: str = "classes",
+    splits=(0.7, 0.15, 0.15),
+    masks: bool = False,
+    patients: int | None = None,
+    bit_depth: int = 8,
+    shortcut: str | None = None,
+    shortcut_strength: float = 1.0,
+    severity: float = 1.0,
+) -> list[dict]:
     """Writes a folder tree of phantoms laid out like a public chest X-ray dataset.
 
     Layout "classes" gives `root/<class>/<class>-00001.png`, like the COVID-19
@@ -145,7 +160,8 @@ def write_tree(root, *, classes=("COVID", "Normal"), per_class=20, image_size=29
     """
     root = os.fspath(root)
     classes, counts, shape, ext, splits = _check_tree_args(
-        classes, per_class, image_size, seed, format, layout, splits, masks, patients, bit_depth)
+        classes, per_class, image_size, seed, format, layout, splits, masks, patients, bit_depth
+    )
     _check_shortcut(shortcut, shortcut_strength)
     if isinstance(severity, bool) or not isinstance(severity, (int, float)) or not 0 <= severity <= 1:
         raise ValueError(f"`severity` must be a number from 0 to 1. Received: severity={severity!r}")
@@ -173,8 +189,9 @@ def write_tree(root, *, classes=("COVID", "Normal"), per_class=20, image_size=29
             for j in range(size):
                 number += 1
                 rng = np.random.default_rng([seed, class_key, p, j + 1])
-                image, lung = _render(shape, anatomy, _sample_acquisition(rng), rng,
-                                      mask=masks or shortcut is not None)
+                image, lung = _render(
+                    shape, anatomy, _sample_acquisition(rng), rng, mask=masks or shortcut is not None
+                )
                 planted = None
                 if shortcut is not None:
                     chance = (1 + shortcut_strength) / 2 if kind != "normal" else (1 - shortcut_strength) / 2
@@ -203,11 +220,13 @@ def write_tree(root, *, classes=("COVID", "Normal"), per_class=20, image_size=29
     return rows
 
 
-def _check_tree_args(classes, per_class, image_size, seed, format, layout, splits, masks, patients,
-                     bit_depth):
+def _check_tree_args(
+    classes, per_class, image_size, seed, format, layout, splits, masks, patients, bit_depth
+):
     if isinstance(classes, str) or not classes:
         raise ValueError(
-            f"`classes` must be a non-empty sequence of class names. Received: classes={classes!r}")
+            f"`classes` must be a non-empty sequence of class names. Received: classes={classes!r}"
+        )
     classes = tuple(classes)
     if len(set(classes)) != len(classes) or not all(isinstance(c, str) and c.strip() for c in classes):
         raise ValueError(f"`classes` must be distinct non-empty strings. Received: classes={classes!r}")
@@ -217,14 +236,18 @@ def _check_tree_args(classes, per_class, image_size, seed, format, layout, split
             raise ValueError(f"Class names must not contain path separators. Received: classes={classes!r}")
     if isinstance(per_class, dict):
         if set(per_class) != set(classes):
-            raise ValueError("`per_class` as a dict must have exactly one count per class in `classes`. "
-                             f"Received: per_class={per_class!r}, classes={classes!r}")
+            raise ValueError(
+                "`per_class` as a dict must have exactly one count per class in `classes`. "
+                f"Received: per_class={per_class!r}, classes={classes!r}"
+            )
         counts = dict(per_class)
     else:
         counts = {name: per_class for name in classes}
     if not all(is_int(c) and c >= 0 for c in counts.values()) or sum(counts.values()) < 1:
-        raise ValueError("`per_class` must be a non-negative int, or a dict of them, with at least one image "
-                         f"in all. Received: per_class={per_class!r}")
+        raise ValueError(
+            "`per_class` must be a non-negative int, or a dict of them, with at least one image "
+            f"in all. Received: per_class={per_class!r}"
+        )
     shape = _check_size(image_size)
     check_seed(seed, allow_none=False)
     ext = str(format).lower()
@@ -237,8 +260,10 @@ def _check_tree_args(classes, per_class, image_size, seed, format, layout, split
     except (TypeError, ValueError):
         fractions = ()
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError("`splits` must be three non-negative fractions (train, val, test) that add up to 1. "
-                         f"Received: splits={splits!r}")
+        raise ValueError(
+            "`splits` must be three non-negative fractions (train, val, test) that add up to 1. "
+            f"Received: splits={splits!r}"
+        )
     if not isinstance(masks, bool):
         raise ValueError(f"`masks` must be True or False. Received: masks={masks!r}")
     if patients is not None and not (is_int(patients) and patients >= 1):
@@ -266,7 +291,9 @@ def _check_shortcut(shortcut, strength) -> None:
     if isinstance(strength, bool) or not isinstance(strength, (int, float)):
         raise TypeError(f"`shortcut_strength` must be a number. Received: shortcut_strength={strength!r}")
     if not 0 <= strength <= 1:
-        raise ValueError(f"`shortcut_strength` must be between 0 and 1. Received: shortcut_strength={strength!r}")
+        raise ValueError(
+            f"`shortcut_strength` must be between 0 and 1. Received: shortcut_strength={strength!r}"
+        )
 
 
 def _plant(image: np.ndarray, lung: np.ndarray, kind: str) -> np.ndarray:
@@ -281,7 +308,7 @@ def _plant(image: np.ndarray, lung: np.ndarray, kind: str) -> np.ndarray:
         label = np.full((h, w), 0.95, dtype=np.float32)
         # Dark "letters": every other column of the label's middle third.
         rows = slice(top + (bottom - top) // 3, bottom - (bottom - top) // 3)
-        label[rows, left + 1:right - 1:2] = 0.15
+        label[rows, left + 1 : right - 1 : 2] = 0.15
     else:  # border
         t = max(2, round(0.05 * min(h, w)))
         cue[:t], cue[-t:], cue[:, :t], cue[:, -t:] = True, True, True, True
@@ -292,10 +319,15 @@ def _plant(image: np.ndarray, lung: np.ndarray, kind: str) -> np.ndarray:
 
 def _check_size(image_size) -> tuple[int, int]:
     size = (image_size, image_size) if is_int(image_size) else image_size
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(is_int(s) and 16 <= s <= 8192 for s in size)):
-        raise ValueError("`image_size` must be an int or a (height, width) tuple of ints from 16 to 8192. "
-                         f"Received: image_size={image_size!r}")
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(is_int(s) and 16 <= s <= 8192 for s in size)
+    ):
+        raise ValueError(
+            "`image_size` must be an int or a (height, width) tuple of ints from 16 to 8192. "
+            f"Received: image_size={image_size!r}"
+        )
     return int(size[0]), int(size[1])
 
 
@@ -339,17 +371,32 @@ def _sample_anatomy(rng: np.random.Generator, kind: str) -> dict:
         "body": (u(0.84, 0.94), u(0.20, 0.26), u(-0.68, -0.6), u(0.5, 0.6)),
         "lung_dark": u(0.30, 0.36),
         # Centre x, centre y, outer and inner half-widths, half-height; image-left lung first.
-        "lungs": [(s * u(0.40, 0.44), u(-0.14, -0.08), u(0.33, 0.38), u(0.27, 0.31), u(0.64, 0.70))
-                  for s in (-1, 1)],
+        "lungs": [
+            (s * u(0.40, 0.44), u(-0.14, -0.08), u(0.33, 0.38), u(0.27, 0.31), u(0.64, 0.70)) for s in (-1, 1)
+        ],
         "heart": (u(0.07, 0.13), u(0.22, 0.3), u(0.31, 0.37), u(0.2, 0.25), u(0.35, 0.6)),
         "mediastinum": (u(0.10, 0.13), u(0.09, 0.13), u(-0.42, -0.34), u(0.06, 0.08)),
         "domes": (u(0.34, 0.41), u(0.40, 0.47), u(0.09, 0.15)),
         "clavicle": u(-0.62, -0.54) if u() < 0.85 else None,
         "bubble": (u(0.25, 0.42), u(0.04, 0.07)) if u() < 0.6 else None,
-        "grids": [rng.standard_normal((6, 6)), rng.standard_normal((10, 10)), rng.standard_normal((22, 22)),
-                  rng.standard_normal((32, 32))],
-        "ribs": [(u(0.095, 0.11), u(0.9, 1.3), u(0, 2 * np.pi), u(0.006, 0.016), u(5, 10), u(0.38, 0.48),
-                  u(-0.9, -0.84)) for _ in (-1, 1)],
+        "grids": [
+            rng.standard_normal((6, 6)),
+            rng.standard_normal((10, 10)),
+            rng.standard_normal((22, 22)),
+            rng.standard_normal((32, 32)),
+        ],
+        "ribs": [
+            (
+                u(0.095, 0.11),
+                u(0.9, 1.3),
+                u(0, 2 * np.pi),
+                u(0.006, 0.016),
+                u(5, 10),
+                u(0.38, 0.48),
+                u(-0.9, -0.84),
+            )
+            for _ in (-1, 1)
+        ],
         "front_ribs": (u(0.13, 0.16), u(0.35, 0.5), u(-0.9, -0.8)),
     }
     # Findings come from their own stream, so one seed gives the same film with and without them.
@@ -357,11 +404,18 @@ def _sample_anatomy(rng: np.random.Generator, kind: str) -> dict:
     if kind == "covid":
         anatomy["lesions"] = [
             (s, u(0.5, 0.95), u(-0.2, 0.8), u(0.08, 0.15), u(0.09, 0.17), u(0.7, 1.0))
-            for s in (-1, 1) for _ in range(int(u(3, 6)))]
+            for s in (-1, 1)
+            for _ in range(int(u(3, 6)))
+        ]
         anatomy["lesion_alpha"] = u(0.22, 0.32)
     elif kind == "pneumonia":
-        anatomy["consolidation"] = (1 if u() < 0.5 else -1, bool(u() < 0.7), u(-0.05, 0.25), u(0.2, 0.5),
-                                    u(0.24, 0.32))
+        anatomy["consolidation"] = (
+            1 if u() < 0.5 else -1,
+            bool(u() < 0.7),
+            u(-0.05, 0.25),
+            u(0.2, 0.5),
+            u(0.24, 0.32),
+        )
     return anatomy
 
 
@@ -452,7 +506,8 @@ def _density(shape, anatomy: dict, acquisition: dict):
     spine = _ramp((0.06 - ax) / 0.01) * (0.7 + 0.3 * _ramp(3 * np.cos(2 * np.pi * y / 0.105)))
     dens += 0.05 * spine * body
     sp, curve, phase0, wobble, wfreq, width, top = (
-        np.where(x > 0, np.float32(r1), np.float32(r0)) for r0, r1 in zip(*anatomy["ribs"]))
+        np.where(x > 0, np.float32(r1), np.float32(r0)) for r0, r1 in zip(*anatomy["ribs"])
+    )
     v = y - curve * (ax - 0.3) ** 2
     index, frac = np.divmod((v + wobble * np.sin(wfreq * v + phase0) - top) / sp, 1.0)
     cortex = 0.6 + 0.4 * (2 * frac / width - 1) ** 2
@@ -472,8 +527,9 @@ def _density(shape, anatomy: dict, acquisition: dict):
     hilum = hx_**2 + hy_**2
     r = np.sqrt(hilum)
     theta = np.arctan2(hy_, hx_)
-    vessels = (np.exp(-((np.sin(7 * theta + 0.9 * f_vessel) * r / 0.09) ** 2))
-               + 0.6 * np.exp(-((np.sin(13 * theta + 1.2 * f_vessel2) * r / 0.06) ** 2)))
+    vessels = np.exp(-((np.sin(7 * theta + 0.9 * f_vessel) * r / 0.09) ** 2)) + 0.6 * np.exp(
+        -((np.sin(13 * theta + 1.2 * f_vessel2) * r / 0.06) ** 2)
+    )
     haze = 0.06 * np.exp(-hilum / 0.08) + 0.05 * _ramp(y / 0.5) + 0.08 * np.exp(-hilum / 0.006)
     dens += (0.09 * vessels * np.exp(-r / 0.3) + haze) * lungs
     if anatomy["bubble"] is not None:

@@ -49,8 +49,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers see
     from cxrmodels import evaluation, models, serving, training, tuning
     from cxrmodels.evaluation.clinical import evaluate_predictions
     from cxrmodels.evaluation.evaluator import evaluate
-    from cxrmodels.evaluation.shortcut_audit import audit
     from cxrmodels.evaluation.keras_metrics import Specificity
+    from cxrmodels.evaluation.shortcut_audit import audit
     from cxrmodels.models._registry import (
         create_model,
         last_conv_layer_name,

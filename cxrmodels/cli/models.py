@@ -11,14 +11,18 @@ _MODEL_OPTIONS = ("filters", "dense_units", "dropout", "pooling", "trainable_blo
 def register(subparsers) -> None:
     from cxrmodels.cli import add_command, image_size_arg
 
-    p = add_command(subparsers, "train", func=_train,
-                    help="Train a model on a converted dataset into a resumable run folder.",
-                    examples="  cxr train data/ --model seed_cnn --out runs/a\n"
-                             "  cxr train data/ --model seed_cnn --out runs/b --mixed-precision --epochs 50\n"
-                             "  cxr train data/ --model densenet121 --weights imagenet --trainable-blocks 2 "
-                             "--out runs/c\n"
-                             "  cxr train data/ --out runs/d --image-size 224 --resize-in-model --balance oversample\n"
-                             "  cxr train data/ --out runs/a              # again: resumes an interrupted run")
+    p = add_command(
+        subparsers,
+        "train",
+        func=_train,
+        help="Train a model on a converted dataset into a resumable run folder.",
+        examples="  cxr train data/ --model seed_cnn --out runs/a\n"
+        "  cxr train data/ --model seed_cnn --out runs/b --mixed-precision --epochs 50\n"
+        "  cxr train data/ --model densenet121 --weights imagenet --trainable-blocks 2 "
+        "--out runs/c\n"
+        "  cxr train data/ --out runs/d --image-size 224 --resize-in-model --balance oversample\n"
+        "  cxr train data/ --out runs/a              # again: resumes an interrupted run",
+    )
     p.add_argument("dataset", help="converted dataset folder (with train and val splits)")
     p.add_argument("--model", default="seed_cnn", help="registered model name (default: seed_cnn)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (model, history, curves, config)")
@@ -26,22 +30,52 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="default: 32")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in RUN")
-    p.add_argument("--mixed-precision", nargs="?", const="float16", choices=["float16", "bfloat16"],
-                   default=None, help="mixed_float16 (GPU; the default when given alone) or mixed_bfloat16; "
-                   "put DATASET before this option")
-    p.add_argument("--augment", choices=["gpu", "cpu", "none"], default="gpu",
-                   help="RandomAffine in the model (gpu), in the input pipeline (cpu), or none (default: gpu)")
-    p.add_argument("--augment-strength", type=float, default=1.0,
-                   help="scales the rotation/zoom/shift/shear ranges (default: 1.0)")
-    p.add_argument("--balance", choices=["none", "oversample", "class-weight"], default="none",
-                   help="class balancing (default: none)")
-    p.add_argument("--image-size", type=image_size_arg, default=None, metavar="N|HxW",
-                   help="model input size (default: the dataset's)")
-    p.add_argument("--resize-in-model", action="store_true",
-                   help="resize inside the model when --image-size differs from the dataset's")
+    p.add_argument(
+        "--mixed-precision",
+        nargs="?",
+        const="float16",
+        choices=["float16", "bfloat16"],
+        default=None,
+        help="mixed_float16 (GPU; the default when given alone) or mixed_bfloat16; "
+        "put DATASET before this option",
+    )
+    p.add_argument(
+        "--augment",
+        choices=["gpu", "cpu", "none"],
+        default="gpu",
+        help="RandomAffine in the model (gpu), in the input pipeline (cpu), or none (default: gpu)",
+    )
+    p.add_argument(
+        "--augment-strength",
+        type=float,
+        default=1.0,
+        help="scales the rotation/zoom/shift/shear ranges (default: 1.0)",
+    )
+    p.add_argument(
+        "--balance",
+        choices=["none", "oversample", "class-weight"],
+        default="none",
+        help="class balancing (default: none)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=image_size_arg,
+        default=None,
+        metavar="N|HxW",
+        help="model input size (default: the dataset's)",
+    )
+    p.add_argument(
+        "--resize-in-model",
+        action="store_true",
+        help="resize inside the model when --image-size differs from the dataset's",
+    )
     p.add_argument("--seed", type=int, default=0, help="default: 0")
-    p.add_argument("--strategy", choices=["mirrored"], default=None,
-                   help="tf.distribute.MirroredStrategy over this machine's GPUs")
+    p.add_argument(
+        "--strategy",
+        choices=["mirrored"],
+        default=None,
+        help="tf.distribute.MirroredStrategy over this machine's GPUs",
+    )
     p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs (default: 10)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
     g = p.add_argument_group("model options (passed only when given; see each model's defaults)")
@@ -52,36 +86,58 @@ def register(subparsers) -> None:
     g.add_argument("--weights", metavar="PATH|imagenet", help="initial weights")
     g.add_argument("--trainable-blocks", type=int, metavar="N", help="backbone blocks to fine-tune")
 
-    p = add_command(subparsers, "evaluate", func=_evaluate,
-                    help="Evaluate a run on a dataset split: AUC with a bootstrap CI, sensitivity, specificity.",
-                    examples="  cxr evaluate runs/a data/ --split test\n"
-                             "  cxr evaluate runs/a external-data/ --split all --class-map pneumonia=COVID")
+    p = add_command(
+        subparsers,
+        "evaluate",
+        func=_evaluate,
+        help="Evaluate a run on a dataset split: AUC with a bootstrap CI, sensitivity, specificity.",
+        examples="  cxr evaluate runs/a data/ --split test\n"
+        "  cxr evaluate runs/a external-data/ --split all --class-map pneumonia=COVID",
+    )
     p.add_argument("run", help="run folder written by cxr train")
     p.add_argument("dataset", help="converted dataset (the run's, or one preprocessed the same way)")
     p.add_argument("--split", default="test", help="a split, or all (an external set); default: test")
     p.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC CI (default: 1000)")
-    p.add_argument("--class-map", metavar="THEIRS=OURS,...",
-                   help="map the dataset's class names to the run's, e.g. pneumonia=COVID,healthy=Normal")
-    p.add_argument("--allow-preprocessing-mismatch", action="store_true",
-                   help="evaluate a dataset preprocessed differently (radius, equalization) anyway, with a warning")
+    p.add_argument(
+        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC CI (default: 1000)"
+    )
+    p.add_argument(
+        "--class-map",
+        metavar="THEIRS=OURS,...",
+        help="map the dataset's class names to the run's, e.g. pneumonia=COVID,healthy=Normal",
+    )
+    p.add_argument(
+        "--allow-preprocessing-mismatch",
+        action="store_true",
+        help="evaluate a dataset preprocessed differently (radius, equalization) anyway, with a warning",
+    )
 
-    p = add_command(subparsers, "predict", func=_predict,
-                    help="Predict class probabilities for PNG, JPEG or DICOM files "
-                         "(exit 1 if some file could not be read).",
-                    examples="  cxr predict runs/a case1.dcm case2.png\n"
-                             "  cxr predict runs/a scans/*.dcm --gradcam heatmaps/")
+    p = add_command(
+        subparsers,
+        "predict",
+        func=_predict,
+        help="Predict class probabilities for PNG, JPEG or DICOM files "
+        "(exit 1 if some file could not be read).",
+        examples="  cxr predict runs/a case1.dcm case2.png\n"
+        "  cxr predict runs/a scans/*.dcm --gradcam heatmaps/",
+    )
     p.add_argument("run", help="run folder written by cxr train")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or DICOM files")
     p.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
     p.add_argument("--batch-size", type=int, default=32, help="default: 32")
 
-    p = add_command(subparsers, "export", func=_export,
-                    help="Export a run's model as a TF SavedModel (serving image bytes) or a .keras file.",
-                    examples="  cxr export runs/a --format savedmodel --out serving/cxr/1\n"
-                             "  cxr export runs/a --format keras --out deploy/")
+    p = add_command(
+        subparsers,
+        "export",
+        func=_export,
+        help="Export a run's model as a TF SavedModel (serving image bytes) or a .keras file.",
+        examples="  cxr export runs/a --format savedmodel --out serving/cxr/1\n"
+        "  cxr export runs/a --format keras --out deploy/",
+    )
     p.add_argument("run", help="run folder written by cxr train")
-    p.add_argument("--format", choices=["savedmodel", "keras"], default="savedmodel", help="default: savedmodel")
+    p.add_argument(
+        "--format", choices=["savedmodel", "keras"], default="savedmodel", help="default: savedmodel"
+    )
     p.add_argument("--out", required=True, metavar="PATH", help="folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace what PATH holds")
 
@@ -91,11 +147,26 @@ def _train(args) -> int:
 
     model_kwargs = {name: getattr(args, name) for name in _MODEL_OPTIONS if getattr(args, name) is not None}
     verbose = 0 if args.quiet else ("auto" if sys.stdout.isatty() else 2)
-    result = cxrmodels.train(args.dataset, model=args.model, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                   learning_rate=args.lr, mixed_precision=args.mixed_precision or False, augment=args.augment,
-                   balance=args.balance, image_size=args.image_size, resize_in_model=args.resize_in_model,
-                   seed=args.seed, overwrite=args.overwrite, strategy=args.strategy, model_kwargs=model_kwargs,
-                   augment_strength=args.augment_strength, patience=args.patience, verbose=verbose)
+    result = cxrmodels.train(
+        args.dataset,
+        model=args.model,
+        out=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        mixed_precision=args.mixed_precision or False,
+        augment=args.augment,
+        balance=args.balance,
+        image_size=args.image_size,
+        resize_in_model=args.resize_in_model,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        strategy=args.strategy,
+        model_kwargs=model_kwargs,
+        augment_strength=args.augment_strength,
+        patience=args.patience,
+        verbose=verbose,
+    )
     print(result.summary())
     return 0
 
@@ -104,16 +175,24 @@ def _evaluate(args) -> int:
     import cxrmodels
     from cxrmodels.evaluation import format_metrics_table
 
-    metrics = cxrmodels.evaluate(args.run, args.dataset, split=args.split, batch_size=args.batch_size,
-                       n_bootstrap=args.n_bootstrap, class_map=args.class_map,
-                       allow_preprocessing_mismatch=args.allow_preprocessing_mismatch)
+    metrics = cxrmodels.evaluate(
+        args.run,
+        args.dataset,
+        split=args.split,
+        batch_size=args.batch_size,
+        n_bootstrap=args.n_bootstrap,
+        class_map=args.class_map,
+        allow_preprocessing_mismatch=args.allow_preprocessing_mismatch,
+    )
     print(format_metrics_table(metrics))
     if metrics.get("internal"):
-        from cxrmodels.evaluation.evaluator import _headline
         from cxrmodels.evaluation.clinical import _auc_text
+        from cxrmodels.evaluation.evaluator import _headline
 
-        print(f"\nAUC internal test: {_auc_text(*_headline(metrics['internal']))}; "
-              f"external: {_auc_text(*_headline(metrics))}")
+        print(
+            f"\nAUC internal test: {_auc_text(*_headline(metrics['internal']))}; "
+            f"external: {_auc_text(*_headline(metrics))}"
+        )
     print(f"\nthreshold chosen on: {metrics['threshold_data']}")
     print("wrote: " + ", ".join(metrics["files"].values()))
     return 0
@@ -128,7 +207,9 @@ def _predict(args) -> int:
     print(format_predictions(results, _run.read_config(args.run)["class_names"]))
     failed = [r for r in results if not r["ok"]]
     if args.gradcam:
-        print(f"\nGrad-CAM overlays: {sum(r['gradcam'] is not None for r in results)} written to {args.gradcam}")
+        print(
+            f"\nGrad-CAM overlays: {sum(r['gradcam'] is not None for r in results)} written to {args.gradcam}"
+        )
     if failed:
         print(f"cxr predict: {len(failed)} of {len(results)} files could not be read", file=sys.stderr)
         return 1

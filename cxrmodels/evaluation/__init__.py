@@ -18,7 +18,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from cxrmodels.evaluation.clinical import evaluate_predictions, format_metrics_table
     from cxrmodels.evaluation.evaluator import evaluate
-    from cxrmodels.evaluation.shortcut_audit import audit
     from cxrmodels.evaluation.keras_metrics import Specificity, default_metrics
+    from cxrmodels.evaluation.shortcut_audit import audit
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -22,15 +22,22 @@ def plot_audit(report: dict, data: dict, *, path: str | os.PathLike) -> str:
     checks = report["checks"]
     shown = data["examples"]
     fig = Figure(figsize=(11, 8.5 if shown else 4.6))
-    grid = fig.add_gridspec(2 if shown else 1, max(2, len(shown)) * 2, height_ratios=[1.25, 1] if shown else [1])
+    grid = fig.add_gridspec(
+        2 if shown else 1, max(2, len(shown)) * 2, height_ratios=[1.25, 1] if shown else [1]
+    )
     half = grid.ncols // 2
     bars = [("original", checks["original"])] + [
-        (name.replace("_", " "), checks[name]) for name in ("lungs_blanked", "lungs_only")
-        if checks[name]["status"] != "skipped"]
+        (name.replace("_", " "), checks[name])
+        for name in ("lungs_blanked", "lungs_only")
+        if checks[name]["status"] != "skipped"
+    ]
     if checks["external"].get("auc") is not None:
         bars.append(("external", checks["external"]))
-    draw_auc_bars(fig.add_subplot(grid[0, :half]), [(k, (c["auc"], c.get("auc_ci"))) for k, c in bars],
-                  title="Does the model need the lungs?")
+    draw_auc_bars(
+        fig.add_subplot(grid[0, :half]),
+        [(k, (c["auc"], c.get("auc_ci"))) for k, c in bars],
+        title="Does the model need the lungs?",
+    )
 
     ax = fig.add_subplot(grid[0, half:])
     share = checks["gradcam_lung_share"]
@@ -42,16 +49,22 @@ def plot_audit(report: dict, data: dict, *, path: str | os.PathLike) -> str:
         for c, name in enumerate(report["class_names"]):
             s = values[(y == c) & ~np.isnan(values)]
             if len(s):
-                ax.hist(s, bins=np.linspace(0, 1, 21), alpha=0.55, color=f"C{c}", label=f"{name} (n={len(s)})")
+                ax.hist(
+                    s, bins=np.linspace(0, 1, 21), alpha=0.55, color=f"C{c}", label=f"{name} (n={len(s)})"
+                )
         ax.axvline(share["lung_area"], ls=":", c="k", label=f"lung area {share['lung_area']:.2f}")
         ax.axvline(share["cutoff"], ls="--", c="C3", label=f"flag below {share['cutoff']:.2f}")
-        ax.set(xlim=(0, 1), xlabel="share of Grad-CAM energy inside the lungs", ylabel="images",
-               title=f"Grad-CAM inside the lungs: median {share['median']:.2f}")
+        ax.set(
+            xlim=(0, 1),
+            xlabel="share of Grad-CAM energy inside the lungs",
+            ylabel="images",
+            title=f"Grad-CAM inside the lungs: median {share['median']:.2f}",
+        )
         ax.legend(fontsize=8)
 
     jet = colormaps["jet"]
     for i, (image, cam, mask, label) in enumerate(shown):
-        ax = fig.add_subplot(grid[1, 2 * i:2 * i + 2])
+        ax = fig.add_subplot(grid[1, 2 * i : 2 * i + 2])
         gray = np.repeat(image.astype(np.float32)[..., None] / 255.0, 3, axis=-1)
         ax.imshow(np.clip(0.6 * gray + 0.4 * jet(np.clip(cam, 0, 1))[..., :3], 0, 1))
         ax.contour(mask.astype(float), levels=[0.5], colors="w", linewidths=1)
@@ -59,8 +72,14 @@ def plot_audit(report: dict, data: dict, *, path: str | os.PathLike) -> str:
         ax.set_axis_off()
 
     flagged = report["flagged"]
-    fig.suptitle(f"{report['model']}: " + ("FLAGGED: " + ", ".join(f.replace("_", " ") for f in flagged)
-                                           if flagged else "no shortcut found by these checks"),
-                 color="C3" if flagged else "k")
+    fig.suptitle(
+        f"{report['model']}: "
+        + (
+            "FLAGGED: " + ", ".join(f.replace("_", " ") for f in flagged)
+            if flagged
+            else "no shortcut found by these checks"
+        ),
+        color="C3" if flagged else "k",
+    )
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)

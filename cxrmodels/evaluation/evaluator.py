@@ -24,13 +24,19 @@ import numpy as np
 from cxrdata.utils.io import atomic_write_text
 from cxrmodels.training import run_dir as _run
 
-
 EXTERNAL_DIR = "external"
 
 
-def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, *, split: str = "test",
-             batch_size: int = 64, n_bootstrap: int = 1000, class_map: dict[str, str] | str | None = None,
-             allow_preprocessing_mismatch: bool = False) -> dict[str, Any]:
+def evaluate(
+    run_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    batch_size: int = 64,
+    n_bootstrap: int = 1000,
+    class_map: dict[str, str] | str | None = None,
+    allow_preprocessing_mismatch: bool = False,
+) -> dict[str, Any]:
     """Evaluates a run's model on a split and writes its metrics and figures into the run.
 
     Predicts the split (and a validation split, for the threshold), computes
@@ -88,8 +94,10 @@ def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, *, spli
         raise ValueError(f"`n_bootstrap` must be an integer >= 0. Received: n_bootstrap={n_bootstrap!r}")
     class_map = parse_class_map(class_map)
     if not isinstance(allow_preprocessing_mismatch, bool):
-        raise TypeError("`allow_preprocessing_mismatch` must be True or False. "
-                        f"Received: allow_preprocessing_mismatch={allow_preprocessing_mismatch!r}")
+        raise TypeError(
+            "`allow_preprocessing_mismatch` must be True or False. "
+            f"Received: allow_preprocessing_mismatch={allow_preprocessing_mismatch!r}"
+        )
     import cxrdata
     from cxrmodels.evaluation.clinical import evaluate_predictions
     from cxrmodels.evaluation.plots import plot_confusion_matrix, plot_roc
@@ -98,8 +106,13 @@ def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, *, spli
     config = _run.read_config(run_dir)
     manifest = cxrdata.read_manifest(dataset_dir)
     splits = split_names(manifest, split)
-    notes = check_dataset(config, manifest, dataset_dir, class_map=class_map,
-                          allow_preprocessing_mismatch=allow_preprocessing_mismatch)
+    notes = check_dataset(
+        config,
+        manifest,
+        dataset_dir,
+        class_map=class_map,
+        allow_preprocessing_mismatch=allow_preprocessing_mismatch,
+    )
     labels = label_mapping(config, manifest, class_map)
     external = manifest.digest() != config["dataset"]["digest"]
     model = _run.load_model(run_dir, config)
@@ -110,45 +123,77 @@ def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, *, spli
     if val_dir is not None:
         val_true, val_probs = predict_split(model, val_dir, "val", batch_size=batch_size)
     class_names = config["class_names"]
-    metrics = evaluate_predictions(y, probs, class_names=class_names, val_true=val_true,
-                                   val_probs=val_probs, n_bootstrap=n_bootstrap, seed=0)
+    metrics = evaluate_predictions(
+        y,
+        probs,
+        class_names=class_names,
+        val_true=val_true,
+        val_probs=val_probs,
+        n_bootstrap=n_bootstrap,
+        seed=0,
+    )
     metrics["warnings"] = notes + metrics["warnings"]
-    metrics.update({"split": split, "threshold_data": val_note, "model": config["model"]["name"],
-                    "run": os.path.abspath(run_dir),
-                    "dataset": {"path": os.path.abspath(dataset_dir), "digest": manifest.digest(),
-                                "same_as_training": not external}})
+    metrics.update(
+        {
+            "split": split,
+            "threshold_data": val_note,
+            "model": config["model"]["name"],
+            "run": os.path.abspath(run_dir),
+            "dataset": {
+                "path": os.path.abspath(dataset_dir),
+                "digest": manifest.digest(),
+                "same_as_training": not external,
+            },
+        }
+    )
     if class_map:
         metrics["class_map"] = class_map
 
     if external:
         folder = external_report_dir(run_dir, dataset_dir, split)
         os.makedirs(folder, exist_ok=True)
-        metrics["internal"] = internal_test_metrics(run_dir, config, model, batch_size=batch_size,
-                                                    n_bootstrap=n_bootstrap)
-        files = {"metrics": os.path.join(folder, "metrics.json"), "roc": os.path.join(folder, "roc.png"),
-                 "confusion_matrix": os.path.join(folder, "confusion_matrix.png"),
-                 "comparison": os.path.join(folder, "comparison.png")}
+        metrics["internal"] = internal_test_metrics(
+            run_dir, config, model, batch_size=batch_size, n_bootstrap=n_bootstrap
+        )
+        files = {
+            "metrics": os.path.join(folder, "metrics.json"),
+            "roc": os.path.join(folder, "roc.png"),
+            "confusion_matrix": os.path.join(folder, "confusion_matrix.png"),
+            "comparison": os.path.join(folder, "comparison.png"),
+        }
         if metrics["internal"] is None:
             files.pop("comparison")
     else:
         suffix = "" if split == "test" else f"-{split}"
-        files = {"metrics": os.path.join(run_dir, f"metrics{suffix}.json"),
-                 "roc": os.path.join(run_dir, f"roc{suffix}.png"),
-                 "confusion_matrix": os.path.join(run_dir, f"confusion_matrix{suffix}.png")}
+        files = {
+            "metrics": os.path.join(run_dir, f"metrics{suffix}.json"),
+            "roc": os.path.join(run_dir, f"roc{suffix}.png"),
+            "confusion_matrix": os.path.join(run_dir, f"confusion_matrix{suffix}.png"),
+        }
     if len(class_names) == 2 and len(set(y.tolist())) < 2:
         files.pop("roc")  # a two-class ROC curve needs both classes
     metrics["files"] = {k: os.path.basename(v) for k, v in files.items()}
     atomic_write_text(files["metrics"], json.dumps(metrics, indent=2) + "\n")
     if "roc" in files:
         plot_roc(y, probs, class_names=class_names, path=files["roc"], metrics=metrics)
-    plot_confusion_matrix(metrics["confusion_matrix"], class_names=class_names, path=files["confusion_matrix"],
-                          title=f"{config['model']['name']} on {split} (argmax decision)")
+    plot_confusion_matrix(
+        metrics["confusion_matrix"],
+        class_names=class_names,
+        path=files["confusion_matrix"],
+        title=f"{config['model']['name']} on {split} (argmax decision)",
+    )
     if "comparison" in files:
         from cxrmodels.evaluation.plots import plot_auc_bars
 
-        bars = [("internal test", metrics["internal"]), (f"external: {os.path.basename(dataset_dir)}", metrics)]
-        plot_auc_bars([(name, _headline(m)) for name, m in bars], path=files["comparison"],
-                      title=f"{config['model']['name']}: internal test vs external")
+        bars = [
+            ("internal test", metrics["internal"]),
+            (f"external: {os.path.basename(dataset_dir)}", metrics),
+        ]
+        plot_auc_bars(
+            [(name, _headline(m)) for name, m in bars],
+            path=files["comparison"],
+            title=f"{config['model']['name']}: internal test vs external",
+        )
     metrics["files"] = files
     return metrics
 
@@ -178,13 +223,18 @@ def parse_class_map(class_map) -> dict[str, str]:
     if isinstance(class_map, str):
         pairs = [p.split("=") for p in class_map.split(",") if p.strip()]
         if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
-            raise ValueError("`class_map` must be pairs DATASET_CLASS=RUN_CLASS separated by commas, like "
-                             f"'pneumonia=COVID,healthy=Normal'. Received: class_map={class_map!r}")
+            raise ValueError(
+                "`class_map` must be pairs DATASET_CLASS=RUN_CLASS separated by commas, like "
+                f"'pneumonia=COVID,healthy=Normal'. Received: class_map={class_map!r}"
+            )
         return {a.strip(): b.strip() for a, b in pairs}
-    if not isinstance(class_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                  for k, v in class_map.items()):
-        raise TypeError(f"`class_map` must be a dict of str to str, a 'a=B,c=D' string or None. "
-                        f"Received: class_map={class_map!r}")
+    if not isinstance(class_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in class_map.items()
+    ):
+        raise TypeError(
+            f"`class_map` must be a dict of str to str, a 'a=B,c=D' string or None. "
+            f"Received: class_map={class_map!r}"
+        )
     return dict(class_map)
 
 
@@ -202,7 +252,9 @@ def external_report_dir(run_dir: str, dataset_dir: str, split: str) -> str:
     return os.path.join(run_dir, EXTERNAL_DIR, f"{name}-{split}")
 
 
-def internal_test_metrics(run_dir: str, config: dict, model, *, batch_size: int, n_bootstrap: int) -> dict | None:
+def internal_test_metrics(
+    run_dir: str, config: dict, model, *, batch_size: int, n_bootstrap: int
+) -> dict | None:
     """The run's metrics on its own test split: its `metrics.json` if current, else computed; None if unreachable."""
     import cxrdata
     from cxrmodels.evaluation.clinical import evaluate_predictions
@@ -211,7 +263,10 @@ def internal_test_metrics(run_dir: str, config: dict, model, *, batch_size: int,
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
-        if saved.get("dataset", {}).get("digest") == config["dataset"]["digest"] and saved.get("split") == "test":
+        if (
+            saved.get("dataset", {}).get("digest") == config["dataset"]["digest"]
+            and saved.get("split") == "test"
+        ):
             return {k: v for k, v in saved.items() if k != "files"}
     training = config["dataset"]["path"]
     try:
@@ -221,16 +276,41 @@ def internal_test_metrics(run_dir: str, config: dict, model, *, batch_size: int,
     if manifest.digest() != config["dataset"]["digest"] or "test" not in manifest.splits:
         return None
     y, probs = predict_split(model, training, "test", batch_size=batch_size)
-    val = predict_split(model, training, "val", batch_size=batch_size) if "val" in manifest.splits else (None, None)
-    metrics = evaluate_predictions(y, probs, class_names=config["class_names"], val_true=val[0], val_probs=val[1],
-                                   n_bootstrap=n_bootstrap, seed=0)
-    metrics.update({"split": "test", "dataset": {"path": os.path.abspath(training), "digest": manifest.digest(),
-                                                 "same_as_training": True}})
+    val = (
+        predict_split(model, training, "val", batch_size=batch_size)
+        if "val" in manifest.splits
+        else (None, None)
+    )
+    metrics = evaluate_predictions(
+        y,
+        probs,
+        class_names=config["class_names"],
+        val_true=val[0],
+        val_probs=val[1],
+        n_bootstrap=n_bootstrap,
+        seed=0,
+    )
+    metrics.update(
+        {
+            "split": "test",
+            "dataset": {
+                "path": os.path.abspath(training),
+                "digest": manifest.digest(),
+                "same_as_training": True,
+            },
+        }
+    )
     return metrics
 
 
-def check_dataset(config: dict, manifest, dataset_dir: str, *, class_map: dict[str, str] | None = None,
-                  allow_preprocessing_mismatch: bool = False) -> list[str]:
+def check_dataset(
+    config: dict,
+    manifest,
+    dataset_dir: str,
+    *,
+    class_map: dict[str, str] | None = None,
+    allow_preprocessing_mismatch: bool = False,
+) -> list[str]:
     """Checks that a dataset is fed like the run's training data; returns warnings.
 
     Raises:
@@ -240,41 +320,63 @@ def check_dataset(config: dict, manifest, dataset_dir: str, *, class_map: dict[s
     class_map = class_map or {}
     unused = sorted(set(class_map) - set(manifest.class_names))
     if unused:
-        raise ValueError(f"`class_map` maps class(es) {unused} that the dataset {dataset_dir!r} lacks; its classes: "
-                         f"{list(manifest.class_names)}. Received: class_map={class_map}")
+        raise ValueError(
+            f"`class_map` maps class(es) {unused} that the dataset {dataset_dir!r} lacks; its classes: "
+            f"{list(manifest.class_names)}. Received: class_map={class_map}"
+        )
     mapped = [class_map.get(c, c) for c in manifest.class_names]
-    unknown = [f"{c!r}" + (f" (mapped to {class_map[c]!r})" if c in class_map else "")
-               for c, m in zip(manifest.class_names, mapped) if m not in config["class_names"]]
+    unknown = [
+        f"{c!r}" + (f" (mapped to {class_map[c]!r})" if c in class_map else "")
+        for c, m in zip(manifest.class_names, mapped)
+        if m not in config["class_names"]
+    ]
     if unknown:
-        raise ValueError(f"The dataset {dataset_dir!r} has class(es) {', '.join(unknown)} that the run was not "
-                         f"trained on (its classes: {config['class_names']}). Map them with `class_map` "
-                         "(`--class-map theirs=ours,...`).")
+        raise ValueError(
+            f"The dataset {dataset_dir!r} has class(es) {', '.join(unknown)} that the run was not "
+            f"trained on (its classes: {config['class_names']}). Map them with `class_map` "
+            "(`--class-map theirs=ours,...`)."
+        )
     if not class_map and list(manifest.class_names) != list(config["class_names"]):
-        raise ValueError(f"The dataset {dataset_dir!r} has classes {list(manifest.class_names)} but the run "
-                         f"was trained on {config['class_names']} (in that order). Map them with `class_map` "
-                         "if they are the same classes.")
+        raise ValueError(
+            f"The dataset {dataset_dir!r} has classes {list(manifest.class_names)} but the run "
+            f"was trained on {config['class_names']} (in that order). Map them with `class_map` "
+            "if they are the same classes."
+        )
     if list(manifest.image_shape) != list(config["model"]["input_shape"]):
         raise ValueError(
             f"The dataset {dataset_dir!r} holds {tuple(manifest.image_shape)} images but the model takes "
             f"{tuple(config['model']['input_shape'])}. Convert it with the run's preprocessing: "
-            f"{_describe(config['preprocessing'])}.")
+            f"{_describe(config['preprocessing'])}."
+        )
     here, there = _normalized(manifest.preprocessing), _normalized(config["preprocessing"])
     different = sorted(k for k in set(here) | set(there) if here.get(k) != there.get(k))
     notes = []
     if different:
-        what = ("The dataset {dataset_dir!r} was preprocessed differently from the run's training data ("
-                + ", ".join(f"{k}: {manifest.preprocessing.get(k)!r} here, {config['preprocessing'].get(k)!r} "
-                            "in training" for k in different) + ")").format(dataset_dir=dataset_dir)
+        what = (
+            "The dataset {dataset_dir!r} was preprocessed differently from the run's training data ("
+            + ", ".join(
+                f"{k}: {manifest.preprocessing.get(k)!r} here, {config['preprocessing'].get(k)!r} "
+                "in training"
+                for k in different
+            )
+            + ")"
+        ).format(dataset_dir=dataset_dir)
         if not allow_preprocessing_mismatch:
-            raise ValueError(what + ". Convert it again with the run's settings, or pass "
-                             "--allow-preprocessing-mismatch (allow_preprocessing_mismatch=True) to evaluate it "
-                             "anyway.")
-        notes.append(what + "; evaluated anyway (allow_preprocessing_mismatch): the figures mix a shift of "
-                     "population with one of preprocessing.")
+            raise ValueError(
+                what + ". Convert it again with the run's settings, or pass "
+                "--allow-preprocessing-mismatch (allow_preprocessing_mismatch=True) to evaluate it "
+                "anyway."
+            )
+        notes.append(
+            what + "; evaluated anyway (allow_preprocessing_mismatch): the figures mix a shift of "
+            "population with one of preprocessing."
+        )
         warnings.warn(notes[-1], stacklevel=3)
     if manifest.digest() != config["dataset"]["digest"]:
-        message = (f"The dataset {dataset_dir!r} is not the one the run was trained on (its manifest "
-                   "digest differs), so it is evaluated as an external set.")
+        message = (
+            f"The dataset {dataset_dir!r} is not the one the run was trained on (its manifest "
+            "digest differs), so it is evaluated as an external set."
+        )
         warnings.warn(message, stacklevel=3)
         return notes + [message]
     return notes
@@ -285,8 +387,11 @@ def _normalized(preprocessing: dict) -> dict:
     from cxrdata.dicom import MULTI_FRAME_POLICY
     from cxrdata.manifest import dicom_window_of
 
-    return {**preprocessing, "dicom_window": dicom_window_of(preprocessing),
-            "dicom_frames": preprocessing.get("dicom_frames", MULTI_FRAME_POLICY)}
+    return {
+        **preprocessing,
+        "dicom_window": dicom_window_of(preprocessing),
+        "dicom_frames": preprocessing.get("dicom_frames", MULTI_FRAME_POLICY),
+    }
 
 
 def _describe(preprocessing: dict) -> str:
@@ -312,8 +417,9 @@ def _validation_source(config, manifest, dataset_dir, split) -> tuple[str | None
     return None, "none: no validation split found"
 
 
-def predict_splits(model, dataset_dir: str, splits: list[str], *, batch_size: int,
-                   labels: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict_splits(
+    model, dataset_dir: str, splits: list[str], *, batch_size: int, labels: list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """`predict_split` over several splits, concatenated; dataset labels mapped through `labels`."""
     parts = [predict_split(model, dataset_dir, s, batch_size=batch_size) for s in splits]
     y, probs = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -7,13 +7,16 @@ atomically.
 
 from __future__ import annotations
 
-import io
-import os
-
 import numpy as np
 
 from cxrdata.utils.figures import save_figure
-from cxrmodels.evaluation.clinical import _auc_text, _check_predictions, positive_class_index, roc_auc, roc_curve
+from cxrmodels.evaluation.clinical import (
+    _auc_text,
+    _check_predictions,
+    positive_class_index,
+    roc_auc,
+    roc_curve,
+)
 
 
 def _save_figure(fig, path) -> str:
@@ -51,15 +54,23 @@ def plot_roc(y_true, probs, *, class_names, path, metrics: dict | None = None) -
         pos = positive_class_index(class_names)
         fpr, tpr, _ = roc_curve(y == pos, p[:, pos])
         ci = metrics.get("auc_ci") if metrics else None
-        ax.plot(fpr, tpr, lw=2, label=f"{class_names[pos]}: AUC {_auc_text(roc_auc(y == pos, p[:, pos]), ci)}")
+        ax.plot(
+            fpr, tpr, lw=2, label=f"{class_names[pos]}: AUC {_auc_text(roc_auc(y == pos, p[:, pos]), ci)}"
+        )
         styles = {"at_threshold": dict(c="C3", marker="o"), "at_0.5": dict(mec="C3", mfc="none", marker="s")}
         for key, style in styles.items():
             r = metrics.get(key) if metrics else None
             if r and r["sensitivity"] is not None and r["specificity"] is not None:
                 what = f"Youden, {metrics['threshold_source']}" if key == "at_threshold" else "default"
-                ax.plot(1 - r["specificity"], r["sensitivity"], ls="none", ms=8, **style,
-                        label=f"t={r['threshold']:.3f} ({what}): "
-                              f"sens {r['sensitivity']:.2f}, spec {r['specificity']:.2f}")
+                ax.plot(
+                    1 - r["specificity"],
+                    r["sensitivity"],
+                    ls="none",
+                    ms=8,
+                    **style,
+                    label=f"t={r['threshold']:.3f} ({what}): "
+                    f"sens {r['sensitivity']:.2f}, spec {r['specificity']:.2f}",
+                )
         ax.set_title(f"ROC: {class_names[pos]} vs {class_names[1 - pos]} (n={len(y)})")
     else:
         for c, name in enumerate(class_names):
@@ -69,8 +80,13 @@ def plot_roc(y_true, probs, *, class_names, path, metrics: dict | None = None) -
             ci = metrics["per_class"][name]["auc_ci"] if metrics else None
             ax.plot(fpr, tpr, lw=1.5, label=f"{name}: AUC {_auc_text(roc_auc(y == c, p[:, c]), ci)}")
         ax.set_title(f"ROC, one class vs the rest (n={len(y)})")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal",
-           xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        aspect="equal",
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (true positive rate)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save_figure(fig, path)
@@ -98,8 +114,10 @@ def plot_confusion_matrix(cm, *, class_names, path, title: str = "Confusion matr
 
     cm, k = np.asarray(cm), len(class_names)
     if cm.shape != (k, k) or (cm < 0).any():
-        raise ValueError(f"`cm` must be a [{k}, {k}] matrix of non-negative counts for {k} class names. "
-                         f"Received: cm.shape={cm.shape}")
+        raise ValueError(
+            f"`cm` must be a [{k}, {k}] matrix of non-negative counts for {k} class names. "
+            f"Received: cm.shape={cm.shape}"
+        )
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
     size = 2.2 + 1.1 * k
@@ -109,10 +127,21 @@ def plot_confusion_matrix(cm, *, class_names, path, title: str = "Confusion matr
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{int(cm[i, j])}\n{100 * frac[i, j]:.1f}%", ha="center", va="center",
-                    color="white" if frac[i, j] > 0.5 else "black", fontsize=10)
-    ax.set_xticks(range(k), [str(c) for c in class_names],
-                  rotation=30 if k > 3 else 0, ha="right" if k > 3 else "center")
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j])}\n{100 * frac[i, j]:.1f}%",
+                ha="center",
+                va="center",
+                color="white" if frac[i, j] > 0.5 else "black",
+                fontsize=10,
+            )
+    ax.set_xticks(
+        range(k),
+        [str(c) for c in class_names],
+        rotation=30 if k > 3 else 0,
+        ha="right" if k > 3 else "center",
+    )
     ax.set_yticks(range(k), [str(c) for c in class_names])
     ax.set(xlabel="predicted", ylabel="true", title=title)
     return _save_figure(fig, path)
@@ -134,8 +163,14 @@ def draw_auc_bars(ax, bars, *, title: str = "") -> None:
         ax.bar(x, auc, color=f"C{x % 10}", width=0.6)
         if ci:
             ax.errorbar(x, auc, yerr=[[auc - ci[0]], [ci[1] - auc]], color="k", capsize=6, lw=1.2)
-        ax.text(x, min(auc, ci[1] if ci else auc) + 0.03, f"{auc:.3f}" + (f"\n[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""),
-                ha="center", va="bottom", fontsize=8)
+        ax.text(
+            x,
+            min(auc, ci[1] if ci else auc) + 0.03,
+            f"{auc:.3f}" + (f"\n[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.axhline(0.5, ls="--", c="0.5", lw=1)
     ax.set_xticks(xs, [label for label, _ in bars], fontsize=8)
     ax.set(ylim=(0, 1.18), ylabel="ROC AUC (95% CI)", title=title)

@@ -54,8 +54,13 @@ def test_lung_fields_are_dark_and_mediastinum_bright():
 
 def test_covid_adds_peripheral_bilateral_opacity_to_the_same_film():
     # Findings have their own random stream, so one seed gives the same film with and without them.
-    diffs = np.mean([make_phantom(128, label="covid", seed=s).astype(float)
-                     - make_phantom(128, label="normal", seed=s) for s in range(10)], axis=0)
+    diffs = np.mean(
+        [
+            make_phantom(128, label="covid", seed=s).astype(float) - make_phantom(128, label="normal", seed=s)
+            for s in range(10)
+        ],
+        axis=0,
+    )
     right_outer, left_outer = diffs[45:100, 8:35].mean(), diffs[45:100, 93:120].mean()
     assert right_outer > 3 and left_outer > 3  # both lungs, outer parts
     assert abs(diffs[:, 58:70].mean()) < 1  # not in the mediastinum
@@ -93,13 +98,19 @@ def test_pneumonia_is_one_sided():
 def test_write_tree_classes_layout(tmp_path):
     rows = write_tree(tmp_path, per_class=3, image_size=32, seed=0)
     assert [r["path"] for r in rows] == [
-        "COVID/COVID-00001.png", "COVID/COVID-00002.png", "COVID/COVID-00003.png",
-        "Normal/Normal-00001.png", "Normal/Normal-00002.png", "Normal/Normal-00003.png"]
+        "COVID/COVID-00001.png",
+        "COVID/COVID-00002.png",
+        "COVID/COVID-00003.png",
+        "Normal/Normal-00001.png",
+        "Normal/Normal-00002.png",
+        "Normal/Normal-00003.png",
+    ]
     assert [r["label"] for r in rows] == ["COVID"] * 3 + ["Normal"] * 3
     assert [r["patient"] for r in rows] == [f"P{i:05d}" for i in range(1, 7)]
     assert sorted(os.listdir(tmp_path)) == ["COVID", "Normal", "labels.csv"]
     assert _csv_rows(tmp_path) == [["path", "label", "patient"]] + [
-        [r["path"], r["label"], r["patient"]] for r in rows]
+        [r["path"], r["label"], r["patient"]] for r in rows
+    ]
     with Image.open(tmp_path / rows[0]["path"]) as image:
         assert (image.mode, image.size, image.format) == ("L", (32, 32), "PNG")
     images = [_read(tmp_path, r["path"]) for r in rows]
@@ -117,22 +128,38 @@ def test_write_tree_is_byte_identical_for_the_same_arguments(tmp_path):
 
 
 def test_write_tree_splits_layout(tmp_path):
-    rows = write_tree(tmp_path, classes=("NORMAL", "PNEUMONIA"), per_class=10, image_size=32,
-                      layout="splits", splits=(0.6, 0.2, 0.2), format="jpeg")
+    rows = write_tree(
+        tmp_path,
+        classes=("NORMAL", "PNEUMONIA"),
+        per_class=10,
+        image_size=32,
+        layout="splits",
+        splits=(0.6, 0.2, 0.2),
+        format="jpeg",
+    )
     for split, count in (("train", 6), ("val", 2), ("test", 2)):
         for name in ("NORMAL", "PNEUMONIA"):
             files = sorted(os.listdir(tmp_path / split / name))
             assert len(files) == count and all(f.endswith(".jpeg") for f in files)
-    assert rows[6] == {"path": "val/NORMAL/NORMAL-00007.jpeg", "label": "NORMAL", "patient": "P00007",
-                       "split": "val"}
+    assert rows[6] == {
+        "path": "val/NORMAL/NORMAL-00007.jpeg",
+        "label": "NORMAL",
+        "patient": "P00007",
+        "split": "val",
+    }
     assert len(_csv_rows(tmp_path)) == 21
     with Image.open(tmp_path / rows[0]["path"]) as image:
         assert (image.format, image.size) == ("JPEG", (32, 32))
 
 
 def test_write_tree_masks(tmp_path):
-    rows = write_tree(tmp_path, classes=("COVID", "Normal", "Viral Pneumonia"), per_class={
-        "COVID": 2, "Normal": 1, "Viral Pneumonia": 1}, image_size=(64, 48), masks=True)
+    rows = write_tree(
+        tmp_path,
+        classes=("COVID", "Normal", "Viral Pneumonia"),
+        per_class={"COVID": 2, "Normal": 1, "Viral Pneumonia": 1},
+        image_size=(64, 48),
+        masks=True,
+    )
     assert sorted(os.listdir(tmp_path / "COVID")) == ["images", "masks"]
     assert os.listdir(tmp_path / "Viral Pneumonia" / "masks") == ["Viral Pneumonia-00001.png"]
     for row in rows:
@@ -158,8 +185,18 @@ def test_write_tree_16_bit(tmp_path):
 
 def test_write_tree_patient_groups(tmp_path):
     rows = write_tree(tmp_path, per_class=5, image_size=48, patients=2, seed=3)
-    assert [r["patient"] for r in rows] == ["P00001", "P00001", "P00002", "P00002", "P00003",
-                                            "P00004", "P00004", "P00005", "P00005", "P00006"]
+    assert [r["patient"] for r in rows] == [
+        "P00001",
+        "P00001",
+        "P00002",
+        "P00002",
+        "P00003",
+        "P00004",
+        "P00004",
+        "P00005",
+        "P00005",
+        "P00006",
+    ]
     images = [_read(tmp_path, r["path"]).astype(float).ravel() for r in rows[:5]]
     assert not np.array_equal(images[0], images[1])
     same = np.corrcoef(images[0], images[1])[0, 1]
@@ -176,40 +213,56 @@ def test_write_tree_keeps_patients_inside_one_split(tmp_path):
 
 
 def test_kind_of():
-    assert [kind_of(n) for n in ("COVID", "covid-19", "Normal", "NORMAL", "healthy", "PNEUMONIA",
-                                 "Viral Pneumonia", "Lung_Opacity")] == (
-        ["covid"] * 2 + ["normal"] * 3 + ["pneumonia"] * 3)
+    assert [
+        kind_of(n)
+        for n in (
+            "COVID",
+            "covid-19",
+            "Normal",
+            "NORMAL",
+            "healthy",
+            "PNEUMONIA",
+            "Viral Pneumonia",
+            "Lung_Opacity",
+        )
+    ] == (["covid"] * 2 + ["normal"] * 3 + ["pneumonia"] * 3)
     with pytest.raises(ValueError, match="Received: class name 'Tuberculosis'"):
         kind_of("Tuberculosis")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(label="tb"), "`label` must be one of"),
-    (dict(image_size=8), "`image_size` must be an int or a"),
-    (dict(image_size=(64,)), r"Received: image_size=\(64,\)"),
-    (dict(seed=1, rng=np.random.default_rng(1)), "not both"),
-    (dict(rng=1), "`rng` must be a numpy.random.Generator"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(label="tb"), "`label` must be one of"),
+        (dict(image_size=8), "`image_size` must be an int or a"),
+        (dict(image_size=(64,)), r"Received: image_size=\(64,\)"),
+        (dict(seed=1, rng=np.random.default_rng(1)), "not both"),
+        (dict(rng=1), "`rng` must be a numpy.random.Generator"),
+    ],
+)
 def test_make_phantom_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_phantom(**{"image_size": 32, **kwargs})
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(classes=("COVID", "Cats")), "Received: class name 'Cats'"),
-    (dict(classes=()), "`classes` must be a non-empty sequence"),
-    (dict(classes=("Normal", "Normal")), "distinct"),
-    (dict(per_class=-1), "`per_class` must be a non-negative int"),
-    (dict(per_class={"COVID": 2}), "one count per class"),
-    (dict(image_size="big"), "`image_size` must be"),
-    (dict(format="tiff"), r"`format` must be 'png' or 'jpeg'. Received: format='tiff'"),
-    (dict(layout="flat"), "`layout` must be 'classes' or 'splits'"),
-    (dict(splits=(0.7, 0.2, 0.2)), r"add up to 1. Received: splits=\(0.7, 0.2, 0.2\)"),
-    (dict(patients=0), "`patients` must be None or a positive int"),
-    (dict(bit_depth=12), "`bit_depth` must be 8 or 16. Received: bit_depth=12"),
-    (dict(bit_depth=16, format="jpeg"), "16-bit images need format='png'"),
-    (dict(masks="yes"), "`masks` must be True or False"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(classes=("COVID", "Cats")), "Received: class name 'Cats'"),
+        (dict(classes=()), "`classes` must be a non-empty sequence"),
+        (dict(classes=("Normal", "Normal")), "distinct"),
+        (dict(per_class=-1), "`per_class` must be a non-negative int"),
+        (dict(per_class={"COVID": 2}), "one count per class"),
+        (dict(image_size="big"), "`image_size` must be"),
+        (dict(format="tiff"), r"`format` must be 'png' or 'jpeg'. Received: format='tiff'"),
+        (dict(layout="flat"), "`layout` must be 'classes' or 'splits'"),
+        (dict(splits=(0.7, 0.2, 0.2)), r"add up to 1. Received: splits=\(0.7, 0.2, 0.2\)"),
+        (dict(patients=0), "`patients` must be None or a positive int"),
+        (dict(bit_depth=12), "`bit_depth` must be 8 or 16. Received: bit_depth=12"),
+        (dict(bit_depth=16, format="jpeg"), "16-bit images need format='png'"),
+        (dict(masks="yes"), "`masks` must be True or False"),
+    ],
+)
 def test_write_tree_rejects_bad_arguments_before_writing(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         write_tree(tmp_path / "tree", **{"per_class": 1, "image_size": 32, **kwargs})
@@ -221,17 +274,21 @@ def test_shortcut_marker_follows_the_class_and_stays_outside_the_lungs(tmp_path)
     clean = write_tree(tmp_path / "b", per_class=6, image_size=64, masks=True, seed=2)
     assert [r["shortcut"] for r in rows] == [True] * 6 + [False] * 6  # strength 1: COVID only
     for r, c in zip(rows, clean):
-        image, plain = (np.asarray(Image.open(root / r["path"]), np.int16) for root in (tmp_path / "a", tmp_path / "b"))
+        image, plain = (
+            np.asarray(Image.open(root / r["path"]), np.int16) for root in (tmp_path / "a", tmp_path / "b")
+        )
         lungs = np.asarray(Image.open(tmp_path / "a" / r["mask"])) > 0
         changed = image != plain
-        assert changed.any() == r["shortcut"]      # the film itself is the same
-        assert not (changed & lungs).any()         # never inside the lungs
+        assert changed.any() == r["shortcut"]  # the film itself is the same
+        assert not (changed & lungs).any()  # never inside the lungs
         if r["shortcut"]:
             assert changed[:9, :13].mean() > 0.5 and not changed[32:].any()  # the top left corner
 
 
 def test_shortcut_strength_zero_is_independent_of_the_class(tmp_path):
-    rows = write_tree(tmp_path, per_class=200, image_size=16, shortcut="border", shortcut_strength=0.0, seed=1)
+    rows = write_tree(
+        tmp_path, per_class=200, image_size=16, shortcut="border", shortcut_strength=0.0, seed=1
+    )
     by_class = {c: np.mean([r["shortcut"] for r in rows if r["label"] == c]) for c in ("COVID", "Normal")}
     assert 0.4 < by_class["COVID"] < 0.6 and 0.4 < by_class["Normal"] < 0.6
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 
 import cxrdata
@@ -23,10 +22,26 @@ pytestmark = pytest.mark.slow
 
 def _dataset_and_run(base, **tree):
     write_tree(base / "src", per_class=60, image_size=64, masks=True, seed=5, **tree)
-    cxrdata.convert(base / "src", base / "data", image_size=64, radius=20, workers=1, progress=False,
-                    splits=(0.5, 0.2, 0.3))
-    cxrmodels.train(base / "data", out=base / "run", epochs=15, batch_size=16, learning_rate=3e-3, augment="none",
-                    patience=15, verbose=0, model_kwargs={"filters": (8, 16, 16), "dense_units": 16})
+    cxrdata.convert(
+        base / "src",
+        base / "data",
+        image_size=64,
+        radius=20,
+        workers=1,
+        progress=False,
+        splits=(0.5, 0.2, 0.3),
+    )
+    cxrmodels.train(
+        base / "data",
+        out=base / "run",
+        epochs=15,
+        batch_size=16,
+        learning_rate=3e-3,
+        augment="none",
+        patience=15,
+        verbose=0,
+        model_kwargs={"filters": (8, 16, 16), "dense_units": 16},
+    )
     return base / "data", base / "run"
 
 
@@ -79,9 +94,12 @@ def test_a_model_looking_at_the_lungs_is_not_flagged(clean_run):
 
 def test_thresholds_are_overridable_and_checked(clean_run, tmp_path):
     data, run = clean_run
-    report = cxrmodels.audit(run, data, n_bootstrap=0, thresholds={"lungs_blanked_auc": 0.0}, out=tmp_path / "a")
+    report = cxrmodels.audit(
+        run, data, n_bootstrap=0, thresholds={"lungs_blanked_auc": 0.0}, out=tmp_path / "a"
+    )
     assert report["checks"]["lungs_blanked"]["status"] == "flagged" and report["files"]["audit"].startswith(
-        str(tmp_path / "a"))
+        str(tmp_path / "a")
+    )
     with pytest.raises(ValueError, match="`thresholds` takes the keys"):
         cxrmodels.audit(run, data, thresholds={"blanked": 0.5})
     with pytest.raises(ValueError, match=r"`thresholds\['external_drop'\]` must be a number from 0 to 1"):
@@ -104,9 +122,12 @@ def external_data(tmp_path_factory):
     """Another 'hospital': other class names, test-only, preprocessed like the runs (and once not)."""
     base = tmp_path_factory.mktemp("external")
     write_tree(base / "src", classes=("covid19", "healthy"), per_class=20, image_size=64, masks=True, seed=11)
-    cxrdata.convert(base / "src", base / "ext", image_size=64, radius=20, workers=1, progress=False, splits="0,0,1")
-    cxrdata.convert(base / "src", base / "ext-r12", image_size=64, radius=12, workers=1, progress=False,
-                    splits="0,0,1")
+    cxrdata.convert(
+        base / "src", base / "ext", image_size=64, radius=20, workers=1, progress=False, splits="0,0,1"
+    )
+    cxrdata.convert(
+        base / "src", base / "ext-r12", image_size=64, radius=12, workers=1, progress=False, splits="0,0,1"
+    )
     return base / "ext", base / "ext-r12"
 
 
@@ -114,12 +135,18 @@ def test_external_evaluation_maps_classes_and_keeps_the_internal_report(clean_ru
     data, run = clean_run
     ext, _ = external_data
     internal = cxrmodels.evaluate(run, data, n_bootstrap=100)
-    before = {n: open(os.path.join(run, n), "rb").read() for n in ("metrics.json", "roc.png", "confusion_matrix.png")}
+    before = {
+        n: open(os.path.join(run, n), "rb").read()
+        for n in ("metrics.json", "roc.png", "confusion_matrix.png")
+    }
     with pytest.warns(UserWarning, match="external set"):
-        metrics = cxrmodels.evaluate(run, ext, split="all", class_map="covid19=COVID,healthy=Normal",
-                                     n_bootstrap=100)
-    print(f"\nexternal: internal AUC {internal['auc']:.3f} {internal['auc_ci']}, external AUC {metrics['auc']:.3f} "
-          f"{metrics['auc_ci']}")
+        metrics = cxrmodels.evaluate(
+            run, ext, split="all", class_map="covid19=COVID,healthy=Normal", n_bootstrap=100
+        )
+    print(
+        f"\nexternal: internal AUC {internal['auc']:.3f} {internal['auc_ci']}, external AUC {metrics['auc']:.3f} "
+        f"{metrics['auc_ci']}"
+    )
     assert metrics["n"] == 40 and metrics["class_counts"] == [20, 20]
     assert metrics["threshold"] == pytest.approx(internal["threshold"])  # the run's own val split, unchanged
     assert metrics["threshold_data"] == f"val split of the training dataset {os.path.abspath(data)}"
@@ -138,8 +165,17 @@ def test_external_preprocessing_mismatch_is_refused_naming_both_values(clean_run
     _, other = external_data
     with pytest.raises(ValueError, match=r"radius: 12 here, 20 in training.*--allow-preprocessing-mismatch"):
         cxrmodels.evaluate(run, other, split="all", class_map={"covid19": "COVID", "healthy": "Normal"})
-    args = ["evaluate", str(run), str(other), "--split", "all", "--class-map", "covid19=COVID,healthy=Normal",
-            "--n-bootstrap", "0"]
+    args = [
+        "evaluate",
+        str(run),
+        str(other),
+        "--split",
+        "all",
+        "--class-map",
+        "covid19=COVID,healthy=Normal",
+        "--n-bootstrap",
+        "0",
+    ]
     assert main(args) == 2 and "radius: 12 here, 20 in training" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="preprocessed differently"):
         assert main(args + ["--allow-preprocessing-mismatch"]) == 0
@@ -149,13 +185,26 @@ def test_external_preprocessing_mismatch_is_refused_naming_both_values(clean_run
 def test_cli_audit_with_an_external_dataset(shortcut_run, external_data, capsys):
     data, run = shortcut_run
     ext, _ = external_data
-    code = main(["audit", str(run), str(data), "--external", str(ext), "--class-map", "covid19=COVID,healthy=Normal",
-                 "--n-bootstrap", "100"])
+    code = main(
+        [
+            "audit",
+            str(run),
+            str(data),
+            "--external",
+            str(ext),
+            "--class-map",
+            "covid19=COVID,healthy=Normal",
+            "--n-bootstrap",
+            "100",
+        ]
+    )
     out = capsys.readouterr().out
     print(out)
     assert code == 1  # flagged
     assert "[flagged] lungs blanked: AUC" in out and "internal vs external: AUC" in out
     report = json.loads(open(os.path.join(run, "audit", "data-test", "audit.json")).read())
     ext_check = report["checks"]["external"]
-    assert ext_check["n"] == 40 and ext_check["drop"] == pytest.approx(ext_check["internal_auc"] - ext_check["auc"])
+    assert ext_check["n"] == 40 and ext_check["drop"] == pytest.approx(
+        ext_check["internal_auc"] - ext_check["auc"]
+    )
     assert ext_check["status"] == ("flagged" if ext_check["drop"] > 0.05 else "ok")
