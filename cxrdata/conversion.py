@@ -71,9 +71,11 @@ class ConversionResult:
         parts = ", ".join(f"{n} {s.num_examples}" for n, s in self.manifest.splits.items())
         shards = sum(len(s.shards) for s in self.manifest.splits.values())
         rate = self.num_converted / self.seconds if self.seconds > 0 else 0.0
+        masks = sum(s.masks for s in self.manifest.splits.values())
         line = (
             f"Converted {self.num_converted} images ({parts}) into {shards} shards in {out} "
-            f"in {self.seconds:.1f}s ({rate:.0f} images/s); {len(self.rejects)} rejected"
+            f"in {self.seconds:.1f}s ({rate:.0f} images/s){f', {masks} with lung masks' if masks else ''}; "
+            f"{len(self.rejects)} rejected"
         )
         return line + (f" (see {os.path.join(out, REJECTS_NAME)})" if self.rejects else "")
 
@@ -85,30 +87,66 @@ class _Item:
     sha256: str
 
 
-def _process(args: tuple[str, str, dict, str]) -> tuple[bool, bytes | str, int, int]:
-    """Worker: decode, preprocess and encode one image. Returns (ok, payload or reason, h, w)."""
-    path, name, config_dict, encoding = args
+def _process(args: tuple) -> tuple:
+    """Worker: decode, preprocess and encode one image and its mask.
+
+    Returns (ok, payload or reason, h, w, mask): `mask` is PNG bytes, a reason
+    why the mask was not used (str), or None when the image has no mask.
+    """
+    path, name, config_dict, encoding = args[:4]
+    mask_path = args[4] if len(args) > 4 else None
     try:
         with open(path, "rb") as f:
             data = f.read()
-        image = decode_image(data, name=name, dicom_window=config_dict["dicom_window"])
-        image = preprocess_image(image, PreprocessConfig.from_dict(config_dict))
+        original = decode_image(data, name=name, dicom_window=config_dict["dicom_window"])
+        image = preprocess_image(original, PreprocessConfig.from_dict(config_dict))
     except DecodeError as e:
-        return False, str(e), 0, 0
+        return False, str(e), 0, 0, None
     except FileNotFoundError:
-        return False, "file not found", 0, 0
+        return False, "file not found", 0, 0, None
     except Exception as e:  # one bad file never stops the job
-        return False, f"{type(e).__name__}: {e}", 0, 0
+        return False, f"{type(e).__name__}: {e}", 0, 0, None
+    mask = None if mask_path is None else _process_mask(mask_path, original.shape, config_dict)
     if encoding == "png":
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(image, mode="L").save(buf, format="PNG", optimize=False)
-        return True, buf.getvalue(), image.shape[0], image.shape[1]
-    return True, image.tobytes(), image.shape[0], image.shape[1]
+        return True, _png(image), image.shape[0], image.shape[1], mask
+    return True, image.tobytes(), image.shape[0], image.shape[1], mask
 
 
-def _process_chunk(chunk: list[tuple[str, str, dict, str]]) -> list[tuple[bool, bytes | str, int, int]]:
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _process_mask(path: str, shape: tuple[int, int], config_dict: dict) -> bytes | str:
+    """A lung mask as the PNG its record stores (0 and 255), or why it cannot be used.
+
+    The mask is brought to the source image's size first (Kaggle's masks are
+    256x256 beside 299x299 images), then resized exactly as the image was
+    (same aspect handling), always by nearest neighbour so it stays binary.
+    """
+    import dataclasses
+
+    from PIL import Image
+
+    from cxrdata.preprocess import resize
+
+    try:
+        mask = decode_image(path)
+    except (DecodeError, OSError) as e:
+        return f"mask not used: {e}"
+    if mask.shape != shape:
+        mask = np.array(Image.fromarray(mask, mode="L").resize(shape[::-1], Image.Resampling.NEAREST))
+    config = dataclasses.replace(PreprocessConfig.from_dict(config_dict), interpolation="nearest")
+    mask = np.where(resize(mask, config) >= 128, 255, 0).astype(np.uint8)
+    if not mask.any():
+        return "mask not used: it marks no pixel"
+    return _png(mask)
+
+
+def _process_chunk(chunk: list[tuple]) -> list[tuple]:
     return [_process(a) for a in chunk]
 
 
@@ -195,6 +233,8 @@ def convert(
     dicom_window: str = "auto",
     runner: str = "local",
     beam_options: Sequence[str] | None = None,
+    masks: str | os.PathLike | None = None,
+    test_groups: Sequence[str] | str | None = None,
 ) -> ConversionResult:
     """Converts a chest X-ray folder tree or CSV into equalized, sharded TFRecords.
 
@@ -219,7 +259,8 @@ def convert(
         clip_limit: CLAHE clip limit. Defaults to 0.01.
         interpolation: resize filter. Defaults to "bilinear".
         splits: `(train, val, test)` ratios adding up to 1, stratified by class.
-            Ignored for trees with split folders. Defaults to (0.7, 0.15, 0.15).
+            Ignored for trees with split folders. `(0, 0, 1)` makes a test-only
+            dataset, such as an external test set. Defaults to (0.7, 0.15, 0.15).
         seed: seeds the split and the order of records. Defaults to 0.
         encoding: "raw" (uint8 pixels) or "png". Defaults to "raw".
         shard_size: target shard size in megabytes. Defaults to 100.
@@ -239,6 +280,16 @@ def convert(
         beam_options: Beam pipeline flags for `runner="beam"`, e.g.
             `["--runner=DataflowRunner", "--project=...", "--region=..."]`.
             Defaults to the DirectRunner with `workers` processes.
+        masks: a folder of lung masks mirroring `src`. Without it, masks are
+            found in the Kaggle layout (`CLASS/masks/` beside `CLASS/images/`)
+            or a CSV's `mask` column. Each record gets its mask (resized by
+            nearest neighbour like its image); the manifest counts them per
+            split. A mask that cannot be read goes to `rejects.csv` and its
+            image is kept without one. Defaults to None.
+        test_groups: group ids (`group_by` or `group_pattern`; a list or a
+            comma-separated string) whose images all go to the test split,
+            such as the sources (hospitals) held out; the other images are
+            split by `splits`. Defaults to None.
 
     Returns:
         A `ConversionResult`.
@@ -274,11 +325,32 @@ def convert(
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"`workers` must be a positive int. Received: workers={workers!r}")
     _check_runner(runner, beam_options)
+    if isinstance(test_groups, str):
+        test_groups = [g.strip() for g in test_groups.split(",") if g.strip()]
+    test_groups = sorted(set(test_groups)) if test_groups else None
+    if test_groups and not (group_by or group_pattern):
+        raise ValueError(
+            "`test_groups` names groups, which need `group_by` (a CSV column) or `group_pattern`. "
+            f"Received: test_groups={test_groups}"
+        )
     out = os.fspath(out)
     state = _check_out(out, overwrite=overwrite, resume=resume)
     listing = discover(
-        src, labels=labels, group_by=group_by, group_pattern=group_pattern, class_names=class_names
+        src,
+        labels=labels,
+        group_by=group_by,
+        group_pattern=group_pattern,
+        class_names=class_names,
+        masks=masks,
     )
+    if test_groups:
+        known = {s.group for s in listing.sources}
+        unknown = [g for g in test_groups if g not in known]
+        if unknown:
+            raise ValueError(
+                f"`test_groups` names group(s) no image has: {', '.join(map(repr, unknown))}. "
+                f"Groups found: {', '.join(map(repr, sorted(known - {''})[:20])) or '(none)'}"
+            )
     if state == FINISHED:
         return _already_done(out, start)
     if state == OVERWRITE:
@@ -297,7 +369,7 @@ def convert(
     if not items:
         raise ValueError(f"No readable image under {os.fspath(src)!r}.")
 
-    split_of = _split_items(items, listing.layout, ratios, seed, len(index))
+    split_of = _split_items(items, listing.layout, ratios, seed, len(index), test_groups)
     plan: dict[str, list[list[_Item]]] = {}
     for n, split in enumerate(("train", "val", "test")):
         members = [it for it, s in zip(items, split_of) if s == split]
@@ -317,6 +389,10 @@ def convert(
         "encoding": encoding,
         "shard_size_mb": shard_size,
     }
+    if masks is not None:
+        options["masks"] = os.path.abspath(os.fspath(masks))
+    if test_groups:
+        options["test_groups"] = test_groups
     preprocessing = _preprocessing(config, dicom_window)
     fingerprint = _fingerprint(options, preprocessing, listing.class_names, plan)
     partial = os.path.join(out, PARTIAL_DIR)
@@ -331,7 +407,19 @@ def convert(
         )
     else:
         _write_shards(out, partial, plan, listing.class_names, preprocessing, encoding, workers, progress)
-    return _finish(out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start)
+    return _finish(
+        out,
+        partial,
+        plan,
+        listing,
+        config,
+        preprocessing,
+        encoding,
+        options,
+        rejects,
+        start,
+        grouped=bool(group_by or group_pattern),
+    )
 
 
 def _preprocessing(config: PreprocessConfig, dicom_window: str) -> dict:
@@ -363,7 +451,12 @@ def _check_runner(runner, beam_options) -> None:
             )
 
 
-def _split_items(items, layout, ratios, seed, num_classes) -> list[str]:
+def _split_items(items, layout, ratios, seed, num_classes, test_groups=None) -> list[str]:
+    if test_groups:
+        held = [it.source.group in test_groups for it in items]
+        rest = [it for it, h in zip(items, held) if not h]
+        rest_splits = iter(_split_items(rest, layout, ratios, seed, num_classes) if rest else [])
+        return ["test" if h else next(rest_splits) for h in held]
     given = [it.source.split for it in items]
     if all(g is not None for g in given):
         return given
@@ -390,6 +483,8 @@ def _fingerprint(options, preprocessing, class_names, plan) -> str:
                 h.update(
                     f"{split}\0{i}\0{it.source.relpath}\0{it.sha256}\0{it.label}\0{it.source.group}\n".encode()
                 )
+                if it.source.mask:
+                    h.update(f"mask\0{it.source.mask}\n".encode())
     return h.hexdigest()
 
 
@@ -440,9 +535,9 @@ def _pending_shards(out, plan) -> list[tuple[str, int, list[_Item]]]:
     ]
 
 
-def _task(item: _Item, cfg: dict, encoding: str) -> tuple[str, str, dict, str]:
-    """The arguments of `_process` for one planned image."""
-    return item.source.path, os.path.basename(item.source.path), cfg, encoding
+def _task(item: _Item, cfg: dict, encoding: str) -> tuple[str, str, dict, str, str | None]:
+    """The arguments of `_process` for one planned image (and its lung mask, if any)."""
+    return item.source.path, os.path.basename(item.source.path), cfg, encoding, item.source.mask
 
 
 def _write_shard(out, partial, name, results, class_names, *, tmp_path=None) -> None:
@@ -456,12 +551,15 @@ def _write_shard(out, partial, name, results, class_names, *, tmp_path=None) -> 
 
     writer = ShardWriter(os.path.join(out, name), tmp_path=tmp_path)
     counts = {c: 0 for c in class_names}
-    shard_rejects = []
+    shard_rejects, with_mask, groups = [], 0, {}
     try:
-        for it, (ok, payload, h, w) in results:
+        for it, (ok, payload, h, w, mask) in results:
             if not ok:
                 shard_rejects.append([it.source.relpath, payload])
                 continue
+            if isinstance(mask, str):  # the mask could not be used: the image is kept without one
+                shard_rejects.append([_relative_mask(it.source), mask])
+                mask = None
             writer.write(
                 serialize_example(
                     image=payload,
@@ -472,16 +570,33 @@ def _write_shard(out, partial, name, results, class_names, *, tmp_path=None) -> 
                     group=it.source.group,
                     path=it.source.relpath,
                     sha256=it.sha256,
+                    mask=mask or b"",
                 )
             )
             counts[class_names[it.label]] += 1
+            with_mask += mask is not None
+            groups[it.source.group] = groups.get(it.source.group, 0) + 1
         info = writer.finish()
     except BaseException:
         writer.abort()
         raise
-    record = {"shard": info.__dict__, "counts": counts, "rejects": shard_rejects}
+    record = {
+        "shard": info.__dict__,
+        "counts": counts,
+        "rejects": shard_rejects,
+        "masks": with_mask,
+        "groups": groups,
+    }
     atomic_write_text(os.path.join(partial, name + ".json"), json.dumps(record) + "\n")
     writer.commit()
+
+
+def _relative_mask(source) -> str:
+    """The mask's path for rejects.csv: beside its image's relative path when it can be."""
+    root = source.path[: len(source.path) - len(source.relpath)]
+    if root and source.mask.startswith(root):
+        return source.mask[len(root) :]
+    return source.mask
 
 
 class _OrderedResults:
@@ -534,20 +649,28 @@ class _OrderedResults:
 
 
 def _finish(
-    out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start
+    out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start, grouped=False
 ) -> ConversionResult:
     splits = {}
     all_rejects = list(rejects)
     for split, shards in plan.items():
-        infos, counts = [], {c: 0 for c in listing.class_names}
+        infos, counts, masks, groups = [], {c: 0 for c in listing.class_names}, 0, {}
         for i in range(len(shards)):
             with open(os.path.join(partial, shard_name(split, i, len(shards)) + ".json")) as f:
                 record = json.load(f)
             infos.append(ShardInfo(**record["shard"]))
             for c, n in record["counts"].items():
                 counts[c] += n
+            masks += record.get("masks", 0)
+            for g, n in record.get("groups", {}).items():
+                groups[g] = groups.get(g, 0) + n
             all_rejects += [Reject(p, r) for p, r in record["rejects"]]
-        splits[split] = SplitInfo(counts=counts, shards=tuple(infos))
+        splits[split] = SplitInfo(
+            counts=counts,
+            shards=tuple(infos),
+            masks=masks,
+            groups=dict(sorted(groups.items())) if grouped else None,
+        )
     all_rejects.sort(key=lambda r: r.path)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

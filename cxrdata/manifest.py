@@ -51,10 +51,18 @@ class ShardInfo:
 
 @dataclass(frozen=True)
 class SplitInfo:
-    """One split: examples per class name and its shards, in order."""
+    """One split: examples per class name and its shards, in order.
+
+    `masks` counts its records that carry a lung mask; `groups` (None when the
+    conversion had no groups) gives the examples per group (patient or source).
+    Both are written to the manifest only when set, so older manifests keep
+    their digest.
+    """
 
     counts: dict[str, int]
     shards: tuple[ShardInfo, ...]
+    masks: int = 0
+    groups: dict[str, int] | None = None
 
     @property
     def num_examples(self) -> int:
@@ -112,6 +120,9 @@ class Manifest:
         for info in d["splits"].values():
             info["num_examples"] = sum(info["counts"].values())
             info["shards"] = list(info["shards"])
+            for key in ("masks", "groups"):
+                if not info[key]:
+                    del info[key]
         order = [
             "format_version",
             "library_version",
@@ -138,6 +149,8 @@ class Manifest:
             name: SplitInfo(
                 counts={str(k): int(v) for k, v in info["counts"].items()},
                 shards=tuple(ShardInfo(**s) for s in info["shards"]),
+                masks=int(info.get("masks", 0)),
+                groups=({str(k): int(v) for k, v in info["groups"].items()} if info.get("groups") else None),
             )
             for name, info in d["splits"].items()
         }

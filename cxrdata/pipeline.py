@@ -80,6 +80,7 @@ def load(
     service: str | None = None,
     input_context: tf.distribute.InputContext | None = None,
     service_mode: str = "distributed_epoch",
+    with_masks: bool = False,
 ) -> tf.data.Dataset:
     """Loads one split of a converted dataset as batches of `(images, labels)`.
 
@@ -127,9 +128,15 @@ def load(
             read only this input pipeline's shard files (file `i` goes to
             pipeline `i % num_input_pipelines`), so each record is read by
             one pipeline per epoch. Defaults to None (all files).
+        with_masks: also yield each image's lung mask (see `cxr convert`'s
+            masks): batches become `(images, labels, masks)`, masks uint8
+            `[batch, height, width, 1]` of 0 and 1, all 0 for a record without a
+            mask. Not for `Model.fit`, which would take the masks for sample
+            weights; `augment`, `balance` and `cache` are refused with it.
+            Defaults to False.
 
     Returns:
-        A `tf.data.Dataset` of `(images, labels)`: images uint8
+        A `tf.data.Dataset` of `(images, labels)` (`(images, labels, masks)` with `with_masks`): images uint8
         `[batch, height, width, channels]`. Under a `tf.distribute` strategy it
         shards by file (by batch when there are fewer files than workers, or
         when oversampling; all workers then share one seed, so each batch goes
@@ -157,6 +164,16 @@ def load(
     _service.check_service(service, service_mode)
     # Dynamically sharded, each service worker batches only its share: the epoch
     # length and `drop_remainder` are applied here, after the service.
+    if not isinstance(with_masks, bool):
+        raise TypeError(f"`with_masks` must be True or False. Received: with_masks={with_masks!r}")
+    if with_masks and (
+        augment is not None or balance not in (None, "none") or cache is not None or service is not None
+    ):
+        raise ValueError(
+            "`with_masks=True` reads images with their masks as stored: it takes no `augment`, "
+            f"`balance`, `cache` or `service`. Received: augment={augment!r}, balance={balance!r}, "
+            f"cache={cache!r}, service={service!r}"
+        )
     rebatch = service is not None and service_mode == "distributed_epoch"
     if rebatch and cache is not None:
         raise ValueError(
@@ -167,6 +184,18 @@ def load(
     plan = _plan(dataset_dir, split)
     if input_context is not None:
         plan = _pipeline_plan(plan, input_context, split)
+    if with_masks:
+        return _with_masks(
+            plan,
+            split,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            repeat=repeat,
+            label_mode=label_mode,
+            deterministic=deterministic,
+            drop_remainder=drop_remainder,
+        )
     policy = None
     if service is None and input_context is None:
         policy = _shard_policy(len(plan.paths), split, balance)
@@ -243,6 +272,42 @@ def load(
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     else:
         options.experimental_distribute.auto_shard_policy = policy
+    return ds.prefetch(AUTOTUNE).with_options(options)
+
+
+def _with_masks(
+    plan: _Plan, split: str, *, batch_size, shuffle, seed, repeat, label_mode, deterministic, drop_remainder
+) -> tf.data.Dataset:
+    """Batches of `(images, labels, masks)`, each record parsed on its own (masks are optional)."""
+    spec = {k: feature_spec()[k] for k in ("image", "label", "mask")}
+    shape, num_classes = plan.image_shape, plan.num_classes
+
+    def parse(serialized):
+        f = tf.io.parse_single_example(serialized, spec)
+        if plan.encoding == "png":
+            image = tf.io.decode_png(f["image"], channels=shape[2])
+        else:
+            image = tf.reshape(tf.io.decode_raw(f["image"], tf.uint8), shape)
+        mask = tf.cond(
+            tf.strings.length(f["mask"]) > 0,
+            lambda: tf.io.decode_png(f["mask"], channels=1),
+            lambda: tf.zeros([*shape[:2], 1], tf.uint8),
+        )
+        mask = tf.cast(tf.ensure_shape(mask, [*shape[:2], 1]) > 127, tf.uint8)
+        label = f["label"]
+        if label_mode == "categorical":
+            label = tf.one_hot(label, num_classes, dtype=tf.float32)
+        else:
+            label = tf.cast(label, tf.int32)
+        return tf.ensure_shape(image, shape), label, mask
+
+    ds = _read(plan, shuffle=shuffle, deterministic=deterministic, seed=seed, repeat=repeat)
+    if shuffle:
+        ds = ds.shuffle(_buffer_size(plan, False, plan.num_examples), seed=seed)
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = _shard_policy(len(plan.paths), split)
     return ds.prefetch(AUTOTUNE).with_options(options)
 
 

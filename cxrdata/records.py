@@ -12,6 +12,8 @@ Each record is a `tf.train.Example` with these features:
 | group      | bytes  | patient / group id ("" when none was given)          |
 | path       | bytes  | source path relative to the conversion's SRC         |
 | sha256     | bytes  | hex SHA-256 of the source file's bytes               |
+| mask       | bytes  | optional: the lung mask, a PNG of 0 and 255, the     |
+|            |        | image's size; absent when the image has none         |
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def feature_spec() -> dict[str, tf.io.FixedLenFeature]:
         "group": s,
         "path": s,
         "sha256": s,
+        "mask": tf.io.FixedLenFeature([], tf.string, default_value=""),
     }
 
 
@@ -60,8 +63,9 @@ def serialize_example(
     group: str = "",
     path: str = "",
     sha256: str = "",
+    mask: bytes = b"",
 ) -> bytes:
-    """Serializes one record (see the module docstring for the schema)."""
+    """Serializes one record (see the module docstring for the schema); `mask` only when given."""
     feature = {
         "image": _bytes(image),
         "height": _int(height),
@@ -72,6 +76,8 @@ def serialize_example(
         "path": _bytes(path.encode()),
         "sha256": _bytes(sha256.encode()),
     }
+    if mask:
+        feature["mask"] = _bytes(mask)
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -84,6 +90,7 @@ def parse_record(serialized: bytes) -> dict:
         out[k] = f.int64_list.value[0] if f.HasField("int64_list") else f.bytes_list.value[0]
     for k in ("class_name", "group", "path", "sha256"):
         out[k] = out[k].decode()
+    out["mask"] = ex["mask"].bytes_list.value[0] if "mask" in ex else b""
     return out
 
 

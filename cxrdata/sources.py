@@ -73,6 +73,7 @@ class Source:
     label: str
     group: str = ""
     split: str | None = None
+    mask: str | None = None  # path of its lung mask, if one was found
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,26 @@ def _group_of(relpath: str, pattern: re.Pattern | None) -> str:
     return (m.group(1) if m.groups() else m.group(0)) if m else ""
 
 
+def find_mask(path: str, relpath: str, masks_dir: str | None = None) -> str | None:
+    """The lung mask of the image at `path`, or None.
+
+    With `masks_dir`, a tree mirroring SRC: `masks_dir/relpath`, or the same path
+    with a `.png` suffix. Without, the Kaggle layout (COVID-19 Radiography
+    Database): `.../images/NAME` has its mask at `.../masks/NAME` (or `NAME.png`
+    with the image's stem).
+    """
+    if masks_dir is not None:
+        candidates = [os.path.join(masks_dir, relpath)]
+    else:
+        folder, name = os.path.split(path)
+        if os.path.basename(folder).lower() != "images":
+            return None
+        candidates = [os.path.join(os.path.dirname(folder), m, name) for m in ("masks", "mask")]
+    for c in list(candidates):
+        candidates.append(os.path.splitext(c)[0] + ".png")
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
 def discover(
     src: str | os.PathLike,
     *,
@@ -115,6 +136,7 @@ def discover(
     group_by: str | None = None,
     group_pattern: str | None = None,
     class_names: list[str] | tuple[str, ...] | None = None,
+    masks: str | os.PathLike | None = None,
 ) -> Listing:
     """Lists the images under `src`, sorted, with their labels.
 
@@ -129,6 +151,12 @@ def discover(
             whose first group is the patient id (e.g. `r"^(person\\d+)_"`).
         class_names: the expected classes, in label order. Defaults to the
             sorted class folder names, or the sorted CSV labels.
+        masks: a folder of lung masks mirroring `src` (same relative paths; a
+            `.png` suffix may replace the image's). Without it, a folder tree's
+            masks are found in the Kaggle layout (`CLASS/masks/NAME` beside
+            `CLASS/images/NAME`) and a CSV's in its optional `mask` column
+            (paths relative to `src`). An image without a mask is converted
+            without one.
 
     Returns:
         A `Listing`.
@@ -144,8 +172,13 @@ def discover(
             f"Source folder not found: {src!r}. Pass the folder that holds the class folders."
         )
     pattern = re.compile(group_pattern) if group_pattern else None
+    masks = None if masks is None else os.fspath(masks)
+    if masks is not None and not os.path.isdir(masks):
+        raise FileNotFoundError(
+            f"Masks folder not found: {masks!r}. Pass a folder mirroring the source tree."
+        )
     if labels is not None:
-        return _discover_csv(src, os.fspath(labels), group_by, class_names)
+        return _discover_csv(src, os.fspath(labels), group_by, class_names, masks)
     if group_by is not None:
         raise ValueError(
             "`group_by` names a CSV column and needs `labels`. For folder trees use "
@@ -195,6 +228,7 @@ def discover(
             label=cls,
             group=_group_of(os.path.relpath(p, src), pattern),
             split=split,
+            mask=find_mask(p, os.path.relpath(p, src), masks),
         )
         for p, cls, split in items
         if cls in names
@@ -215,7 +249,7 @@ def _resolve_class_names(found, requested, what) -> tuple[str, ...]:
     return requested
 
 
-def _discover_csv(src, labels, group_by, class_names) -> Listing:
+def _discover_csv(src, labels, group_by, class_names, masks_dir=None) -> Listing:
     if not os.path.isfile(labels):
         raise FileNotFoundError(f"Labels CSV not found: {labels!r}")
     with open(labels, newline="", encoding="utf-8-sig") as f:
@@ -252,6 +286,11 @@ def _discover_csv(src, labels, group_by, class_names) -> Listing:
             raise ValueError(f"{labels!r}: unknown split {r['split']!r}; use train, val or test.")
         rel = r["path"].strip()
         path = rel if os.path.isabs(rel) else os.path.join(src, rel)
+        mask = (r.get("mask") or "").strip() or None
+        if mask is not None:
+            mask = os.path.normpath(mask if os.path.isabs(mask) else os.path.join(src, mask))
+        elif masks_dir is not None:
+            mask = find_mask(path, os.path.normpath(rel), masks_dir)
         sources.append(
             Source(
                 path=os.path.normpath(path),
@@ -259,6 +298,7 @@ def _discover_csv(src, labels, group_by, class_names) -> Listing:
                 label=r["label"].strip(),
                 group=(r[group_by] or "").strip() if group_by else "",
                 split=SPLIT_ALIASES[split] if split else None,
+                mask=mask,
             )
         )
     sources.sort(key=lambda s: s.relpath)

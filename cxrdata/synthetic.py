@@ -23,6 +23,7 @@ from PIL import Image
 from cxrdata.utils.argument_validation import check_seed, is_int
 
 KINDS = ("normal", "covid", "pneumonia")
+SHORTCUTS = ("marker", "brightness", "border")
 _FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpeg"), "jpg": ("JPEG", ".jpeg")}
 _SPLITS = ("train", "val", "test")
 
@@ -100,6 +101,9 @@ def write_tree(
     masks: bool = False,
     patients: int | None = None,
     bit_depth: int = 8,
+    shortcut: str | None = None,
+    shortcut_strength: float = 1.0,
+    severity: float = 1.0,
 ) -> list[dict]:
     """Writes a folder tree of phantoms laid out like a public chest X-ray dataset.
 
@@ -126,11 +130,25 @@ def write_tree(
             patient (the last one of a class may have fewer), small variations of
             one anatomy. Defaults to None.
         bit_depth: 8, or 16 for 16-bit PNGs scaled to 0..65535. Defaults to 8.
+        shortcut: None, or a cue planted in some images, correlated with the class
+            and never inside the lungs, so that the label can be predicted without
+            looking at them: "marker" (a bright label with dark "text" in the top
+            left corner, like a hospital's), "brightness" (the whole film brighter:
+            20% of the way to white; local equalization removes most of it) or
+            "border" (a bright frame, like a collimator edge). Defaults to None.
+        shortcut_strength: How strongly the cue follows the class, from 0 (not at
+            all) to 1 (perfectly): an image of a disease class carries it with
+            probability (1 + strength) / 2, a normal one with (1 - strength) / 2.
+            Drawn from its own seeded stream: the films are the same with and
+            without a shortcut. Defaults to 1.0.
+        severity: Scales the findings' opacity (1: as `make_phantom`; 0.3: subtle,
+            easily outshone by a shortcut). Defaults to 1.0.
 
     Returns:
         One dict per image written, in writing order: "path" (relative to `root`,
         with "/"), "label" (class name) and "patient" (like "P00001"); also "split"
-        with layout "splits" and "mask" (relative path) with `masks=True`.
+        with layout "splits", "mask" (relative path) with `masks=True`, and
+        "shortcut" (True or False) with a `shortcut`.
 
     Raises:
         ValueError: If an argument is out of range; nothing is written then.
@@ -144,6 +162,9 @@ def write_tree(
     classes, counts, shape, ext, splits = _check_tree_args(
         classes, per_class, image_size, seed, format, layout, splits, masks, patients, bit_depth
     )
+    _check_shortcut(shortcut, shortcut_strength)
+    if isinstance(severity, bool) or not isinstance(severity, (int, float)) or not 0 <= severity <= 1:
+        raise ValueError(f"`severity` must be a number from 0 to 1. Received: severity={severity!r}")
     pil_format, suffix = _FORMATS[ext]
     group = 1 if patients is None else patients
     rows, patient_number = [], 0
@@ -162,11 +183,21 @@ def write_tree(
             patient_number += 1
             patient_id = f"P{patient_number:05d}"
             anatomy = _sample_anatomy(np.random.default_rng([seed, class_key, p]), kind)
+            if severity != 1:
+                anatomy = _scaled_findings(anatomy, severity)
             folder = name if layout == "classes" else f"{_SPLITS[split_of[p]]}/{name}"
             for j in range(size):
                 number += 1
                 rng = np.random.default_rng([seed, class_key, p, j + 1])
-                image, lung = _render(shape, anatomy, _sample_acquisition(rng), rng, mask=masks)
+                image, lung = _render(
+                    shape, anatomy, _sample_acquisition(rng), rng, mask=masks or shortcut is not None
+                )
+                planted = None
+                if shortcut is not None:
+                    chance = (1 + shortcut_strength) / 2 if kind != "normal" else (1 - shortcut_strength) / 2
+                    planted = bool(np.random.default_rng([seed, class_key, p, j + 1, 7]).uniform() < chance)
+                    if planted:
+                        image = _plant(image, lung, shortcut)
                 stem = f"{name}-{number:05d}"
                 path = f"{folder}/images/{stem}{suffix}" if masks else f"{folder}/{stem}{suffix}"
                 _save(os.path.join(root, path), _to_uint(image, bit_depth), pil_format)
@@ -176,6 +207,8 @@ def write_tree(
                 if masks:
                     row["mask"] = f"{folder}/masks/{stem}.png"
                     _save(os.path.join(root, row["mask"]), lung.astype(np.uint8) * 255, "PNG")
+                if planted is not None:
+                    row["shortcut"] = planted
                 rows.append(row)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -240,6 +273,48 @@ def _check_tree_args(
     if bit_depth == 16 and _FORMATS[ext][0] != "PNG":
         raise ValueError(f"16-bit images need format='png'. Received: format={format!r}, bit_depth=16")
     return classes, counts, shape, ext, fractions
+
+
+def _scaled_findings(anatomy: dict, severity: float) -> dict:
+    anatomy = dict(anatomy)
+    if "lesion_alpha" in anatomy:
+        anatomy["lesion_alpha"] *= severity
+    if "consolidation" in anatomy:
+        *rest, alpha = anatomy["consolidation"]
+        anatomy["consolidation"] = (*rest, alpha * severity)
+    return anatomy
+
+
+def _check_shortcut(shortcut, strength) -> None:
+    if shortcut is not None and shortcut not in SHORTCUTS:
+        raise ValueError(f"`shortcut` must be None or one of {SHORTCUTS}. Received: shortcut={shortcut!r}")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise TypeError(f"`shortcut_strength` must be a number. Received: shortcut_strength={strength!r}")
+    if not 0 <= strength <= 1:
+        raise ValueError(
+            f"`shortcut_strength` must be between 0 and 1. Received: shortcut_strength={strength!r}"
+        )
+
+
+def _plant(image: np.ndarray, lung: np.ndarray, kind: str) -> np.ndarray:
+    """`image` with the shortcut `kind` drawn in, nowhere inside the lung mask `lung`."""
+    h, w = image.shape
+    cue = np.zeros((h, w), dtype=bool)
+    if kind == "brightness":
+        return image * np.float32(0.8) + np.float32(0.2)
+    if kind == "marker":
+        top, bottom, left, right = round(0.02 * h), round(0.13 * h), round(0.02 * w), round(0.2 * w)
+        cue[top:bottom, left:right] = True
+        label = np.full((h, w), 0.95, dtype=np.float32)
+        # Dark "letters": every other column of the label's middle third.
+        rows = slice(top + (bottom - top) // 3, bottom - (bottom - top) // 3)
+        label[rows, left + 1 : right - 1 : 2] = 0.15
+    else:  # border
+        t = max(2, round(0.05 * min(h, w)))
+        cue[:t], cue[-t:], cue[:, :t], cue[:, -t:] = True, True, True, True
+        label = np.full((h, w), 0.9, dtype=np.float32)
+    cue &= ~lung
+    return np.where(cue, label, image)
 
 
 def _check_size(image_size) -> tuple[int, int]:

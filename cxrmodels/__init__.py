@@ -35,6 +35,7 @@ _EXPORTS = {
     "Specificity": "cxrmodels.evaluation.keras_metrics",
     "evaluate_predictions": "cxrmodels.evaluation.clinical",
     "evaluate": "cxrmodels.evaluation.evaluator",
+    "audit": "cxrmodels.evaluation.shortcut_audit",
     "predict": "cxrmodels.serving.prediction",
     "gradcam": "cxrmodels.serving.prediction",
     "export": "cxrmodels.serving.exporting",
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see
     from cxrmodels.evaluation.clinical import evaluate_predictions
     from cxrmodels.evaluation.evaluator import evaluate
     from cxrmodels.evaluation.keras_metrics import Specificity
+    from cxrmodels.evaluation.shortcut_audit import audit
     from cxrmodels.models._registry import (
         create_model,
         last_conv_layer_name,

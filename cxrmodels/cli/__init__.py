@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "cxrmodels.cli.bench",
     "cxrmodels.cli.models",
     "cxrmodels.cli.tuning",
+    "cxrmodels.cli.auditing",
 )
 
 EPILOG = """\

@@ -14,7 +14,8 @@ def register(subparsers) -> None:
         func=_synth,
         help="Write a folder tree of synthetic CXR-like phantoms (no download needed).",
         examples="  cxr synth phantoms/ --per-class 200 --image-size 299\n"
-        "  cxr synth kermany-like/ --layout splits --classes NORMAL PNEUMONIA",
+        "  cxr synth kermany-like/ --layout splits --classes NORMAL PNEUMONIA\n"
+        "  cxr synth shortcut/ --masks --shortcut marker --shortcut-strength 0.9",
     )
     p.add_argument("out", help="folder to write")
     p.add_argument(
@@ -25,6 +26,23 @@ def register(subparsers) -> None:
     p.add_argument("--layout", choices=["classes", "splits"], default="classes")
     p.add_argument("--patients", type=int, default=None, help="images per patient (default: one each)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--masks", action="store_true", help="write lung masks, Kaggle layout: CLASS/images/ and CLASS/masks/"
+    )
+    p.add_argument(
+        "--shortcut",
+        choices=["marker", "brightness", "border"],
+        default=None,
+        help="plant a class-correlated cue outside the lungs (corner label, global brightness, "
+        "bright frame)",
+    )
+    p.add_argument(
+        "--shortcut-strength",
+        type=float,
+        default=1.0,
+        help="0 (cue independent of the class) to 1 (cue on every disease image, no normal one); "
+        "default: 1",
+    )
 
     p = add_command(
         subparsers,
@@ -34,6 +52,8 @@ def register(subparsers) -> None:
         examples="  cxr convert COVID-19_Radiography_Dataset/ data/\n"
         "  cxr convert chest_xray/ data/ --image-size 224 --equalize clahe\n"
         "  cxr convert images/ data/ --labels labels.csv --group-by patient\n"
+        "  cxr convert images/ data/ --labels labels.csv --group-by source --test-groups A,B\n"
+        "  cxr convert external/ external-data/ --splits 0,0,1   # a test-only dataset\n"
         "  cxr convert images/ data/               # again: finishes an interrupted run\n"
         "  cxr convert images/ data/ --runner beam --beam-option=--direct_num_workers=8",
     )
@@ -88,6 +108,17 @@ def register(subparsers) -> None:
         "the 0.5-99.5th percentile range; minmax = always that range; none = full "
         "BitsStored range, as cxr 0.1 (default: auto)",
     )
+    p.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="lung masks in a tree mirroring SRC (default: Kaggle masks/ beside images/, or the "
+        "CSV's mask column)",
+    )
+    p.add_argument(
+        "--test-groups",
+        metavar="A,B",
+        help="groups (--group-by/--group-pattern ids, e.g. sources) sent entirely to the test split",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
     mode.add_argument("--resume", action="store_true", help="finish an interrupted conversion in OUT")
@@ -127,6 +158,9 @@ def _synth(args) -> int:
         seed=args.seed,
         layout=args.layout,
         patients=args.patients,
+        masks=args.masks,
+        shortcut=args.shortcut,
+        shortcut_strength=args.shortcut_strength,
     )
     print(f"Wrote {len(rows)} phantoms to {args.out}")
     return 0
@@ -158,6 +192,8 @@ def _convert(args) -> int:
         dicom_window=args.dicom_window,
         runner=args.runner,
         beam_options=args.beam_options,
+        masks=args.masks,
+        test_groups=args.test_groups,
     )
     print(result.summary(args.out))
     return 0

@@ -101,14 +101,25 @@ def register(subparsers) -> None:
         func=_evaluate,
         help="Evaluate a run on a dataset split: AUC with a bootstrap CI, sensitivity, specificity.",
         examples="  cxr evaluate runs/a data/ --split test\n"
-        "  cxr evaluate runs/a external-data/ --split test --n-bootstrap 2000",
+        "  cxr evaluate runs/a external-data/ --split test --n-bootstrap 2000\n"
+        "  cxr evaluate runs/a external-data/ --split all --class-map pneumonia=COVID",
     )
     p.add_argument("run", help="run folder written by cxr train")
     p.add_argument("dataset", help="converted dataset (the run's, or one preprocessed the same way)")
-    p.add_argument("--split", default="test", help="default: test")
+    p.add_argument("--split", default="test", help="a split, or all (an external set); default: test")
     p.add_argument("--batch-size", type=int, default=64, help="default: 64")
     p.add_argument(
         "--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC CI (default: 1000)"
+    )
+    p.add_argument(
+        "--class-map",
+        metavar="THEIRS=OURS,...",
+        help="map the dataset's class names to the run's, e.g. pneumonia=COVID,healthy=Normal",
+    )
+    p.add_argument(
+        "--allow-preprocessing-mismatch",
+        action="store_true",
+        help="evaluate a dataset preprocessed differently (radius, equalization) anyway, with a warning",
     )
 
     p = add_command(
@@ -177,9 +188,23 @@ def _evaluate(args) -> int:
     from cxrmodels.evaluation import format_metrics_table
 
     metrics = cxrmodels.evaluate(
-        args.run, args.dataset, split=args.split, batch_size=args.batch_size, n_bootstrap=args.n_bootstrap
+        args.run,
+        args.dataset,
+        split=args.split,
+        batch_size=args.batch_size,
+        n_bootstrap=args.n_bootstrap,
+        class_map=args.class_map,
+        allow_preprocessing_mismatch=args.allow_preprocessing_mismatch,
     )
     print(format_metrics_table(metrics))
+    if metrics.get("internal"):
+        from cxrmodels.evaluation.clinical import _auc_text
+        from cxrmodels.evaluation.evaluator import _headline
+
+        print(
+            f"\nAUC internal test: {_auc_text(*_headline(metrics['internal']))}; "
+            f"external: {_auc_text(*_headline(metrics))}"
+        )
     print(f"\nthreshold chosen on: {metrics['threshold_data']}")
     print("wrote: " + ", ".join(metrics["files"].values()))
     return 0

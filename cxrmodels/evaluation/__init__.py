@@ -1,4 +1,4 @@
-"""Evaluation: numpy clinical metrics (`clinical`), Keras metrics, plots, and `evaluate`."""
+"""Evaluation: numpy clinical metrics (`clinical`), Keras metrics, plots, `evaluate` and the shortcut `audit`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from cxrdata.utils.lazy import lazy_exports
 
 _EXPORTS = {
+    "audit": "cxrmodels.evaluation.shortcut_audit",
     "evaluate": "cxrmodels.evaluation.evaluator",
     "evaluate_predictions": "cxrmodels.evaluation.clinical",
     "format_metrics_table": "cxrmodels.evaluation.clinical",
@@ -18,5 +19,6 @@ if TYPE_CHECKING:
     from cxrmodels.evaluation.clinical import evaluate_predictions, format_metrics_table
     from cxrmodels.evaluation.evaluator import evaluate
     from cxrmodels.evaluation.keras_metrics import Specificity, default_metrics
+    from cxrmodels.evaluation.shortcut_audit import audit
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

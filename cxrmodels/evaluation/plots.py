@@ -145,3 +145,41 @@ def plot_confusion_matrix(cm, *, class_names, path, title: str = "Confusion matr
     ax.set_yticks(range(k), [str(c) for c in class_names])
     ax.set(xlabel="predicted", ylabel="true", title=title)
     return _save_figure(fig, path)
+
+
+def draw_auc_bars(ax, bars, *, title: str = "") -> None:
+    """Draws AUC bars with their 95% CIs on a Matplotlib axes.
+
+    Args:
+        ax: The axes.
+        bars: `(label, (auc, ci))` pairs; `auc` None draws "n/a", `ci` None no whisker.
+        title: The axes title. Defaults to "".
+    """
+    xs = np.arange(len(bars))
+    for x, (_label, (auc, ci)) in zip(xs, bars):
+        if auc is None:
+            ax.text(x, 0.02, "n/a", ha="center", va="bottom")
+            continue
+        ax.bar(x, auc, color=f"C{x % 10}", width=0.6)
+        if ci:
+            ax.errorbar(x, auc, yerr=[[auc - ci[0]], [ci[1] - auc]], color="k", capsize=6, lw=1.2)
+        ax.text(
+            x,
+            min(auc, ci[1] if ci else auc) + 0.03,
+            f"{auc:.3f}" + (f"\n[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.axhline(0.5, ls="--", c="0.5", lw=1)
+    ax.set_xticks(xs, [label for label, _ in bars], fontsize=8)
+    ax.set(ylim=(0, 1.18), ylabel="ROC AUC (95% CI)", title=title)
+
+
+def plot_auc_bars(bars, *, path, title: str = "") -> str:
+    """Writes a PNG of AUC bars with CIs side by side (`draw_auc_bars`); returns `path`."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.8 + 1.6 * len(bars), 4.2))
+    draw_auc_bars(fig.add_subplot(), bars, title=title)
+    return _save_figure(fig, path)

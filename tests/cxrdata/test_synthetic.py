@@ -267,3 +267,37 @@ def test_write_tree_rejects_bad_arguments_before_writing(tmp_path, kwargs, match
     with pytest.raises(ValueError, match=match):
         write_tree(tmp_path / "tree", **{"per_class": 1, "image_size": 32, **kwargs})
     assert not (tmp_path / "tree").exists()
+
+
+def test_shortcut_marker_follows_the_class_and_stays_outside_the_lungs(tmp_path):
+    rows = write_tree(tmp_path / "a", per_class=6, image_size=64, masks=True, shortcut="marker", seed=2)
+    clean = write_tree(tmp_path / "b", per_class=6, image_size=64, masks=True, seed=2)
+    assert [r["shortcut"] for r in rows] == [True] * 6 + [False] * 6  # strength 1: COVID only
+    for r, _c in zip(rows, clean):
+        image, plain = (
+            np.asarray(Image.open(root / r["path"]), np.int16) for root in (tmp_path / "a", tmp_path / "b")
+        )
+        lungs = np.asarray(Image.open(tmp_path / "a" / r["mask"])) > 0
+        changed = image != plain
+        assert changed.any() == r["shortcut"]  # the film itself is the same
+        assert not (changed & lungs).any()  # never inside the lungs
+        if r["shortcut"]:
+            assert changed[:9, :13].mean() > 0.5 and not changed[32:].any()  # the top left corner
+
+
+def test_shortcut_strength_zero_is_independent_of_the_class(tmp_path):
+    rows = write_tree(
+        tmp_path, per_class=200, image_size=16, shortcut="border", shortcut_strength=0.0, seed=1
+    )
+    by_class = {c: np.mean([r["shortcut"] for r in rows if r["label"] == c]) for c in ("COVID", "Normal")}
+    assert 0.4 < by_class["COVID"] < 0.6 and 0.4 < by_class["Normal"] < 0.6
+
+
+def test_shortcut_arguments_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="`shortcut` must be None or one of"):
+        write_tree(tmp_path, shortcut="watermark")
+    with pytest.raises(ValueError, match="`shortcut_strength` must be between 0 and 1"):
+        write_tree(tmp_path, shortcut="marker", shortcut_strength=1.5)
+    with pytest.raises(ValueError, match="`severity` must be a number from 0 to 1"):
+        write_tree(tmp_path, severity=2)
+    assert not os.listdir(tmp_path)
