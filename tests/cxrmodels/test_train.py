@@ -79,6 +79,7 @@ def test_config_has_everything_needed_to_rebuild(trained_run, converted_dataset)
         "image_size": [64, 64],
         "resize_in_model": False,
         "num_classes": 2,
+        "equalize_in_model": None,
     }
     assert config["class_names"] == ["COVID", "Normal"] and config["positive_class"] == "COVID"
     assert config["dataset"]["digest"] == manifest.digest()
