@@ -9,7 +9,7 @@ A search folder (`cxr tune DATA --out DIR`) holds:
 | `trials.csv`                | at the end: one row per trial                          |
 | `best_hyperparameters.json` | at the end: the best trial's values and `train` kwargs |
 | `best_model.keras`          | at the end: the best trial's best epoch                |
-| `search_plot.png`           | at the end: the objective against the learning rate and filters (and the equalization radius, when searched) |
+| `search_plot.png`           | at the end: the objective against the learning rate and filters (and radius) |
 """
 
 from __future__ import annotations

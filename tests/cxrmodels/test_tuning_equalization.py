@@ -25,7 +25,15 @@ def raw_data(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("tune_raw")
     write_tree(base / "src", per_class={"COVID": 12, "Normal": 16}, image_size=48, seed=3)
-    convert(base / "src", base / "data", image_size=48, equalize="none", shard_size=0.02, workers=1, progress=False)
+    convert(
+        base / "src",
+        base / "data",
+        image_size=48,
+        equalize="none",
+        shard_size=0.02,
+        workers=1,
+        progress=False,
+    )
     return base / "data"
 
 
@@ -86,7 +94,9 @@ def test_a_trial_radius_builds_the_matching_model(radius, layers, equalize_in_mo
 
 
 def test_fixing_the_radius_on_an_equalized_dataset_is_refused():
-    with pytest.raises(ValueError, match="'equalize_radius' applies only to a dataset converted with `--equalize none`"):
+    with pytest.raises(
+        ValueError, match="'equalize_radius' applies only to a dataset converted with `--equalize none`"
+    ):
         _hypermodel(True, hyperparameters={"equalize_radius": 35})
     hp = kt.HyperParameters()
     hp.Fixed("equalize_radius", 70)
@@ -101,7 +111,9 @@ def test_fixing_the_radius_on_an_equalized_dataset_is_refused():
 def test_cpu_augmentation_is_refused_unless_the_radius_is_fixed_at_0():
     with pytest.raises(ValueError, match="augmentation must run there too.*'equalize_radius': 0"):
         _hypermodel(False, augment="cpu")
-    model = _hypermodel(False, augment="cpu", hyperparameters={"equalize_radius": 0}).build(kt.HyperParameters())
+    model = _hypermodel(False, augment="cpu", hyperparameters={"equalize_radius": 0}).build(
+        kt.HyperParameters()
+    )
     assert _equalizers(model) == []
 
 
