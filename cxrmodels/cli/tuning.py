@@ -26,9 +26,11 @@ EXAMPLES = """\
 NAME=LOW:HIGH searches a range (log scale for learning_rate), NAME=A,B,C
 searches those choices. Names: learning_rate, base_filters, blocks (seed_cnn),
 dense_units, dropout, pooling, augment_strength, trainable_blocks (transfer
-models). Unnamed ones are searched too, unless --no-tune-new-entries keeps
-them at the reference values (lr 1e-3, base filters 32, dense 128, dropout 0,
-max pooling, augment strength 1). DIR gets trials.csv, best_hyperparameters.json,
+models), equalize_radius (a dataset converted with --equalize none: 0, 35, 70
+or 100, 0 = no equalization in the model). Unnamed ones are searched too,
+unless --no-tune-new-entries keeps them at the reference values (lr 1e-3,
+base filters 32, dense 128, dropout 0, max pooling, augment strength 1,
+radius 70). DIR gets trials.csv, best_hyperparameters.json,
 best_model.keras and search_plot.png.
 """
 

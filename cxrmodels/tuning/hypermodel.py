@@ -12,7 +12,7 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from cxrdata.utils.argument_validation import is_int
+from cxrdata.utils.argument_validation import check_bool, is_int
 from cxrmodels.training.options import augmentation_layer
 from cxrmodels.tuning import space as _tuning_space
 
@@ -58,6 +58,13 @@ class CXRHyperModel(kt.HyperModel):
     base filters 32; dense units 128; dropout 0; max pooling; strength 1), so
     the default hyperparameters build exactly `create_model(model)`.
 
+    On a dataset converted with `equalize="none"` (`dataset_equalized=False`)
+    the space also holds `equalize_radius`: a trial with radius r > 0 puts
+    `cxrdata.LocalEqualization(r)` first in its model (as `cxrmodels.train`'s
+    `equalize_in_model`), 0 leaves the images unequalized. Its choices are 0,
+    35, 70 and 100; the default, 70, is the study's `disk(70)`, so trial 0 is
+    still the reference.
+
     Models are compiled with Adam, categorical cross-entropy and
     `cxrmodels.evaluation.keras_metrics.default_metrics`, as `cxrmodels.train` does.
     `fit` takes a converted dataset folder and builds its train and val
@@ -86,11 +93,17 @@ class CXRHyperModel(kt.HyperModel):
         seed: Seeds Keras, the pipeline's shuffling and the augmentation. Defaults to 0.
         model_kwargs: Fixed options of the model that are not tuned, such as
             `weights` or `freeze_batchnorm`. Defaults to None.
+        dataset_equalized: False for a dataset converted with
+            `equalize="none"` (`search` sets it from the manifest): then
+            `equalize_radius` is searched. Defaults to True.
         name: The hypermodel's name. Defaults to "cxr_" + `model`.
 
     Raises:
         ValueError: An unknown model, objective or hyperparameter name, or a
-            value out of range (a learning rate <= 0, min > max, ...).
+            value out of range (a learning rate <= 0, min > max, ...);
+            `equalize_radius` given for an equalized dataset, or a radius > 0
+            possible with `augment="cpu"` (the warp would come before the
+            equalization).
         TypeError: An argument of the wrong type.
 
     Example:
@@ -120,12 +133,14 @@ class CXRHyperModel(kt.HyperModel):
         seed: int = 0,
         model_kwargs: dict[str, Any] | None = None,
         name: str | None = None,
+        dataset_equalized: bool = True,
     ):
         from cxrmodels.evaluation.clinical import positive_class_index
         from cxrmodels.models import model_options
         from cxrmodels.models.inputs import check_input_shape, check_num_classes
         from cxrmodels.training.options import SharedOptions
 
+        check_bool("dataset_equalized", dataset_equalized)
         shared = SharedOptions.check(
             model=model, batch_size=batch_size, seed=seed, mixed_precision=mixed_precision, augment=augment
         )
@@ -149,10 +164,26 @@ class CXRHyperModel(kt.HyperModel):
             if num_classes == 2
             else None
         )
-        self.space = _tuning_space.space_for(model, options, self.input_shape)
+        self.dataset_equalized = dataset_equalized
+        self.space = _tuning_space.space_for(
+            model, options, self.input_shape, dataset_equalized=dataset_equalized
+        )
         self.model_kwargs = self._check_model_kwargs(model_kwargs, options)
         self._overrides = _tuning_space.normalize_overrides(hyperparameters, self.space)
         _tuning_space.check_input_size(self.space, self._overrides, self.input_shape)
+        self._check_equalize_with_cpu_augment()
+
+    def _check_equalize_with_cpu_augment(self) -> None:
+        if self.augment != "cpu" or "equalize_radius" not in self.space.names:
+            return
+        entry = next((e for e in self._overrides.space if e.name == "equalize_radius"), None)
+        if isinstance(entry, kt.engine.hyperparameters.Fixed) and entry.value == 0:
+            return
+        raise ValueError(
+            "`equalize_radius` equalizes inside the model, so augmentation must run there too, after it: "
+            "pass augment='gpu' (--augment gpu) or 'none', or keep the images unequalized with "
+            "hyperparameters={'equalize_radius': 0}. Received: augment='cpu'"
+        )
 
     def _check_model_kwargs(self, model_kwargs, options) -> dict[str, Any]:
         if model_kwargs is None:
@@ -222,6 +253,7 @@ class CXRHyperModel(kt.HyperModel):
                 input_shape=self.input_shape,
                 num_classes=self.num_classes,
                 augment=aug,
+                equalize=self._equalization(values),
                 **self._model_args(values),
             )
             net.compile(
@@ -272,7 +304,7 @@ class CXRHyperModel(kt.HyperModel):
         model_kwargs = {
             k: list(v) if isinstance(v, tuple) else v for k, v in self._model_args(values).items()
         }
-        return {
+        kwargs = {
             "model": self.model_name,
             "learning_rate": float(values["learning_rate"]),
             "augment_strength": float(values["augment_strength"]),
@@ -282,6 +314,19 @@ class CXRHyperModel(kt.HyperModel):
             "seed": self.seed,
             "model_kwargs": model_kwargs,
         }
+        if "equalize_radius" in self.space.names:
+            radius = int(values["equalize_radius"])
+            kwargs["equalize_in_model"] = radius if radius > 0 else None
+        return kwargs
+
+    def _equalization(self, values: dict[str, Any]):
+        """`LocalEqualization(radius)` for a radius > 0 (named as `cxrmodels.train` names it), else None."""
+        radius = int(values.get("equalize_radius") or 0)
+        if radius <= 0:
+            return None
+        from cxrdata.layers.local_equalization import LocalEqualization
+
+        return LocalEqualization(radius, name="local_equalization")
 
     def _model_args(self, values: dict[str, Any]) -> dict[str, Any]:
         args = dict(self.model_kwargs)

@@ -9,7 +9,7 @@ A search folder (`cxr tune DATA --out DIR`) holds:
 | `trials.csv`                | at the end: one row per trial                          |
 | `best_hyperparameters.json` | at the end: the best trial's values and `train` kwargs |
 | `best_model.keras`          | at the end: the best trial's best epoch                |
-| `search_plot.png`           | at the end: the objective against the learning rate and filters |
+| `search_plot.png`           | at the end: the objective against the learning rate and filters (and radius) |
 """
 
 from __future__ import annotations
@@ -203,10 +203,12 @@ def plot(
     second: str,
     title: str,
     defaults: dict[str, Any] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> str:
     """Writes the objective against the learning rate (log) and against `second`, as two panels.
 
-    A trial with every hyperparameter in `defaults` (the reference model, unless
+    Each name in `extra` (such as "equalize_radius") adds a panel. A trial
+    with every hyperparameter in `defaults` (the reference model, unless
     overridden) is circled.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -219,10 +221,11 @@ def plot(
     ]
     best = best_row(done, objective, direction)
     reference = [r for r in done if defaults and all(r.get(k) == v for k, v in defaults.items())]
-    fig = Figure(figsize=(11, 4.4))
+    names = ("learning_rate", second, *extra)
+    fig = Figure(figsize=(5.5 * len(names), 4.4))
     FigureCanvasAgg(fig)
-    for i, name in enumerate(("learning_rate", second)):
-        ax = fig.add_subplot(1, 2, i + 1)
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(1, len(names), i + 1)
         xs = [r[name] for r in done]
         ys = [r[objective] for r in done]
         ax.scatter(xs, ys, s=36, alpha=0.8, label="completed trial")

@@ -117,8 +117,16 @@ def search(
     `cxrmodels.train`. A rerun on the same `directory` resumes the search
     (keras-tuner's reload): finished trials are kept, an interrupted one is
     rerun, and `max_trials` may grow. `directory/search.json` records the
-    model, the dataset's manifest digest and the settings, and a folder
-    holding another search is refused unless `overwrite`.
+    model, the dataset's manifest digest and equalization, the
+    hyperparameters' names and the settings, and a folder holding another
+    search is refused unless `overwrite`.
+
+    On a dataset converted with `equalize="none"` the radius of
+    `cxrdata.LocalEqualization` inside the model, `equalize_radius` (0, 35,
+    70 or 100; 0: none; trial 0 uses the study's 70), is searched too (see
+    `CXRHyperModel`); `best_hyperparameters.json`'s `train_kwargs` then carry
+    the best radius as `equalize_in_model`, so `cxrmodels.train(**train_kwargs)`
+    trains and `export` exports that model as any `equalize_in_model` run.
 
     Args:
         dataset_dir: A folder written by `cxrdata.convert`, with "train" and "val" splits.
@@ -138,7 +146,8 @@ def search(
         seed: Seeds the oracle, Keras, the shuffling and the augmentation. Defaults to 0.
         hyperparameters: Fixes or narrows hyperparameters: a
             `keras_tuner.HyperParameters` or `{name: value | (low, high) |
-            [choices]}` (see `CXRHyperModel`). Defaults to None.
+            [choices]}` (see `CXRHyperModel`); `equalize_radius` only for a
+            dataset converted with `equalize="none"`. Defaults to None.
         tune_new_entries: Also search the hyperparameters that
             `hyperparameters` does not name (False: they keep their
             reference values). Defaults to True.
@@ -227,6 +236,7 @@ def search(
         batch_size=batch_size,
         seed=seed,
         model_kwargs=model_kwargs,
+        dataset_equalized=manifest.preprocessing.get("equalize") != "none",
     )
     overrides = hypermodel.hyperparameters
     if not tune_new_entries and not overrides.space:
@@ -242,6 +252,8 @@ def search(
         "dataset": os.path.abspath(dataset_dir),
         "class_names": list(manifest.class_names),
         "image_shape": list(manifest.image_shape),
+        "dataset_equalize": manifest.preprocessing.get("equalize"),
+        "hyperparameter_names": list(hypermodel.space.names),
         "tuner": tuner,
         "objective": objective,
         "direction": direction,
@@ -425,6 +437,7 @@ def _finish(
         second=second,
         title=f"{hypermodel.model_name}, {tuner} search",
         defaults=hypermodel.resolve(kt.HyperParameters()),
+        extra=("equalize_radius",) if "equalize_radius" in names else (),
     )
     best = _report.best_row(rows, objective, direction)
     if best is None:

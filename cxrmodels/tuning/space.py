@@ -21,6 +21,8 @@ from cxrdata.utils.argument_validation import is_int
 REFERENCE_LEARNING_RATE = 1e-3  # Adam's default, as in the reference training
 REFERENCE_AUGMENT_STRENGTH = 1.0  # the ImageDataGenerator ranges of the reference training
 MAX_AUGMENT_STRENGTH = 4.0  # as `cxrmodels.train` accepts
+REFERENCE_EQUALIZE_RADIUS = 70  # skimage.filters.rank.equalize(image, disk(70)) of the study
+EQUALIZE_RADII = (0, 35, 70, 100)  # 0: no equalization
 
 
 _is_int = is_int
@@ -118,6 +120,15 @@ def _params(num_blocks: int | None, max_blocks: int) -> dict[str, _Param]:
                 lambda hp, ref: hp.Int("trainable_blocks", 0, num_blocks, default=ref),
                 "backbone blocks unfrozen for fine-tuning",
             ),
+            _Param(
+                "equalize_radius",
+                "int",
+                "an int >= 0 (a LocalEqualization disk radius; 0: none)",
+                lambda v: _is_int(v) and v >= 0,
+                lambda hp, ref: hp.Choice("equalize_radius", _choices(EQUALIZE_RADII, ref), default=ref),
+                "radius of cxrdata.LocalEqualization at the model's input (0: none); "
+                "only for a dataset converted with --equalize none",
+            ),
         )
     }
 
@@ -133,8 +144,13 @@ class Space:
     params: dict[str, _Param]
 
 
-def space_for(model: str, options: dict[str, Any], input_shape) -> Space:
-    """The search space of `model`, whose own options and defaults are `options`."""
+def space_for(model: str, options: dict[str, Any], input_shape, *, dataset_equalized: bool = True) -> Space:
+    """The search space of `model`, whose own options and defaults are `options`.
+
+    On a dataset converted with `equalize="none"` (`dataset_equalized=False`)
+    the radius of the equalization inside the model, `equalize_radius`, is
+    searched too (reference 70, as the study; 0 turns it off).
+    """
     from cxrmodels.models import model_info
     from cxrmodels.models.cnn import min_input_size
 
@@ -156,6 +172,9 @@ def space_for(model: str, options: dict[str, Any], input_shape) -> Space:
         if name in options:
             reference[name] = options[name]
     reference["augment_strength"] = REFERENCE_AUGMENT_STRENGTH
+    if not dataset_equalized:
+        reference["equalize_radius"] = REFERENCE_EQUALIZE_RADIUS
+        tuned = tuned + ("equalize_radius",)
     params = _params(info.num_blocks if info.family == "transfer" else None, max_blocks)
     if info.family != "transfer" and "trainable_blocks" in options:
         tuned = tuple(n for n in tuned if n != "trainable_blocks")  # its block count is unknown here
@@ -214,6 +233,13 @@ def normalize_overrides(hyperparameters, space: Space) -> hpt.HyperParameters:
 
 
 def _check_name(name, space: Space) -> None:
+    if name == "equalize_radius" and name not in space.names:
+        raise ValueError(
+            "`hyperparameters` entry 'equalize_radius' applies only to a dataset converted with "
+            "`--equalize none` (equalize='none'): this dataset is already equalized, and equalizing "
+            "again in the model would do it twice. Convert with --equalize none to search the radius. "
+            "Received: 'equalize_radius'"
+        )
     if name not in space.names:
         raise ValueError(
             f"`hyperparameters` names must be among those of {space.model!r}: {', '.join(space.names)}. "

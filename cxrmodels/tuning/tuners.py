@@ -174,7 +174,7 @@ def make_tuner(
     hypermodel,
     objective,
     max_trials: int,
-    maxtrial_epochs: int,
+    max_epochs: int,
     seed: int,
     hyperparameters,
     tune_new_entries: bool,
@@ -189,7 +189,7 @@ def make_tuner(
         objective=objective, seed=seed + 1, hyperparameters=hyperparameters, tune_new_entries=tune_new_entries
     )
     if kind == "hyperband":
-        oracle = _HyperbandOracle(maxtrial_epochs=maxtrial_epochs, factor=3, **common)
+        oracle = _HyperbandOracle(max_epochs=max_epochs, factor=3, **common)
         oracle.max_trials = max_trials  # Hyperband has no cap of its own; the base Oracle honors it
         tuner_class = _HyperbandTuner
     elif kind == "random":

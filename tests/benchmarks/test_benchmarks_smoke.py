@@ -146,3 +146,29 @@ def test_migration_example():
     assert "cxrdata.load batch: images (4, 48, 48, 1) uint8" in stdout
     assert "labels (4, 2) float32" in stdout
     assert "trained 1 epoch(s): loss" in stdout
+
+
+def test_tune_equalization_radius_example(tmp_path):
+    out = tmp_path / "tune"
+    result = run(
+        "examples/tune_equalization_radius.py",
+        "--out",
+        str(out),
+        "--per-class",
+        "8",
+        "--max-trials",
+        "2",
+        "--radii",
+        "0,12",
+    )
+    stdout = result.stdout
+    assert "2 trials (2 completed)" in stdout
+    assert "| trial_id | learning_rate | base_filters | equalize_radius | val_auc | status |" in stdout
+    rows = re.findall(r"^\| (\d+) \| [^|]+ \| (\d+) \| (\d+) \| [^|]* \| COMPLETED \|$", stdout, re.MULTILINE)
+    assert len(rows) == 2 and all(int(radius) in (0, 12) for _, _, radius in rows)
+    best = json.loads((out / "search" / "best_hyperparameters.json").read_text())
+    radius = best["hyperparameters"]["equalize_radius"]
+    assert best["train_kwargs"]["equalize_in_model"] == (radius or None)
+    assert f"equalize_in_model for cxrmodels.train: {radius or None}" in stdout
+    search = json.loads((out / "search" / "search.json").read_text())
+    assert search["dataset_equalize"] == "none"
