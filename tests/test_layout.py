@@ -118,3 +118,24 @@ def test_cxr_help_imports_no_tensorflow_and_runs_no_benchmark():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-2:] == ["NO-TF", "NO-BENCH"]
+
+
+def test_the_readme_layout_names_only_folders_and_modules_that_exist():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    folders = [line.split()[0] for line in block.splitlines() if line and not line.startswith(" ")]
+    assert len(folders) >= 10
+    for folder in folders:
+        assert (ROOT / folder).is_dir(), folder
+    # The modules the first lines name, folder by folder.
+    for folder, names in (
+        (
+            "cxrdata",
+            "sources dicom preprocess splits conversion beam_conversion records manifest "
+            "verification pipeline synthetic graph_preprocess",
+        ),
+        ("cxrdata/utils", "io argument_validation output_dir figures lazy compat"),
+        ("cxrmodels/tuning", "searcher hypermodel space tuners distribute report"),
+    ):
+        for name in names.split():
+            assert (ROOT / folder / f"{name}.py").is_file(), f"{folder}/{name}.py"
