@@ -9,6 +9,7 @@ and RLE, by tensorflow-io for JPEG, JPEG-LS and JPEG 2000).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import re
@@ -262,6 +263,42 @@ def decode_image(data: bytes | str | os.PathLike, *, name: str = "", dicom_windo
     return _decode_pillow(bytes(data))
 
 
+_STRIP_PIXELS = 1 << 18  # 16-bit and float images are scaled one strip of rows at a time
+
+
+@functools.lru_cache(maxsize=1)
+def _lut16() -> np.ndarray:
+    """16-bit value to 8 bits over the full range, rounded: (v * 255 + 32767) // 65535."""
+    return ((np.arange(65536, dtype=np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _scale_to_8_bits(im) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float Pillow image to uint8, strip by strip.
+
+    Only the uint8 result and one strip of temporaries are allocated beside
+    Pillow's decoded pixels (a 9000x9000 16-bit PNG needs about 81 MB more, not
+    gigabytes of int64 temporaries): integers go through a lookup table, floats
+    are stretched over their range (`getextrema` reads it without a copy).
+    """
+    width, height = im.size
+    out = np.empty((height, width), np.uint8)
+    lo, hi = (float(v) for v in im.getextrema())
+    step = max(1, _STRIP_PIXELS // max(1, width))
+    for top in range(0, height, step):
+        bottom = min(height, top + step)
+        strip = np.asarray(im.crop((0, top, width, bottom)))
+        if strip.dtype.kind == "f":
+            if hi > lo:
+                out[top:bottom] = np.clip(np.rint((strip - lo) * (255.0 / (hi - lo))), 0, 255)
+            else:
+                out[top:bottom] = 0
+        else:
+            if strip.dtype != np.uint16:  # 32-bit "I" images, and byte-swapped 16-bit ones
+                strip = np.clip(strip, 0, 65535).astype(np.uint16)
+            out[top:bottom] = _lut16()[strip]
+    return out
+
+
 def _decode_pillow(data: bytes) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -269,15 +306,9 @@ def _decode_pillow(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             check_pixel_count(*im.size)  # before any pixel is decoded
             im.load()
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # no copy unless the image must turn
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                arr = np.asarray(im)
-                if arr.dtype.kind == "f":
-                    lo, hi = float(np.min(arr)), float(np.max(arr))
-                    arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-                    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-                arr = np.clip(arr.astype(np.int64), 0, 65535)
-                return ((arr * 255 + 32767) // 65535).astype(np.uint8)
+                return _scale_to_8_bits(im)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA").convert("RGB")
             if im.mode != "L":

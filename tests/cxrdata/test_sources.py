@@ -28,6 +28,71 @@ def test_decode_16bit_png_scales_to_8_bits():
     np.testing.assert_array_equal(decode_image(buf.getvalue()), GRADIENT)
 
 
+def test_decode_16bit_and_float_strips_match_the_whole_image_formula(monkeypatch):
+    import cxrdata.sources as sources
+
+    monkeypatch.setattr(sources, "_STRIP_PIXELS", 7 * 50)  # several strips, the last one short
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 65536, (40, 50)).astype(np.uint16)
+    expected = ((wide.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    np.testing.assert_array_equal(decode_image(_png(wide)), expected)
+    signed = rng.integers(-1000, 70000, (40, 50)).astype(np.int32)  # mode "I": clipped to 0..65535
+    clipped = np.clip(signed.astype(np.int64), 0, 65535)
+    buf = io.BytesIO()
+    Image.fromarray(signed, mode="I").save(buf, format="TIFF")
+    np.testing.assert_array_equal(decode_image(buf.getvalue()),
+                                  ((clipped * 255 + 32767) // 65535).astype(np.uint8))
+    floats = rng.normal(size=(40, 50)).astype(np.float32)
+    buf = io.BytesIO()
+    Image.fromarray(floats, mode="F").save(buf, format="TIFF")
+    lo, hi = float(floats.min()), float(floats.max())
+    expected = np.clip(np.rint((floats - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(decode_image(buf.getvalue()), expected)
+
+
+_PEAK_SCRIPT = """
+import sys, tracemalloc
+from PIL import Image, ImageOps, PngImagePlugin  # imported before the baseline
+from cxrdata.sources import decode_image
+
+def status(key):  # VmHWM is this process's peak resident size (ru_maxrss survives exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+data = open(sys.argv[1], "rb").read()
+before = status("VmRSS")
+tracemalloc.start()
+image = decode_image(data)
+traced = tracemalloc.get_traced_memory()[1]
+print(image.shape[0] * image.shape[1], traced, status("VmHWM") - before, int(image.min()), int(image.max()))
+"""
+
+
+@pytest.mark.slow
+def test_decoding_a_large_16bit_png_needs_about_twice_its_pixel_count(tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    # 4000x4000, 16 bits: a few hundred KB on disk; int64 temporaries made it >500 MB in memory
+    side = 4000
+    wide = (np.add.outer(np.arange(side, dtype=np.uint32), np.arange(side, dtype=np.uint32)) * 8).astype(np.uint16)
+    path = tmp_path / "big16.png"
+    Image.fromarray(wide).save(path)
+    del wide
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], cwd=root, env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    pixels, traced, rss = (int(v) for v in out[:3])
+    print(f"peak: traced {traced / pixels:.2f}, RSS {rss / pixels:.2f} bytes per pixel")
+    assert pixels == side * side and (int(out[3]), int(out[4])) == (0, (16 * (side - 1) * 255 + 32767) // 65535)
+    # Python-side allocations: the uint8 result and one strip; in all, Pillow's 16-bit pixels too
+    assert traced < 1.5 * pixels, f"traced peak {traced / pixels:.1f} bytes per pixel"
+    assert rss < 4 * pixels, f"RSS grew by {rss / pixels:.1f} bytes per pixel"
+
+
 def test_decode_rgb_rgba_and_palette_use_luma():
     rgb = np.stack([GRADIENT, 255 - GRADIENT, GRADIENT // 2], axis=-1)
     expected = np.asarray(Image.fromarray(rgb).convert("L"))
