@@ -13,6 +13,7 @@ import functools
 import io
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,9 +59,18 @@ def is_candidate(name: str) -> bool:
 
 
 def _walk_class_folder(root: str, folder: str) -> list[str]:
+    """Image files below a class folder. Links to folders are followed like the class folder
+    itself; a folder reached twice (a loop, or two links to one folder) is listed once."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, folder)):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in MASK_FOLDERS)
+    visited = {os.path.realpath(os.path.join(root, folder))}
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, folder), followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and d.lower() not in MASK_FOLDERS and real not in visited:
+                visited.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_candidate(f))
     return found
 
@@ -78,7 +88,8 @@ def _group_of(relpath: str, pattern: re.Pattern | None) -> str:
 
 def discover(src: str | os.PathLike, *, labels: str | os.PathLike | None = None,
              group_by: str | None = None, group_pattern: str | None = None,
-             class_names: list[str] | tuple[str, ...] | None = None) -> Listing:
+             class_names: list[str] | tuple[str, ...] | None = None,
+             allow_outside_src: bool = False) -> Listing:
     """Lists the images under `src`, sorted, with their labels.
 
     Args:
@@ -92,6 +103,8 @@ def discover(src: str | os.PathLike, *, labels: str | os.PathLike | None = None,
             whose first group is the patient id (e.g. `r"^(person\\d+)_"`).
         class_names: the expected classes, in label order. Defaults to the
             sorted class folder names, or the sorted CSV labels.
+        allow_outside_src: accept CSV paths that lead outside `src` (`../x.png`,
+            absolute paths, links out of it). Defaults to False.
 
     Returns:
         A `Listing`.
@@ -99,14 +112,18 @@ def discover(src: str | os.PathLike, *, labels: str | os.PathLike | None = None,
     Raises:
         FileNotFoundError: `src` or the CSV does not exist.
         ValueError: no class, a class with no image file, an unknown label,
-            a missing CSV column, or an ambiguous folder layout.
+            a missing CSV column, or an ambiguous folder layout; a CSV that is
+            not UTF-8, a row with the wrong number of fields, a path outside
+            `src`, or one file given twice with different labels, groups or
+            splits (each names the lines; exact duplicate rows are dropped
+            with a warning).
     """
     src = os.fspath(src)
     if not os.path.isdir(src):
         raise FileNotFoundError(f"Source folder not found: {src!r}. Pass the folder that holds the class folders.")
     pattern = re.compile(group_pattern) if group_pattern else None
     if labels is not None:
-        return _discover_csv(src, os.fspath(labels), group_by, class_names)
+        return _discover_csv(src, os.fspath(labels), group_by, class_names, allow_outside_src)
     if group_by is not None:
         raise ValueError("`group_by` names a CSV column and needs `labels`. For folder trees use "
                          f"`group_pattern`. Received: group_by={group_by!r}, labels=None")
@@ -160,42 +177,86 @@ def _resolve_class_names(found, requested, what) -> tuple[str, ...]:
     return requested
 
 
-def _discover_csv(src, labels, group_by, class_names) -> Listing:
+def _read_csv_rows(labels: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The CSV's columns and its rows with their line numbers; refuses text that is not UTF-8."""
+    with open(labels, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{labels!r} is not UTF-8 text: line {line} holds the byte {data[e.start]:#04x}. "
+                         "Save the CSV as UTF-8.") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = reader.fieldnames or []
+    rows, ragged = [], []
+    for row in reader:
+        if None in row or None in row.values():  # more fields than the header, or fewer
+            ragged.append(reader.line_num)
+        rows.append((reader.line_num, row))
+    if ragged:
+        raise ValueError(f"{labels!r}: line(s) {', '.join(map(str, ragged[:10]))} do not have the "
+                         f"{len(columns)} fields of the header ({','.join(columns)}). Quote fields "
+                         "that hold commas.")
+    return columns, rows
+
+
+def _discover_csv(src, labels, group_by, class_names, allow_outside_src=False) -> Listing:
     if not os.path.isfile(labels):
         raise FileNotFoundError(f"Labels CSV not found: {labels!r}")
-    with open(labels, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        needed = ["path", "label"] + ([group_by] if group_by else [])
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise ValueError(f"{labels!r} lacks column(s) {', '.join(missing)}. Its columns: "
-                             f"{', '.join(columns) or '(none)'}. Expected path,label[,{group_by or 'group'}].")
-        rows = list(reader)
+    columns, rows = _read_csv_rows(labels)
+    needed = ["path", "label"] + ([group_by] if group_by else [])
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise ValueError(f"{labels!r} lacks column(s) {', '.join(missing)}. Its columns: "
+                         f"{', '.join(columns) or '(none)'}. Expected path,label[,{group_by or 'group'}].")
     if not rows:
         raise ValueError(f"{labels!r} has no rows.")
-    bad = [i + 2 for i, r in enumerate(rows) if not (r["label"] or "").strip() or not (r["path"] or "").strip()]
+    bad = [n for n, r in rows if not (r["label"] or "").strip() or not (r["path"] or "").strip()]
     if bad:
         raise ValueError(f"{labels!r}: empty path or label on line(s) {', '.join(map(str, bad[:10]))}.")
-    found = sorted({r["label"].strip() for r in rows})
+    found = sorted({r["label"].strip() for _, r in rows})
     if class_names is not None:
         unknown = sorted(set(found) - set(class_names))
         if unknown:
             raise ValueError(f"{labels!r} has label(s) not in `class_names`: {', '.join(map(repr, unknown))}. "
                              f"Add them to class_names or fix the CSV. Received: class_names={list(class_names)}")
     names = tuple(class_names) if class_names is not None else tuple(found)
-    sources = []
-    for r in rows:
+    root = os.path.realpath(src)
+    seen: dict[str, tuple[int, Source]] = {}
+    outside, duplicates = [], []
+    for line, r in rows:
         split = (r.get("split") or "").strip().lower() or None
         if split is not None and split not in SPLIT_ALIASES:
-            raise ValueError(f"{labels!r}: unknown split {r['split']!r}; use train, val or test.")
+            raise ValueError(f"{labels!r}: unknown split {r['split']!r} on line {line}; use train, val or test.")
         rel = r["path"].strip()
-        path = rel if os.path.isabs(rel) else os.path.join(src, rel)
-        sources.append(Source(path=os.path.normpath(path), relpath=os.path.normpath(rel),
-                              label=r["label"].strip(),
-                              group=(r[group_by] or "").strip() if group_by else "",
-                              split=SPLIT_ALIASES[split] if split else None))
-    sources.sort(key=lambda s: s.relpath)
+        path = os.path.normpath(rel if os.path.isabs(rel) else os.path.join(src, rel))
+        if not allow_outside_src and os.path.commonpath([root, os.path.realpath(path)]) != root:
+            outside.append(f"line {line}: {rel!r}")
+            continue
+        source = Source(path=path, relpath=os.path.normpath(rel), label=r["label"].strip(),
+                        group=(r[group_by] or "").strip() if group_by else "",
+                        split=SPLIT_ALIASES[split] if split else None)
+        key = os.path.realpath(path)
+        if key in seen:
+            first, other = seen[key]
+            if (other.label, other.group, other.split) != (source.label, source.group, source.split):
+                raise ValueError(
+                    f"{labels!r}: lines {first} and {line} give the file {rel!r} different labels, groups "
+                    f"or splits ({other.label!r}/{other.group!r}/{other.split} and {source.label!r}/"
+                    f"{source.group!r}/{source.split}). Keep one row per file.")
+            duplicates.append(line)
+            continue
+        seen[key] = (line, source)
+    if outside:
+        raise ValueError(f"{labels!r} names file(s) outside SRC {src!r}: {'; '.join(outside[:10])}"
+                         f"{f' and {len(outside) - 10} more' if len(outside) > 10 else ''}. Fix the paths, "
+                         "or pass --allow-outside-src (allow_outside_src=True) if that is intended.")
+    if duplicates:
+        print(f"warning: {labels}: dropped {len(duplicates)} duplicate row(s) (line(s) "
+              f"{', '.join(map(str, duplicates[:10]))}{', ...' if len(duplicates) > 10 else ''})",
+              file=sys.stderr)
+    sources = sorted((s for _, s in seen.values()), key=lambda s: s.relpath)
     return Listing(sources=tuple(sources), class_names=names, layout="csv")
 
 

@@ -49,6 +49,11 @@ def register(subparsers) -> None:
                    help="DICOM to 8 bits: auto = rescale, then the file's VOI LUT or first window, else "
                         "the 0.5-99.5th percentile range; minmax = always that range; none = full "
                         "BitsStored range, as cxr 0.1 (default: auto)")
+    p.add_argument("--allow-outside-src", action="store_true",
+                   help="accept CSV paths that lead outside SRC (../x.png, absolute paths)")
+    p.add_argument("--strict-splits", action="store_true",
+                   help="given splits (folders, CSV split column) that share a patient or a byte-identical "
+                        "file are an error, not a warning")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
     mode.add_argument("--resume", action="store_true", help="finish an interrupted conversion in OUT")
@@ -87,7 +92,8 @@ def _convert(args) -> int:
                      radius=args.radius, interpolation=args.interpolation, splits=args.splits,
                      seed=args.seed, encoding=args.encoding, shard_size=args.shard_size,
                      workers=args.workers, overwrite=args.overwrite, resume=args.resume,
-                     progress=not args.quiet and sys.stderr.isatty(), dicom_window=args.dicom_window)
+                     progress=not args.quiet and sys.stderr.isatty(), dicom_window=args.dicom_window,
+                     allow_outside_src=args.allow_outside_src, strict_splits=args.strict_splits)
     print(result.summary(args.out))
     return 0
 

@@ -11,6 +11,7 @@ rebuilt from `history.csv` and `model.keras`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -25,6 +26,7 @@ from cxrmodels.training import resume as _resume
 from cxrmodels.training import run_dir as _run
 from cxrmodels.training.options import augmentation_layer, check_train_args, input_shapes
 from cxrmodels.models.saving import save_model
+from cxrdata.utils.output_dir import lock_output_dir
 
 @dataclass(frozen=True, eq=False)
 class TrainResult:
@@ -185,10 +187,11 @@ def train(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", out: str |
             "balance", "seed", "strategy", "patience", "verbose")}
         | {"optimizer": "adam", "loss": "categorical_crossentropy", "validation_split": "val"},
     }
-    done = _resume.prepare_run_dir(out, config, overwrite=overwrite)
-
+    lock = contextlib.ExitStack()  # held until the run's last write; a second writer is refused
+    lock.enter_context(lock_output_dir(out, what="training run"))
     previous_policy = keras.config.dtype_policy()
     try:
+        done = _resume.prepare_run_dir(out, config, overwrite=overwrite)
         if opts["policy"]:
             keras.config.set_dtype_policy(opts["policy"])
         keras.utils.set_random_seed(opts["seed"])
@@ -224,6 +227,7 @@ def train(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", out: str |
         return _finish(out, net, config, resumed_from=done, start=start)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+        lock.close()
 
 
 def _default_metrics(k: int, positive: int | None) -> list:

@@ -263,3 +263,55 @@ def test_discover_errors(tmp_path):
         discover(tmp_path, labels=tmp_path / "labels.csv", class_names=["COVID", "Normal"])
     with pytest.raises(ValueError, match="lacks column"):
         discover(tmp_path, labels=tmp_path / "labels.csv", group_by="patient")
+
+
+def _csv_tree(tmp_path, text, encoding="utf-8"):
+    for name in ("a.png", "b.png", "c.png"):
+        _touch_png(tmp_path / "src" / name)
+    path = tmp_path / "labels.csv"
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return tmp_path / "src", path
+
+
+def test_csv_paths_outside_src_are_refused_unless_allowed(tmp_path):
+    _touch_png(tmp_path / "outside.png")
+    src, labels = _csv_tree(tmp_path, f"path,label\na.png,x\n../outside.png,y\n{tmp_path / 'outside.png'},y\n")
+    with pytest.raises(ValueError, match=r"outside SRC.*line 3: '../outside.png'; line 4: '/.*--allow-outside-src"):
+        discover(src, labels=labels)
+    labels.write_text("path,label\na.png,x\n../outside.png,y\n")
+    listing = discover(src, labels=labels, allow_outside_src=True)
+    assert sorted(s.relpath for s in listing.sources) == ["../outside.png", "a.png"]
+
+
+def test_csv_duplicate_rows_are_dropped_and_conflicting_labels_refused(tmp_path, capsys):
+    src, labels = _csv_tree(tmp_path, "path,label\na.png,x\nb.png,y\n./a.png,x\n")
+    listing = discover(src, labels=labels)
+    assert [(s.relpath, s.label) for s in listing.sources] == [("a.png", "x"), ("b.png", "y")]
+    assert "dropped 1 duplicate row(s) (line(s) 4)" in capsys.readouterr().err
+    labels.write_text("path,label\na.png,x\nb.png,y\na.png,y\n")
+    with pytest.raises(ValueError, match="lines 2 and 4 give the file 'a.png' different labels"):
+        discover(src, labels=labels)
+
+
+def test_csv_rows_with_the_wrong_number_of_fields_are_refused(tmp_path):
+    src, labels = _csv_tree(tmp_path, "path,label\na.png,x\nb.png,y,extra\nc.png\n")
+    with pytest.raises(ValueError, match=r"line\(s\) 3, 4 do not have the 2 fields"):
+        discover(src, labels=labels)
+
+
+def test_a_csv_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    src, labels = _csv_tree(tmp_path, "path,label\na.png,x\nb.png,caf\xe9\n", encoding="latin-1")
+    with pytest.raises(ValueError, match=r"labels.csv' is not UTF-8 text: line 3 holds the byte 0xe9"):
+        discover(src, labels=labels)
+
+
+def test_symlinked_folders_are_followed_at_any_depth_and_loops_listed_once(tmp_path):
+    _touch_png(tmp_path / "elsewhere" / "deep" / "e1.png")
+    _touch_png(tmp_path / "other" / "c1.png")
+    _touch_png(tmp_path / "src" / "Normal" / "n1.png")
+    (tmp_path / "src" / "Normal" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "src" / "Normal" / "loop").symlink_to(tmp_path / "src" / "Normal", target_is_directory=True)
+    (tmp_path / "src" / "COVID").symlink_to(tmp_path / "other", target_is_directory=True)
+    listing = discover(tmp_path / "src")
+    assert [(s.relpath, s.label) for s in listing.sources] == [
+        ("COVID/c1.png", "COVID"), ("Normal/n1.png", "Normal"), ("Normal/linked/deep/e1.png", "Normal")]
