@@ -11,8 +11,10 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 CHUNK = 8  # images per task sent to a worker process
-WORKER_DIED = ("the worker process converting it died twice (killed, for example by the out-of-memory "
-               "killer, or crashed in a native decoder)")
+WORKER_DIED = (
+    "the worker process converting it died twice (killed, for example by the out-of-memory "
+    "killer, or crashed in a native decoder)"
+)
 
 
 def printable(name: str) -> str:
@@ -51,15 +53,18 @@ class OrderedResults:
         if workers == 1:
             return
         self._start_pool()
-        self._chunks = iter([tasks[i:i + CHUNK] for i in range(0, len(tasks), CHUNK)])
+        self._chunks = iter([tasks[i : i + CHUNK] for i in range(0, len(tasks), CHUNK)])
         self._fill()
 
     def _start_pool(self) -> None:
         # fork is fast and needs no `if __name__ == "__main__"` guard, but is unsafe once
         # TensorFlow's threads exist; spawn is the safe choice then.
         method = "spawn" if "tensorflow" in sys.modules else "fork"
-        self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=_worker_init,
-                                         mp_context=multiprocessing.get_context(method))
+        self._pool = ProcessPoolExecutor(
+            max_workers=self._workers,
+            initializer=_worker_init,
+            mp_context=multiprocessing.get_context(method),
+        )
 
     def _fill(self) -> None:
         while len(self._window) < self._workers * 3:
@@ -76,8 +81,9 @@ class OrderedResults:
         except BrokenProcessPool:
             raise RuntimeError(
                 "Conversion worker processes die as they start. If you call cxrdata.convert from a script, "
-                "put the call under `if __name__ == \"__main__\":` (worker processes re-import the script), "
-                "or pass workers=1.") from None
+                'put the call under `if __name__ == "__main__":` (worker processes re-import the script), '
+                "or pass workers=1."
+            ) from None
 
     def _retry_alone(self, lost: list) -> list:
         """Runs each task of the lost chunks alone in the restarted pool; a second death rejects it."""
@@ -106,8 +112,11 @@ class OrderedResults:
             except BrokenProcessPool:
                 lost = list(chunk) + [task for other, _ in self._window for task in other]
                 self._window.clear()
-                print(f"warning: a conversion worker process died; retrying its {len(lost)} file(s) one "
-                      f"by one: {', '.join(printable(t[0]) for t in lost)}", file=sys.stderr)
+                print(
+                    f"warning: a conversion worker process died; retrying its {len(lost)} file(s) one "
+                    f"by one: {', '.join(printable(t[0]) for t in lost)}",
+                    file=sys.stderr,
+                )
                 self._restart_pool()
                 self._buffer.extend(self._retry_alone(lost))
             self._fill()
@@ -118,5 +127,3 @@ class OrderedResults:
             for _, f in self._window:
                 f.cancel()
             self._pool.shutdown(wait=True, cancel_futures=True)
-
-

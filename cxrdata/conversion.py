@@ -23,22 +23,28 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from cxrdata import __version__
-from cxrdata.utils.io import atomic_write_text, sha256_file
+from cxrdata._pool import OrderedResults, printable
+from cxrdata.dicom import DICOM_WINDOWS, MULTI_FRAME_POLICY
 from cxrdata.manifest import MANIFEST_NAME, REJECTS_NAME, Manifest, ShardInfo, SplitInfo, shard_name
 from cxrdata.preprocess import PreprocessConfig, preprocess_image
-from cxrdata.dicom import DICOM_WINDOWS, MULTI_FRAME_POLICY
-from cxrdata._pool import OrderedResults, printable
 from cxrdata.sources import DecodeError, Source, decode_image, discover
-from cxrdata.utils.argument_validation import check_choice
 from cxrdata.splits import assign_splits, describe_overlaps, find_overlaps, parse_ratios
-from cxrdata.utils.output_dir import FINISHED, OVERWRITE, check_output_dir, lock_output_dir, refuse_other_options
+from cxrdata.utils.argument_validation import check_choice
+from cxrdata.utils.io import atomic_write_text, sha256_file
+from cxrdata.utils.output_dir import (
+    FINISHED,
+    OVERWRITE,
+    check_output_dir,
+    lock_output_dir,
+    refuse_other_options,
+)
 
 PARTIAL_DIR = ".cxr-partial"
 ENCODINGS = ("raw", "png")
@@ -69,8 +75,10 @@ class ConversionResult:
         parts = ", ".join(f"{n} {s.num_examples}" for n, s in self.manifest.splits.items())
         shards = sum(len(s.shards) for s in self.manifest.splits.values())
         rate = self.num_converted / self.seconds if self.seconds > 0 else 0.0
-        line = (f"Converted {self.num_converted} images ({parts}) into {shards} shards in {out} "
-                f"in {self.seconds:.1f}s ({rate:.0f} images/s); {len(self.rejects)} rejected")
+        line = (
+            f"Converted {self.num_converted} images ({parts}) into {shards} shards in {out} "
+            f"in {self.seconds:.1f}s ({rate:.0f} images/s); {len(self.rejects)} rejected"
+        )
         line += f" (see {os.path.join(out, REJECTS_NAME)})" if self.rejects else ""
         return line + "".join(f"\nwarning: {w}" for w in describe_overlaps(self.split_overlaps))
 
@@ -114,10 +122,15 @@ def _check_out(out: str, *, overwrite: bool, resume: bool) -> str:
     if overwrite and resume:
         raise ValueError("Pass at most one of `overwrite` and `resume`.")
     return check_output_dir(
-        out, what="dataset", markers=(MANIFEST_NAME, PARTIAL_DIR), overwrite=overwrite,
+        out,
+        what="dataset",
+        markers=(MANIFEST_NAME, PARTIAL_DIR),
+        overwrite=overwrite,
         finished=lambda p: os.path.exists(os.path.join(p, MANIFEST_NAME))
         and not os.path.exists(os.path.join(p, PARTIAL_DIR)),
-        keep_finished=resume, finished_hint=" Pass --resume (resume=True) to keep it as it is.")
+        keep_finished=resume,
+        finished_hint=" Pass --resume (resume=True) to keep it as it is.",
+    )
 
 
 def _clear_dataset(out: str) -> None:
@@ -140,27 +153,54 @@ def _hash_all(sources: Sequence[Source], workers: int, progress: bool) -> list[s
             return e
 
     with ThreadPoolExecutor(max(2, workers)) as pool:
-        return list(tqdm(pool.map(one, sources), total=len(sources), desc="Hashing", unit="file",
-                         disable=not progress, leave=False))
+        return list(
+            tqdm(
+                pool.map(one, sources),
+                total=len(sources),
+                desc="Hashing",
+                unit="file",
+                disable=not progress,
+                leave=False,
+            )
+        )
 
 
-def _plan_shards(items: list[_Item], config: PreprocessConfig, encoding: str, shard_size_mb: float) -> list[list[_Item]]:
+def _plan_shards(
+    items: list[_Item], config: PreprocessConfig, encoding: str, shard_size_mb: float
+) -> list[list[_Item]]:
     h, w = config.image_size
     per_record = h * w * (0.6 if encoding == "png" else 1.0) + 400
     per_shard = max(1, int(shard_size_mb * 1e6 // per_record))
     count = max(1, math.ceil(len(items) / per_shard))
-    return [items[i * len(items) // count:(i + 1) * len(items) // count] for i in range(count)]
+    return [items[i * len(items) // count : (i + 1) * len(items) // count] for i in range(count)]
 
 
-def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
-            group_by: str | None = None, group_pattern: str | None = None,
-            class_names: Sequence[str] | None = None, image_size: int | tuple[int, int] = 299,
-            aspect: str = "stretch", equalize: str = "local", radius: int = 70, clip_limit: float = 0.01,
-            interpolation: str = "bilinear", splits: str | Sequence[float] = (0.7, 0.15, 0.15),
-            seed: int = 0, encoding: str = "raw", shard_size: float = 100, workers: int | None = None,
-            overwrite: bool = False, resume: bool = False, progress: bool = True,
-            dicom_window: str = "auto", allow_outside_src: bool = False,
-            strict_splits: bool = False) -> ConversionResult:
+def convert(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    labels: str | os.PathLike | None = None,
+    group_by: str | None = None,
+    group_pattern: str | None = None,
+    class_names: Sequence[str] | None = None,
+    image_size: int | tuple[int, int] = 299,
+    aspect: str = "stretch",
+    equalize: str = "local",
+    radius: int = 70,
+    clip_limit: float = 0.01,
+    interpolation: str = "bilinear",
+    splits: str | Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    encoding: str = "raw",
+    shard_size: float = 100,
+    workers: int | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    dicom_window: str = "auto",
+    allow_outside_src: bool = False,
+    strict_splits: bool = False,
+) -> ConversionResult:
     """Converts a chest X-ray folder tree or CSV into equalized, sharded TFRecords.
 
     Each image is decoded, turned to grayscale, resized to `image_size` and
@@ -218,32 +258,79 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.
         >>> print(result.summary("data/"))  # doctest: +SKIP
     """
     start = time.perf_counter()
-    config = PreprocessConfig(image_size=image_size if not isinstance(image_size, int) else (image_size, image_size),
-                              aspect=aspect, equalize=equalize, radius=radius, clip_limit=clip_limit,
-                              interpolation=interpolation)
+    config = PreprocessConfig(
+        image_size=image_size if not isinstance(image_size, int) else (image_size, image_size),
+        aspect=aspect,
+        equalize=equalize,
+        radius=radius,
+        clip_limit=clip_limit,
+        interpolation=interpolation,
+    )
     ratios = parse_ratios(splits)
     check_choice("dicom_window", dicom_window, DICOM_WINDOWS)
     if encoding not in ENCODINGS:
         raise ValueError(f"`encoding` must be one of {', '.join(ENCODINGS)}. Received: encoding={encoding!r}")
     if not shard_size > 0:
-        raise ValueError(f"`shard_size` must be a positive number of megabytes. Received: shard_size={shard_size!r}")
+        raise ValueError(
+            f"`shard_size` must be a positive number of megabytes. Received: shard_size={shard_size!r}"
+        )
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"`workers` must be a positive int. Received: workers={workers!r}")
     out = os.fspath(out)
     _check_out(out, overwrite=overwrite, resume=resume)
-    listing = discover(src, labels=labels, group_by=group_by, group_pattern=group_pattern, class_names=class_names,
-                       allow_outside_src=allow_outside_src)
+    listing = discover(
+        src,
+        labels=labels,
+        group_by=group_by,
+        group_pattern=group_pattern,
+        class_names=class_names,
+        allow_outside_src=allow_outside_src,
+    )
     with lock_output_dir(out, what="dataset folder"):  # a second writer is refused, not raced
-        return _convert_locked(src, out, listing, labels=labels, group_by=group_by, group_pattern=group_pattern,
-                               config=config, ratios=ratios, seed=seed, encoding=encoding, shard_size=shard_size,
-                               workers=workers, overwrite=overwrite, resume=resume, progress=progress,
-                               dicom_window=dicom_window, strict_splits=strict_splits, start=start)
+        return _convert_locked(
+            src,
+            out,
+            listing,
+            labels=labels,
+            group_by=group_by,
+            group_pattern=group_pattern,
+            config=config,
+            ratios=ratios,
+            seed=seed,
+            encoding=encoding,
+            shard_size=shard_size,
+            workers=workers,
+            overwrite=overwrite,
+            resume=resume,
+            progress=progress,
+            dicom_window=dicom_window,
+            strict_splits=strict_splits,
+            start=start,
+        )
 
 
-def _convert_locked(src, out, listing, *, labels, group_by, group_pattern, config, ratios, seed, encoding,
-                    shard_size, workers, overwrite, resume, progress, dicom_window, strict_splits,
-                    start) -> ConversionResult:
+def _convert_locked(
+    src,
+    out,
+    listing,
+    *,
+    labels,
+    group_by,
+    group_pattern,
+    config,
+    ratios,
+    seed,
+    encoding,
+    shard_size,
+    workers,
+    overwrite,
+    resume,
+    progress,
+    dicom_window,
+    strict_splits,
+    start,
+) -> ConversionResult:
     state = _check_out(out, overwrite=overwrite, resume=resume)
     if state == FINISHED:
         return _already_done(out, start)
@@ -253,8 +340,11 @@ def _convert_locked(src, out, listing, *, labels, group_by, group_pattern, confi
     index = {c: i for i, c in enumerate(listing.class_names)}
     named, rejects = _reject_undecodable_names(listing.sources)
     digests = _hash_all(named, workers, progress)
-    rejects += [Reject(s.relpath, f"unreadable: {d.strerror or d}" if isinstance(d, OSError) else str(d))
-                for s, d in zip(named, digests) if isinstance(d, Exception)]
+    rejects += [
+        Reject(s.relpath, f"unreadable: {d.strerror or d}" if isinstance(d, OSError) else str(d))
+        for s, d in zip(named, digests)
+        if isinstance(d, Exception)
+    ]
     items = [_Item(s, index[s.label], d) for s, d in zip(named, digests) if not isinstance(d, Exception)]
     if not items:
         raise ValueError(f"No readable image under {os.fspath(src)!r}.")
@@ -262,8 +352,9 @@ def _convert_locked(src, out, listing, *, labels, group_by, group_pattern, confi
     split_of = _split_items(items, listing.layout, ratios, seed, len(index))
     overlaps = find_overlaps(items, split_of)
     if overlaps and strict_splits:
-        raise ValueError("The given splits overlap (--strict-splits): "
-                         + "; ".join(describe_overlaps(overlaps)))
+        raise ValueError(
+            "The given splits overlap (--strict-splits): " + "; ".join(describe_overlaps(overlaps))
+        )
     plan: dict[str, list[list[_Item]]] = {}
     for n, split in enumerate(("train", "val", "test")):
         members = [it for it, s in zip(items, split_of) if s == split]
@@ -272,9 +363,17 @@ def _convert_locked(src, out, listing, *, labels, group_by, group_pattern, confi
         order = np.random.default_rng([seed, n]).permutation(len(members))
         plan[split] = _plan_shards([members[i] for i in order], config, encoding, shard_size)
 
-    options = {"src": os.path.abspath(os.fspath(src)), "labels": os.fspath(labels) if labels else None,
-               "group_by": group_by, "group_pattern": group_pattern, "layout": listing.layout,
-               "splits": list(ratios), "seed": seed, "encoding": encoding, "shard_size_mb": shard_size}
+    options = {
+        "src": os.path.abspath(os.fspath(src)),
+        "labels": os.fspath(labels) if labels else None,
+        "group_by": group_by,
+        "group_pattern": group_pattern,
+        "layout": listing.layout,
+        "splits": list(ratios),
+        "seed": seed,
+        "encoding": encoding,
+        "shard_size_mb": shard_size,
+    }
     preprocessing = _preprocessing(config, dicom_window)
     fingerprint = _fingerprint(options, preprocessing, listing.class_names, plan)
     if any(it.source.split is not None for it in items):  # given splits: say what straddles them
@@ -310,10 +409,18 @@ def _split_items(items, layout, ratios, seed, num_classes) -> list[str]:
     if all(g is not None for g in given):
         return given
     if any(g is not None for g in given):
-        raise ValueError("The labels CSV gives a split for some rows but not all. Fill the `split` "
-                         "column for every row, or remove it.")
-    return assign_splits([it.label for it in items], [it.source.group for it in items],
-                         [it.sha256 for it in items], ratios=ratios, seed=seed, num_classes=num_classes)
+        raise ValueError(
+            "The labels CSV gives a split for some rows but not all. Fill the `split` "
+            "column for every row, or remove it."
+        )
+    return assign_splits(
+        [it.label for it in items],
+        [it.source.group for it in items],
+        [it.sha256 for it in items],
+        ratios=ratios,
+        seed=seed,
+        num_classes=num_classes,
+    )
 
 
 def _fingerprint(options, preprocessing, class_names, plan) -> str:
@@ -321,7 +428,9 @@ def _fingerprint(options, preprocessing, class_names, plan) -> str:
     for split, shards in plan.items():
         for i, shard in enumerate(shards):
             for it in shard:
-                h.update(f"{split}\0{i}\0{it.source.relpath}\0{it.sha256}\0{it.label}\0{it.source.group}\n".encode())
+                h.update(
+                    f"{split}\0{i}\0{it.source.relpath}\0{it.sha256}\0{it.label}\0{it.source.group}\n".encode()
+                )
     return h.hexdigest()
 
 
@@ -341,12 +450,21 @@ def _write_shards(out, partial, plan, class_names, preprocessing, encoding, work
     for name in os.listdir(out):  # leftovers of a killed run
         if name.startswith(".") and name.endswith(".tmp"):
             os.unlink(os.path.join(out, name))
-    pending = [(split, i, shard) for split, shards in plan.items() for i, shard in enumerate(shards)
-               if not os.path.exists(os.path.join(out, shard_name(split, i, len(shards))))]
+    pending = [
+        (split, i, shard)
+        for split, shards in plan.items()
+        for i, shard in enumerate(shards)
+        if not os.path.exists(os.path.join(out, shard_name(split, i, len(shards))))
+    ]
     cfg = preprocessing
-    tasks = [(it.source.path, os.path.basename(it.source.path), cfg, encoding)
-             for _, _, shard in pending for it in shard]
-    results = OrderedResults(tasks, workers, _process, _process_chunk)  # starts the workers before TensorFlow loads here
+    tasks = [
+        (it.source.path, os.path.basename(it.source.path), cfg, encoding)
+        for _, _, shard in pending
+        for it in shard
+    ]
+    results = OrderedResults(
+        tasks, workers, _process, _process_chunk
+    )  # starts the workers before TensorFlow loads here
 
     from cxrdata.records import ShardWriter, serialize_example
 
@@ -364,9 +482,18 @@ def _write_shards(out, partial, plan, class_names, preprocessing, encoding, work
                     if not ok:
                         shard_rejects.append([it.source.relpath, payload])
                         continue
-                    writer.write(serialize_example(
-                        image=payload, height=h, width=w, label=it.label, class_name=class_names[it.label],
-                        group=it.source.group, path=it.source.relpath, sha256=it.sha256))
+                    writer.write(
+                        serialize_example(
+                            image=payload,
+                            height=h,
+                            width=w,
+                            label=it.label,
+                            class_name=class_names[it.label],
+                            group=it.source.group,
+                            path=it.source.relpath,
+                            sha256=it.sha256,
+                        )
+                    )
                     counts[class_names[it.label]] += 1
                 info = writer.finish()
             except BaseException:
@@ -380,7 +507,9 @@ def _write_shards(out, partial, plan, class_names, preprocessing, encoding, work
         results.close()
 
 
-def _finish(out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start) -> ConversionResult:
+def _finish(
+    out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start
+) -> ConversionResult:
     splits = {}
     all_rejects = list(rejects)
     for split, shards in plan.items():
@@ -400,18 +529,28 @@ def _finish(out, partial, plan, listing, config, preprocessing, encoding, option
     w.writerows([r.path, r.reason] for r in all_rejects)
     atomic_write_text(os.path.join(out, REJECTS_NAME), buf.getvalue())
     h, wd = config.image_size
-    manifest = Manifest(class_names=listing.class_names, image_shape=(h, wd, 1), encoding=encoding,
-                        preprocessing=preprocessing, splits=splits, source=options,
-                        library_version=__version__)
+    manifest = Manifest(
+        class_names=listing.class_names,
+        image_shape=(h, wd, 1),
+        encoding=encoding,
+        preprocessing=preprocessing,
+        splits=splits,
+        source=options,
+        library_version=__version__,
+    )
     manifest.write(out)
     shutil.rmtree(partial)
     train = splits.get("train")
     if train is not None:
         missing = [c for c, n in train.counts.items() if n == 0]
         if missing:
-            print(f"warning: no image of class(es) {', '.join(missing)} was converted into the train split",
-                  file=sys.stderr)
-    return ConversionResult(manifest=manifest, rejects=tuple(all_rejects), seconds=time.perf_counter() - start)
+            print(
+                f"warning: no image of class(es) {', '.join(missing)} was converted into the train split",
+                file=sys.stderr,
+            )
+    return ConversionResult(
+        manifest=manifest, rejects=tuple(all_rejects), seconds=time.perf_counter() - start
+    )
 
 
 def _already_done(out: str, start: float) -> ConversionResult:
@@ -423,5 +562,9 @@ def _already_done(out: str, start: float) -> ConversionResult:
     if os.path.exists(path):
         with open(path, newline="") as f:
             rejects = [Reject(r["path"], r["reason"]) for r in csv.DictReader(f)]
-    return ConversionResult(manifest=manifest, rejects=tuple(rejects), seconds=time.perf_counter() - start,
-                            split_overlaps=manifest.source.get("split_overlaps") or {})
+    return ConversionResult(
+        manifest=manifest,
+        rejects=tuple(rejects),
+        seconds=time.perf_counter() - start,
+        split_overlaps=manifest.source.get("split_overlaps") or {},
+    )

@@ -19,14 +19,47 @@ from dataclasses import dataclass
 import numpy as np
 
 # Files that are obviously not images: skipped without a word.
-SKIPPED_SUFFIXES = frozenset({
-    ".txt", ".csv", ".tsv", ".json", ".md", ".rst", ".xlsx", ".xls", ".pdf", ".html", ".htm",
-    ".py", ".ipynb", ".yaml", ".yml", ".xml", ".log", ".doc", ".docx", ".zip", ".tar", ".gz",
-    ".db", ".ini", ".pkl", ".npy", ".h5",
-})
+SKIPPED_SUFFIXES = frozenset(
+    {
+        ".txt",
+        ".csv",
+        ".tsv",
+        ".json",
+        ".md",
+        ".rst",
+        ".xlsx",
+        ".xls",
+        ".pdf",
+        ".html",
+        ".htm",
+        ".py",
+        ".ipynb",
+        ".yaml",
+        ".yml",
+        ".xml",
+        ".log",
+        ".doc",
+        ".docx",
+        ".zip",
+        ".tar",
+        ".gz",
+        ".db",
+        ".ini",
+        ".pkl",
+        ".npy",
+        ".h5",
+    }
+)
 MASK_FOLDERS = frozenset({"masks", "mask"})
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                 "validation": "val", "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 class DecodeError(Exception):
@@ -86,10 +119,15 @@ def _group_of(relpath: str, pattern: re.Pattern | None) -> str:
     return (m.group(1) if m.groups() else m.group(0)) if m else ""
 
 
-def discover(src: str | os.PathLike, *, labels: str | os.PathLike | None = None,
-             group_by: str | None = None, group_pattern: str | None = None,
-             class_names: list[str] | tuple[str, ...] | None = None,
-             allow_outside_src: bool = False) -> Listing:
+def discover(
+    src: str | os.PathLike,
+    *,
+    labels: str | os.PathLike | None = None,
+    group_by: str | None = None,
+    group_pattern: str | None = None,
+    class_names: list[str] | tuple[str, ...] | None = None,
+    allow_outside_src: bool = False,
+) -> Listing:
     """Lists the images under `src`, sorted, with their labels.
 
     Args:
@@ -120,13 +158,17 @@ def discover(src: str | os.PathLike, *, labels: str | os.PathLike | None = None,
     """
     src = os.fspath(src)
     if not os.path.isdir(src):
-        raise FileNotFoundError(f"Source folder not found: {src!r}. Pass the folder that holds the class folders.")
+        raise FileNotFoundError(
+            f"Source folder not found: {src!r}. Pass the folder that holds the class folders."
+        )
     pattern = re.compile(group_pattern) if group_pattern else None
     if labels is not None:
         return _discover_csv(src, os.fspath(labels), group_by, class_names, allow_outside_src)
     if group_by is not None:
-        raise ValueError("`group_by` names a CSV column and needs `labels`. For folder trees use "
-                         f"`group_pattern`. Received: group_by={group_by!r}, labels=None")
+        raise ValueError(
+            "`group_by` names a CSV column and needs `labels`. For folder trees use "
+            f"`group_pattern`. Received: group_by={group_by!r}, labels=None"
+        )
     top = _subfolders(src)
     split_dirs = [d for d in top if d.lower() in SPLIT_ALIASES]
     items: list[tuple[str, str, str | None]] = []  # (abs path, class, split)
@@ -134,7 +176,9 @@ def discover(src: str | os.PathLike, *, labels: str | os.PathLike | None = None,
         layout = "splits"
         for d in split_dirs:
             for cls in _subfolders(os.path.join(src, d)):
-                items += [(p, cls, SPLIT_ALIASES[d.lower()]) for p in _walk_class_folder(os.path.join(src, d), cls)]
+                items += [
+                    (p, cls, SPLIT_ALIASES[d.lower()]) for p in _walk_class_folder(os.path.join(src, d), cls)
+                ]
         found_classes = sorted({c for d in split_dirs for c in _subfolders(os.path.join(src, d))})
     elif split_dirs:
         raise ValueError(
@@ -148,20 +192,30 @@ def discover(src: str | os.PathLike, *, labels: str | os.PathLike | None = None,
         for cls in top:
             items += [(p, cls, None) for p in _walk_class_folder(src, cls)]
     if not found_classes:
-        raise ValueError(f"{src!r} has no class folders. Expected {src}/<class name>/<images>, "
-                         "or pass a labels CSV with --labels.")
+        raise ValueError(
+            f"{src!r} has no class folders. Expected {src}/<class name>/<images>, "
+            "or pass a labels CSV with --labels."
+        )
     names = _resolve_class_names(found_classes, class_names, "class folders")
     per_class = {c: 0 for c in names}
     for _, cls, _ in items:
         per_class[cls] = per_class.get(cls, 0) + 1
     empty = [c for c in names if per_class.get(c, 0) == 0]
     if empty:
-        raise ValueError(f"Class folder(s) {', '.join(repr(c) for c in empty)} hold no image file. "
-                         "Remove the folder or add images.")
+        raise ValueError(
+            f"Class folder(s) {', '.join(repr(c) for c in empty)} hold no image file. "
+            "Remove the folder or add images."
+        )
     sources = tuple(
-        Source(path=p, relpath=os.path.relpath(p, src), label=cls,
-               group=_group_of(os.path.relpath(p, src), pattern), split=split)
-        for p, cls, split in items if cls in names
+        Source(
+            path=p,
+            relpath=os.path.relpath(p, src),
+            label=cls,
+            group=_group_of(os.path.relpath(p, src), pattern),
+            split=split,
+        )
+        for p, cls, split in items
+        if cls in names
     )
     return Listing(sources=sources, class_names=names, layout=layout)
 
@@ -172,8 +226,10 @@ def _resolve_class_names(found, requested, what) -> tuple[str, ...]:
     requested = tuple(requested)
     unknown = sorted(set(found) - set(requested))
     if unknown:
-        raise ValueError(f"Found {what} not in `class_names`: {', '.join(map(repr, unknown))}. "
-                         f"Received: class_names={list(requested)}")
+        raise ValueError(
+            f"Found {what} not in `class_names`: {', '.join(map(repr, unknown))}. "
+            f"Received: class_names={list(requested)}"
+        )
     return requested
 
 
@@ -184,9 +240,11 @@ def _read_csv_rows(labels: str) -> tuple[list[str], list[tuple[int, dict]]]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ValueError(f"{labels!r} is not UTF-8 text: line {line} holds the byte {data[e.start]:#04x}. "
-                         "Save the CSV as UTF-8.") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{labels!r} is not UTF-8 text: line {line} holds the byte {data[e.start]:#04x}. "
+            "Save the CSV as UTF-8."
+        ) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = reader.fieldnames or []
     rows, ragged = [], []
@@ -195,9 +253,11 @@ def _read_csv_rows(labels: str) -> tuple[list[str], list[tuple[int, dict]]]:
             ragged.append(reader.line_num)
         rows.append((reader.line_num, row))
     if ragged:
-        raise ValueError(f"{labels!r}: line(s) {', '.join(map(str, ragged[:10]))} do not have the "
-                         f"{len(columns)} fields of the header ({','.join(columns)}). Quote fields "
-                         "that hold commas.")
+        raise ValueError(
+            f"{labels!r}: line(s) {', '.join(map(str, ragged[:10]))} do not have the "
+            f"{len(columns)} fields of the header ({','.join(columns)}). Quote fields "
+            "that hold commas."
+        )
     return columns, rows
 
 
@@ -208,8 +268,10 @@ def _discover_csv(src, labels, group_by, class_names, allow_outside_src=False) -
     needed = ["path", "label"] + ([group_by] if group_by else [])
     missing = [c for c in needed if c not in columns]
     if missing:
-        raise ValueError(f"{labels!r} lacks column(s) {', '.join(missing)}. Its columns: "
-                         f"{', '.join(columns) or '(none)'}. Expected path,label[,{group_by or 'group'}].")
+        raise ValueError(
+            f"{labels!r} lacks column(s) {', '.join(missing)}. Its columns: "
+            f"{', '.join(columns) or '(none)'}. Expected path,label[,{group_by or 'group'}]."
+        )
     if not rows:
         raise ValueError(f"{labels!r} has no rows.")
     bad = [n for n, r in rows if not (r["label"] or "").strip() or not (r["path"] or "").strip()]
@@ -219,8 +281,10 @@ def _discover_csv(src, labels, group_by, class_names, allow_outside_src=False) -
     if class_names is not None:
         unknown = sorted(set(found) - set(class_names))
         if unknown:
-            raise ValueError(f"{labels!r} has label(s) not in `class_names`: {', '.join(map(repr, unknown))}. "
-                             f"Add them to class_names or fix the CSV. Received: class_names={list(class_names)}")
+            raise ValueError(
+                f"{labels!r} has label(s) not in `class_names`: {', '.join(map(repr, unknown))}. "
+                f"Add them to class_names or fix the CSV. Received: class_names={list(class_names)}"
+            )
     names = tuple(class_names) if class_names is not None else tuple(found)
     root = os.path.realpath(src)
     seen: dict[str, tuple[int, Source]] = {}
@@ -228,15 +292,21 @@ def _discover_csv(src, labels, group_by, class_names, allow_outside_src=False) -
     for line, r in rows:
         split = (r.get("split") or "").strip().lower() or None
         if split is not None and split not in SPLIT_ALIASES:
-            raise ValueError(f"{labels!r}: unknown split {r['split']!r} on line {line}; use train, val or test.")
+            raise ValueError(
+                f"{labels!r}: unknown split {r['split']!r} on line {line}; use train, val or test."
+            )
         rel = r["path"].strip()
         path = os.path.normpath(rel if os.path.isabs(rel) else os.path.join(src, rel))
         if not allow_outside_src and os.path.commonpath([root, os.path.realpath(path)]) != root:
             outside.append(f"line {line}: {rel!r}")
             continue
-        source = Source(path=path, relpath=os.path.normpath(rel), label=r["label"].strip(),
-                        group=(r[group_by] or "").strip() if group_by else "",
-                        split=SPLIT_ALIASES[split] if split else None)
+        source = Source(
+            path=path,
+            relpath=os.path.normpath(rel),
+            label=r["label"].strip(),
+            group=(r[group_by] or "").strip() if group_by else "",
+            split=SPLIT_ALIASES[split] if split else None,
+        )
         key = os.path.realpath(path)
         if key in seen:
             first, other = seen[key]
@@ -244,18 +314,23 @@ def _discover_csv(src, labels, group_by, class_names, allow_outside_src=False) -
                 raise ValueError(
                     f"{labels!r}: lines {first} and {line} give the file {rel!r} different labels, groups "
                     f"or splits ({other.label!r}/{other.group!r}/{other.split} and {source.label!r}/"
-                    f"{source.group!r}/{source.split}). Keep one row per file.")
+                    f"{source.group!r}/{source.split}). Keep one row per file."
+                )
             duplicates.append(line)
             continue
         seen[key] = (line, source)
     if outside:
-        raise ValueError(f"{labels!r} names file(s) outside SRC {src!r}: {'; '.join(outside[:10])}"
-                         f"{f' and {len(outside) - 10} more' if len(outside) > 10 else ''}. Fix the paths, "
-                         "or pass --allow-outside-src (allow_outside_src=True) if that is intended.")
+        raise ValueError(
+            f"{labels!r} names file(s) outside SRC {src!r}: {'; '.join(outside[:10])}"
+            f"{f' and {len(outside) - 10} more' if len(outside) > 10 else ''}. Fix the paths, "
+            "or pass --allow-outside-src (allow_outside_src=True) if that is intended."
+        )
     if duplicates:
-        print(f"warning: {labels}: dropped {len(duplicates)} duplicate row(s) (line(s) "
-              f"{', '.join(map(str, duplicates[:10]))}{', ...' if len(duplicates) > 10 else ''})",
-              file=sys.stderr)
+        print(
+            f"warning: {labels}: dropped {len(duplicates)} duplicate row(s) (line(s) "
+            f"{', '.join(map(str, duplicates[:10]))}{', ...' if len(duplicates) > 10 else ''})",
+            file=sys.stderr,
+        )
     sources = sorted((s for _, s in seen.values()), key=lambda s: s.relpath)
     return Listing(sources=tuple(sources), class_names=names, layout="csv")
 
@@ -275,11 +350,15 @@ def check_pixel_count(width: int, height: int) -> None:
 
     cap = Image.MAX_IMAGE_PIXELS
     if cap is not None and width * height > cap:
-        raise DecodeError(f"image too large: {width}x{height} = {width * height} pixels, over the limit of "
-                          f"{cap} (PIL.Image.MAX_IMAGE_PIXELS)")
+        raise DecodeError(
+            f"image too large: {width}x{height} = {width * height} pixels, over the limit of "
+            f"{cap} (PIL.Image.MAX_IMAGE_PIXELS)"
+        )
 
 
-def decode_image(data: bytes | str | os.PathLike, *, name: str = "", dicom_window: str = "auto") -> np.ndarray:
+def decode_image(
+    data: bytes | str | os.PathLike, *, name: str = "", dicom_window: str = "auto"
+) -> np.ndarray:
     """Decodes one image file into a 2-D uint8 grayscale array.
 
     8-bit data is kept as is; 16-bit data is scaled to 8 bits over its full

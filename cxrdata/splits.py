@@ -12,7 +12,7 @@ the requested ones.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,11 +25,15 @@ def parse_ratios(splits: str | Sequence[float]) -> tuple[float, ...]:
         try:
             splits = [float(s) for s in splits.split(",")]
         except ValueError:
-            raise ValueError(f"`splits` must be comma-separated numbers like 0.7,0.15,0.15. Received: splits={splits!r}") from None
+            raise ValueError(
+                f"`splits` must be comma-separated numbers like 0.7,0.15,0.15. Received: splits={splits!r}"
+            ) from None
     ratios = tuple(float(s) for s in splits)
     if not 2 <= len(ratios) <= 3 or any(r < 0 for r in ratios) or ratios[0] <= 0:
-        raise ValueError(f"`splits` must be 2 or 3 non-negative ratios (train, val[, test]) with train > 0. "
-                         f"Received: splits={ratios}")
+        raise ValueError(
+            f"`splits` must be 2 or 3 non-negative ratios (train, val[, test]) with train > 0. "
+            f"Received: splits={ratios}"
+        )
     if abs(sum(ratios) - 1.0) > 1e-6:
         raise ValueError(f"`splits` must add up to 1. Received: splits={ratios} (sum {sum(ratios):g})")
     return ratios
@@ -65,8 +69,15 @@ def units(groups: Sequence[str], digests: Sequence[str]) -> list[list[int]]:
     return [members[r] for r in sorted(members)]
 
 
-def assign_splits(labels: Sequence[int], groups: Sequence[str], digests: Sequence[str], *,
-                  ratios: Sequence[float], seed: int, num_classes: int) -> list[str]:
+def assign_splits(
+    labels: Sequence[int],
+    groups: Sequence[str],
+    digests: Sequence[str],
+    *,
+    ratios: Sequence[float],
+    seed: int,
+    num_classes: int,
+) -> list[str]:
     """Returns a split name for each image.
 
     Args:
@@ -123,8 +134,11 @@ def find_overlaps(items: Sequence, split_of: Sequence[str]) -> dict:
                 splits.setdefault(what(it), set()).add(split)
                 paths.setdefault(what(it), []).append(it.source.relpath)
         name = "group" if key == "groups" else "sha256"
-        rows = [{name: k, "splits": sorted(v, key=SPLIT_NAMES.index), "paths": sorted(paths[k])}
-                for k, v in sorted(splits.items()) if len(v) > 1]
+        rows = [
+            {name: k, "splits": sorted(v, key=SPLIT_NAMES.index), "paths": sorted(paths[k])}
+            for k, v in sorted(splits.items())
+            if len(v) > 1
+        ]
         if rows:
             found[key] = rows
     return found
@@ -137,9 +151,15 @@ def describe_overlaps(overlaps: dict, limit: int = 10) -> list[str]:
         rows = overlaps.get(key, [])
         if not rows:
             continue
-        shown = [f"{r['group']} ({', '.join(r['splits'])})" if key == "groups"
-                 else f"{' = '.join(r['paths'])} ({', '.join(r['splits'])})" for r in rows[:limit]]
+        shown = [
+            f"{r['group']} ({', '.join(r['splits'])})"
+            if key == "groups"
+            else f"{' = '.join(r['paths'])} ({', '.join(r['splits'])})"
+            for r in rows[:limit]
+        ]
         more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
-        lines.append(f"{len(rows)} {what} in more than one of the given splits: {'; '.join(shown)}{more} "
-                     "(all listed in dataset.json, source.split_overlaps)")
+        lines.append(
+            f"{len(rows)} {what} in more than one of the given splits: {'; '.join(shown)}{more} "
+            "(all listed in dataset.json, source.split_overlaps)"
+        )
     return lines

@@ -21,7 +21,12 @@ import sys
 import threading
 
 RESUMABLE = frozenset({"convert", "train", "tune"})  # rerunning the same command resumes these
-COMMAND_MODULES = ("cxrmodels.cli.data", "cxrmodels.cli.bench", "cxrmodels.cli.models", "cxrmodels.cli.tuning")
+COMMAND_MODULES = (
+    "cxrmodels.cli.data",
+    "cxrmodels.cli.bench",
+    "cxrmodels.cli.models",
+    "cxrmodels.cli.tuning",
+)
 
 EPILOG = """\
 typical session:
@@ -55,7 +60,10 @@ def image_size_arg(text: str) -> int | tuple[int, int]:
 def add_command(subparsers, name: str, *, help: str, examples: str, func) -> argparse.ArgumentParser:
     """Adds one subcommand whose `--help` ends with `examples`."""
     p = subparsers.add_parser(
-        name, help=help, description=help, epilog="examples:\n" + examples,
+        name,
+        help=help,
+        description=help,
+        epilog="examples:\n" + examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(func=func, command=name)
@@ -66,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cxrdata import __version__
 
     parser = argparse.ArgumentParser(
-        prog="cxr", description="Fast, trustworthy chest X-ray classification with TensorFlow and Keras.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="cxr",
+        description="Fast, trustworthy chest X-ray classification with TensorFlow and Keras.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")

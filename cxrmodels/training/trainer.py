@@ -22,11 +22,12 @@ from typing import Any
 
 import keras
 
+from cxrdata.utils.output_dir import lock_output_dir
+from cxrmodels.models.saving import save_model
 from cxrmodels.training import resume as _resume
 from cxrmodels.training import run_dir as _run
 from cxrmodels.training.options import augmentation_layer, check_train_args, input_shapes
-from cxrmodels.models.saving import save_model
-from cxrdata.utils.output_dir import lock_output_dir
+
 
 @dataclass(frozen=True, eq=False)
 class TrainResult:
@@ -58,19 +59,35 @@ class TrainResult:
     def summary(self) -> str:
         resumed = f", resumed after epoch {self.resumed_from}" if self.resumed_from else ""
         epochs = f"{self.epochs} epoch{'s' * (self.epochs != 1)}"
-        return (f"Trained {self.config['model']['name']} for {epochs}{resumed} in "
-                f"{self.seconds:.1f}s; best epoch {self.best_epoch} (val_loss {self.best_val_loss:.4f}). "
-                f"Run folder: {self.run_dir} ({_run.MODEL_NAME}, {_run.HISTORY_NAME}, "
-                f"{_run.CURVES_NAME}, {_run.CONFIG_NAME})")
+        return (
+            f"Trained {self.config['model']['name']} for {epochs}{resumed} in "
+            f"{self.seconds:.1f}s; best epoch {self.best_epoch} (val_loss {self.best_val_loss:.4f}). "
+            f"Run folder: {self.run_dir} ({_run.MODEL_NAME}, {_run.HISTORY_NAME}, "
+            f"{_run.CURVES_NAME}, {_run.CONFIG_NAME})"
+        )
 
 
-def train(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", out: str | os.PathLike,
-          epochs: int = 30, batch_size: int = 32, learning_rate: float = 1e-3,
-          mixed_precision: bool | str = False, augment: str = "gpu", balance: str = "none",
-          image_size: int | tuple[int, int] | None = None, resize_in_model: bool = False,
-          seed: int = 0, overwrite: bool = False, strategy=None,
-          model_kwargs: dict[str, Any] | None = None, augment_strength: float = 1.0,
-          patience: int = 10, verbose: str | int = "auto") -> TrainResult:
+def train(
+    dataset_dir: str | os.PathLike,
+    *,
+    model: str = "seed_cnn",
+    out: str | os.PathLike,
+    epochs: int = 30,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    mixed_precision: bool | str = False,
+    augment: str = "gpu",
+    balance: str = "none",
+    image_size: int | tuple[int, int] | None = None,
+    resize_in_model: bool = False,
+    seed: int = 0,
+    overwrite: bool = False,
+    strategy=None,
+    model_kwargs: dict[str, Any] | None = None,
+    augment_strength: float = 1.0,
+    patience: int = 10,
+    verbose: str | int = "auto",
+) -> TrainResult:
     """Trains a registered model on a converted dataset and fills a run folder.
 
     The model is compiled with Adam, categorical cross-entropy and
@@ -140,10 +157,23 @@ def train(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", out: str |
     """
     start = time.perf_counter()
     opts = check_train_args(
-        model=model, out=out, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        mixed_precision=mixed_precision, augment=augment, balance=balance, image_size=image_size,
-        resize_in_model=resize_in_model, seed=seed, strategy=strategy, model_kwargs=model_kwargs,
-        augment_strength=augment_strength, patience=patience, verbose=verbose)
+        model=model,
+        out=out,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        mixed_precision=mixed_precision,
+        augment=augment,
+        balance=balance,
+        image_size=image_size,
+        resize_in_model=resize_in_model,
+        seed=seed,
+        strategy=strategy,
+        model_kwargs=model_kwargs,
+        augment_strength=augment_strength,
+        patience=patience,
+        verbose=verbose,
+    )
     import cxrdata
     from cxrmodels.evaluation.clinical import positive_class_index
     from cxrmodels.models._registry import model_options
@@ -161,10 +191,13 @@ def train(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", out: str |
     # An unknown model name or option fails here, before any file is written.
     unknown = sorted(set(opts["model_kwargs"]) - set(model_options(opts["model"])) - {"weights"})
     if unknown:
-        raise TypeError(f"Model {opts['model']!r} got unexpected options {unknown}. "
-                        f"Accepted options: {sorted(model_options(opts['model']))}.")
-    model_shape, data_shape = input_shapes(manifest.image_shape, opts["image_size"],
-                                           resize_in_model=opts["resize_in_model"])
+        raise TypeError(
+            f"Model {opts['model']!r} got unexpected options {unknown}. "
+            f"Accepted options: {sorted(model_options(opts['model']))}."
+        )
+    model_shape, data_shape = input_shapes(
+        manifest.image_shape, opts["image_size"], resize_in_model=opts["resize_in_model"]
+    )
     k = manifest.num_classes
     positive = positive_class_index(manifest.class_names) if k == 2 else None
     config = {
@@ -173,18 +206,40 @@ def train(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", out: str |
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
         "finished": False,
-        "model": {"name": opts["model"], "kwargs": opts["model_kwargs"], "input_shape": list(data_shape),
-                  "image_size": list(model_shape[:2]), "resize_in_model": data_shape != model_shape,
-                  "num_classes": k},
+        "model": {
+            "name": opts["model"],
+            "kwargs": opts["model_kwargs"],
+            "input_shape": list(data_shape),
+            "image_size": list(model_shape[:2]),
+            "resize_in_model": data_shape != model_shape,
+            "num_classes": k,
+        },
         "class_names": list(manifest.class_names),
         "positive_class": None if positive is None else manifest.class_names[positive],
-        "dataset": {"path": os.path.abspath(dataset_dir), "digest": manifest.digest(),
-                    "image_shape": list(manifest.image_shape), "encoding": manifest.encoding,
-                    "counts": {s: dict(info.counts) for s, info in manifest.splits.items()}},
+        "dataset": {
+            "path": os.path.abspath(dataset_dir),
+            "digest": manifest.digest(),
+            "image_shape": list(manifest.image_shape),
+            "encoding": manifest.encoding,
+            "counts": {s: dict(info.counts) for s, info in manifest.splits.items()},
+        },
         "preprocessing": dict(manifest.preprocessing),
-        "training": {key: opts[key] for key in (
-            "epochs", "batch_size", "learning_rate", "mixed_precision", "augment", "augment_strength",
-            "balance", "seed", "strategy", "patience", "verbose")}
+        "training": {
+            key: opts[key]
+            for key in (
+                "epochs",
+                "batch_size",
+                "learning_rate",
+                "mixed_precision",
+                "augment",
+                "augment_strength",
+                "balance",
+                "seed",
+                "strategy",
+                "patience",
+                "verbose",
+            )
+        }
         | {"optimizer": "adam", "loss": "categorical_crossentropy", "validation_split": "val"},
     }
     lock = contextlib.ExitStack()  # held until the run's last write; a second writer is refused
@@ -201,20 +256,35 @@ def train(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", out: str |
         dist = _make_strategy(opts["strategy_obj"])
         with dist.scope():
             net = _build_model(opts, model_shape, data_shape, k, aug if opts["augment"] == "gpu" else None)
-            net.compile(optimizer=keras.optimizers.Adam(opts["learning_rate"]),
-                        loss=keras.losses.CategoricalCrossentropy(),
-                        metrics=_default_metrics(k, positive))
-        train_ds = cxrdata.load(dataset_dir, "train", batch_size=opts["batch_size"], shuffle=True,
-                                seed=opts["seed"], augment=aug if opts["augment"] == "cpu" else None,
-                                balance="oversample" if opts["balance"] == "oversample" else None)
+            net.compile(
+                optimizer=keras.optimizers.Adam(opts["learning_rate"]),
+                loss=keras.losses.CategoricalCrossentropy(),
+                metrics=_default_metrics(k, positive),
+            )
+        train_ds = cxrdata.load(
+            dataset_dir,
+            "train",
+            batch_size=opts["batch_size"],
+            shuffle=True,
+            seed=opts["seed"],
+            augment=aug if opts["augment"] == "cpu" else None,
+            balance="oversample" if opts["balance"] == "oversample" else None,
+        )
         val_ds = cxrdata.load(dataset_dir, "val", batch_size=opts["batch_size"], shuffle=False)
         class_weight = cxrdata.class_weights(dataset_dir) if opts["balance"] == "class-weight" else None
         history = _run.read_history(os.path.join(out, _run.HISTORY_NAME))
         resume = _resume.resume_state(history, opts["patience"])
         if done < opts["epochs"] and not resume.stopped:
             try:
-                net.fit(train_ds, validation_data=val_ds, epochs=opts["epochs"], class_weight=class_weight,
-                        shuffle=False, callbacks=_callbacks(out, opts, resume), verbose=opts["verbose"])
+                net.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=opts["epochs"],
+                    class_weight=class_weight,
+                    shuffle=False,
+                    callbacks=_callbacks(out, opts, resume),
+                    verbose=opts["verbose"],
+                )
             except Exception as e:  # a damaged shard: name it (the pipeline's checks cannot)
                 from cxrdata.verification import explain_read_error
 
@@ -258,8 +328,9 @@ def _build_model(opts, model_shape, data_shape, num_classes, aug) -> keras.Model
     kwargs = dict(opts["model_kwargs"])
     if "filters" in kwargs:
         kwargs["filters"] = tuple(kwargs["filters"])
-    return create_model(opts["model"], input_shape=tuple(data_shape), num_classes=num_classes,
-                        augment=front, **kwargs)
+    return create_model(
+        opts["model"], input_shape=tuple(data_shape), num_classes=num_classes, augment=front, **kwargs
+    )
 
 
 def _callbacks(out: str, opts: dict, resume: _resume.ResumeState) -> list:
@@ -269,11 +340,17 @@ def _callbacks(out: str, opts: dict, resume: _resume.ResumeState) -> list:
     return [
         keras.callbacks.CSVLogger(os.path.join(out, _run.HISTORY_NAME), append=True),
         keras.callbacks.TensorBoard(os.path.join(out, _run.LOGS_DIR)),
-        keras.callbacks.ModelCheckpoint(model_path, monitor="val_loss", save_best_only=True,
-                                        initial_value_threshold=resume.best),
-        _resume.ResumableEarlyStopping(resume=resume, weights_path=model_path, monitor="val_loss",
-                                       patience=opts["patience"], restore_best_weights=True,
-                                       verbose=verbose),
+        keras.callbacks.ModelCheckpoint(
+            model_path, monitor="val_loss", save_best_only=True, initial_value_threshold=resume.best
+        ),
+        _resume.ResumableEarlyStopping(
+            resume=resume,
+            weights_path=model_path,
+            monitor="val_loss",
+            patience=opts["patience"],
+            restore_best_weights=True,
+            verbose=verbose,
+        ),
         keras.callbacks.BackupAndRestore(os.path.join(out, _run.BACKUP_DIR), double_checkpoint=True),
     ]
 
@@ -291,16 +368,27 @@ def _finish(out: str, net: keras.Model, config: dict, *, resumed_from: int, star
     if os.path.isdir(backup):
         shutil.rmtree(backup)
     seconds = time.perf_counter() - start
-    config["results"] = {"epochs": len(losses), "best_epoch": best + 1,
-                         "best_val_loss": losses[best] if losses else None,
-                         "best_val_metrics": {k[4:]: v[best] for k, v in history.items()
-                                              if k.startswith("val_")} if losses else {},
-                         "resumed_from": resumed_from, "seconds": round(seconds, 2)}
+    config["results"] = {
+        "epochs": len(losses),
+        "best_epoch": best + 1,
+        "best_val_loss": losses[best] if losses else None,
+        "best_val_metrics": {k[4:]: v[best] for k, v in history.items() if k.startswith("val_")}
+        if losses
+        else {},
+        "resumed_from": resumed_from,
+        "seconds": round(seconds, 2),
+    }
     config["finished_at"] = datetime.datetime.now().isoformat(timespec="seconds")
     config["finished"] = True
     _run.write_config(out, config)  # last: a run is finished only once this is written
-    return TrainResult(run_dir=out, model=net, history=history, epochs=len(losses), best_epoch=best + 1,
-                       best_val_loss=losses[best] if losses else math.nan, resumed_from=resumed_from,
-                       seconds=seconds, config=config)
-
-
+    return TrainResult(
+        run_dir=out,
+        model=net,
+        history=history,
+        epochs=len(losses),
+        best_epoch=best + 1,
+        best_val_loss=losses[best] if losses else math.nan,
+        resumed_from=resumed_from,
+        seconds=seconds,
+        config=config,
+    )

@@ -24,12 +24,11 @@ from typing import Any
 
 import keras
 
-from cxrmodels.models.saving import save_model
 from cxrdata.utils.argument_validation import check_bool, check_choice, check_int
 from cxrdata.utils.output_dir import lock_output_dir
+from cxrmodels.models.saving import save_model
 from cxrmodels.tuning import report as _report
 from cxrmodels.tuning.hypermodel import CXRHyperModel, check_objective, objective_names
-from cxrmodels.training.options import AUGMENT_MODES, VERBOSE_MODES
 
 TUNERS = ("hyperband", "random", "bayesian")
 ENV_VARS = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
@@ -71,26 +70,46 @@ class SearchResult:
 
     def summary(self) -> str:
         if self.role == "worker":
-            return (f"Worker ran {len(self.trials)} trials in {self.seconds:.1f}s; the chief writes the "
-                    f"results to {self.directory}.")
+            return (
+                f"Worker ran {len(self.trials)} trials in {self.seconds:.1f}s; the chief writes the "
+                f"results to {self.directory}."
+            )
         done = sum(t["status"] == "COMPLETED" for t in self.trials)
         values = ", ".join(f"{k}={_fmt(v)}" for k, v in (self.best_hyperparameters or {}).items())
-        return (f"{len(self.trials)} trials ({done} completed) in {self.seconds:.1f}s. Best {self.objective} "
-                f"{_fmt(self.best_value)} (trial {self.best_trial_id}): {values}. Results in {self.directory}: "
-                f"{', '.join(sorted(self.files))}")
+        return (
+            f"{len(self.trials)} trials ({done} completed) in {self.seconds:.1f}s. Best {self.objective} "
+            f"{_fmt(self.best_value)} (trial {self.best_trial_id}): {values}. Results in {self.directory}: "
+            f"{', '.join(sorted(self.files))}"
+        )
 
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def search(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", tuner: str = "hyperband",
-           objective: str = "val_auc", max_trials: int = 10, max_epochs: int = 10, batch_size: int = 32,
-           directory: str | os.PathLike, project_name: str = "cxr_tune", overwrite: bool = False,
-           seed: int = 0, hyperparameters=None, tune_new_entries: bool = True,
-           mixed_precision: bool | str = False, augment: str = "gpu", patience: int | None = 3,
-           distributed: bool = False, worker_timeout: float = 120.0,
-           model_kwargs: dict[str, Any] | None = None, verbose: str | int = "auto") -> SearchResult:
+def search(
+    dataset_dir: str | os.PathLike,
+    *,
+    model: str = "seed_cnn",
+    tuner: str = "hyperband",
+    objective: str = "val_auc",
+    max_trials: int = 10,
+    max_epochs: int = 10,
+    batch_size: int = 32,
+    directory: str | os.PathLike,
+    project_name: str = "cxr_tune",
+    overwrite: bool = False,
+    seed: int = 0,
+    hyperparameters=None,
+    tune_new_entries: bool = True,
+    mixed_precision: bool | str = False,
+    augment: str = "gpu",
+    patience: int | None = 3,
+    distributed: bool = False,
+    worker_timeout: float = 120.0,
+    model_kwargs: dict[str, Any] | None = None,
+    verbose: str | int = "auto",
+) -> SearchResult:
     """Searches a model's hyperparameters on a converted dataset with keras-tuner.
 
     Each trial builds a `CXRHyperModel` model, reads the dataset's "train" and
@@ -168,10 +187,23 @@ def search(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", tuner: st
     >>> print(result.summary())  # doctest: +SKIP
     """
     start = time.perf_counter()
-    _check_args(model=model, tuner=tuner, max_trials=max_trials, max_epochs=max_epochs,
-                batch_size=batch_size, directory=directory, project_name=project_name, overwrite=overwrite,
-                seed=seed, tune_new_entries=tune_new_entries, augment=augment, patience=patience,
-                distributed=distributed, worker_timeout=worker_timeout, verbose=verbose)
+    _check_args(
+        model=model,
+        tuner=tuner,
+        max_trials=max_trials,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        directory=directory,
+        project_name=project_name,
+        overwrite=overwrite,
+        seed=seed,
+        tune_new_entries=tune_new_entries,
+        augment=augment,
+        patience=patience,
+        distributed=distributed,
+        worker_timeout=worker_timeout,
+        verbose=verbose,
+    )
     role = _role(distributed)
     import cxrdata
 
@@ -179,28 +211,53 @@ def search(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", tuner: st
     manifest = cxrdata.read_manifest(dataset_dir)
     for split in ("train", "val"):
         if not manifest.splits.get(split) or not manifest.splits[split].num_examples:
-            raise ValueError(f"The dataset {dataset_dir!r} has no {split!r} split (it has: "
-                             f"{', '.join(manifest.splits) or 'none'}). A search trains on train and "
-                             "validates on val: convert with `--splits 0.7,0.15,0.15`.")
+            raise ValueError(
+                f"The dataset {dataset_dir!r} has no {split!r} split (it has: "
+                f"{', '.join(manifest.splits) or 'none'}). A search trains on train and "
+                "validates on val: convert with `--splits 0.7,0.15,0.15`."
+            )
     objective, direction = check_objective(objective, manifest.num_classes)
-    hypermodel = CXRHyperModel(model, input_shape=manifest.image_shape, num_classes=manifest.num_classes,
-                               class_names=manifest.class_names, hyperparameters=hyperparameters,
-                               mixed_precision=mixed_precision, augment=augment, batch_size=batch_size,
-                               seed=seed, model_kwargs=model_kwargs)
+    hypermodel = CXRHyperModel(
+        model,
+        input_shape=manifest.image_shape,
+        num_classes=manifest.num_classes,
+        class_names=manifest.class_names,
+        hyperparameters=hyperparameters,
+        mixed_precision=mixed_precision,
+        augment=augment,
+        batch_size=batch_size,
+        seed=seed,
+        model_kwargs=model_kwargs,
+    )
     overrides = hypermodel.hyperparameters
     if not tune_new_entries and not overrides.space:
-        raise ValueError("`tune_new_entries=False` searches only the entries of `hyperparameters`, "
-                         f"so give some. Received: hyperparameters={hyperparameters!r}")
-    config = {"format_version": _report.FORMAT_VERSION, "model": model,
-              "model_kwargs": {k: str(v) for k, v in hypermodel.model_kwargs.items()},
-              "dataset_digest": manifest.digest(), "dataset": os.path.abspath(dataset_dir),
-              "class_names": list(manifest.class_names), "image_shape": list(manifest.image_shape),
-              "tuner": tuner, "objective": objective, "direction": direction, "max_epochs": max_epochs,
-              "batch_size": batch_size, "seed": seed, "mixed_precision": hypermodel.policy,
-              "augment": augment, "hyperparameters": overrides.get_config()["space"] or None,
-              "tune_new_entries": tune_new_entries, "project_name": project_name,
-              "max_trials": max_trials, "patience": patience,
-              "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        raise ValueError(
+            "`tune_new_entries=False` searches only the entries of `hyperparameters`, "
+            f"so give some. Received: hyperparameters={hyperparameters!r}"
+        )
+    config = {
+        "format_version": _report.FORMAT_VERSION,
+        "model": model,
+        "model_kwargs": {k: str(v) for k, v in hypermodel.model_kwargs.items()},
+        "dataset_digest": manifest.digest(),
+        "dataset": os.path.abspath(dataset_dir),
+        "class_names": list(manifest.class_names),
+        "image_shape": list(manifest.image_shape),
+        "tuner": tuner,
+        "objective": objective,
+        "direction": direction,
+        "max_epochs": max_epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "mixed_precision": hypermodel.policy,
+        "augment": augment,
+        "hyperparameters": overrides.get_config()["space"] or None,
+        "tune_new_entries": tune_new_entries,
+        "project_name": project_name,
+        "max_trials": max_trials,
+        "patience": patience,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
     lock = contextlib.ExitStack()  # one writer of DIR: the chief (or a local search); workers share it
     if role != "worker":
         lock.enter_context(lock_output_dir(out, what="search folder"))
@@ -215,17 +272,37 @@ def search(dataset_dir: str | os.PathLike, *, model: str = "seed_cnn", tuner: st
             _report.prepare(out, config, overwrite=overwrite)
 
         kt_tuner = make_tuner(
-            tuner, hypermodel=hypermodel, objective=_kt_objective(objective, direction),
-            max_trials=max_trials, max_epochs=max_epochs, seed=seed,
-            hyperparameters=overrides if overrides.space else None, tune_new_entries=tune_new_entries,
-            directory=out, project_name=project_name, overwrite=False, worker_timeout=worker_timeout)
-        callbacks = [] if patience is None else [keras.callbacks.EarlyStopping(
-            monitor=objective, mode=direction, patience=patience)]
+            tuner,
+            hypermodel=hypermodel,
+            objective=_kt_objective(objective, direction),
+            max_trials=max_trials,
+            max_epochs=max_epochs,
+            seed=seed,
+            hyperparameters=overrides if overrides.space else None,
+            tune_new_entries=tune_new_entries,
+            directory=out,
+            project_name=project_name,
+            overwrite=False,
+            worker_timeout=worker_timeout,
+        )
+        callbacks = (
+            []
+            if patience is None
+            else [keras.callbacks.EarlyStopping(monitor=objective, mode=direction, patience=patience)]
+        )
         kt_tuner.search(dataset_dir, epochs=max_epochs, callbacks=callbacks, verbose=verbose)
         if role == "worker":
             return _worker_result(kt_tuner, out, objective, direction, start)
-        return _finish(kt_tuner, hypermodel, out, role=role, tuner=tuner, objective=objective,
-                       direction=direction, start=start)
+        return _finish(
+            kt_tuner,
+            hypermodel,
+            out,
+            role=role,
+            tuner=tuner,
+            objective=objective,
+            direction=direction,
+            start=start,
+        )
 
 
 def _kt_objective(name: str, direction: str):
@@ -234,35 +311,69 @@ def _kt_objective(name: str, direction: str):
     return kt.Objective(name, direction)
 
 
-def _check_args(*, model, tuner, max_trials, max_epochs, batch_size, directory, project_name, overwrite,
-                seed, tune_new_entries, augment, patience, distributed, worker_timeout, verbose) -> None:
+def _check_args(
+    *,
+    model,
+    tuner,
+    max_trials,
+    max_epochs,
+    batch_size,
+    directory,
+    project_name,
+    overwrite,
+    seed,
+    tune_new_entries,
+    augment,
+    patience,
+    distributed,
+    worker_timeout,
+    verbose,
+) -> None:
     from cxrmodels.training.options import SharedOptions
 
-    SharedOptions.check(model=model, batch_size=batch_size, seed=seed, augment=augment,
-                        patience=patience, verbose=verbose)
+    SharedOptions.check(
+        model=model, batch_size=batch_size, seed=seed, augment=augment, patience=patience, verbose=verbose
+    )
     check_choice("tuner", tuner, TUNERS)
     check_int("max_trials", max_trials, minimum=1)
     check_int("max_epochs", max_epochs, minimum=1)
     if directory is None or not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
-        raise ValueError(f"`directory` must be the path of the search folder. Received: directory={directory!r}")
-    if not isinstance(project_name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", project_name) \
-            or project_name in (".", ".."):
-        raise ValueError("`project_name` must be a folder name (letters, digits, '_', '-', '.'). "
-                         f"Received: project_name={project_name!r}")
-    for name, value in (("overwrite", overwrite), ("tune_new_entries", tune_new_entries),
-                        ("distributed", distributed)):
+        raise ValueError(
+            f"`directory` must be the path of the search folder. Received: directory={directory!r}"
+        )
+    if (
+        not isinstance(project_name, str)
+        or not re.fullmatch(r"[A-Za-z0-9_.-]+", project_name)
+        or project_name in (".", "..")
+    ):
+        raise ValueError(
+            "`project_name` must be a folder name (letters, digits, '_', '-', '.'). "
+            f"Received: project_name={project_name!r}"
+        )
+    for name, value in (
+        ("overwrite", overwrite),
+        ("tune_new_entries", tune_new_entries),
+        ("distributed", distributed),
+    ):
         check_bool(name, value)
-    if isinstance(worker_timeout, bool) or not isinstance(worker_timeout, numbers.Real) \
-            or not worker_timeout >= _MIN_WORKER_TIMEOUT:
-        raise ValueError(f"`worker_timeout` must be a number of seconds >= {_MIN_WORKER_TIMEOUT:g} "
-                         f"(workers beat every 2 s). Received: worker_timeout={worker_timeout!r}")
+    if (
+        isinstance(worker_timeout, bool)
+        or not isinstance(worker_timeout, numbers.Real)
+        or not worker_timeout >= _MIN_WORKER_TIMEOUT
+    ):
+        raise ValueError(
+            f"`worker_timeout` must be a number of seconds >= {_MIN_WORKER_TIMEOUT:g} "
+            f"(workers beat every 2 s). Received: worker_timeout={worker_timeout!r}"
+        )
     if tuner == "bayesian" and importlib.util.find_spec("sklearn") is None:
-        raise ImportError("tuner='bayesian' needs scikit-learn (keras-tuner's Gaussian process): "
-                          "`pip install scikit-learn`, or use tuner='random' or 'hyperband'.")
+        raise ImportError(
+            "tuner='bayesian' needs scikit-learn (keras-tuner's Gaussian process): "
+            "`pip install scikit-learn`, or use tuner='random' or 'hyperband'."
+        )
 
 
 def _role(distributed: bool) -> str:
-    """"local", or for a distributed launch "chief" or "worker", after checking its environment."""
+    """ "local", or for a distributed launch "chief" or "worker", after checking its environment."""
     if not distributed:
         return "local"
     missing = [v for v in ENV_VARS if not os.environ.get(v)]
@@ -271,13 +382,16 @@ def _role(distributed: bool) -> str:
             f"A distributed search needs the environment variables {', '.join(ENV_VARS)}; missing: "
             f"{', '.join(missing)}. Set KERASTUNER_TUNER_ID=chief for the process that serves the oracle "
             "and tuner0, tuner1, ... for the workers, and KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT "
-            "to the chief's address and port (see examples/distributed_tuning.md).")
+            "to the chief's address and port (see examples/distributed_tuning.md)."
+        )
     port, tuner_id = os.environ["KERASTUNER_ORACLE_PORT"], os.environ["KERASTUNER_TUNER_ID"]
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"KERASTUNER_ORACLE_PORT must be a port number (1 to 65535). Received: {port!r}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", tuner_id):
-        raise ValueError("KERASTUNER_TUNER_ID must be a name of letters, digits, '_', '-' or '.' "
-                         f"('chief', 'tuner0', ...). Received: {tuner_id!r}")
+        raise ValueError(
+            "KERASTUNER_TUNER_ID must be a name of letters, digits, '_', '-' or '.' "
+            f"('chief', 'tuner0', ...). Received: {tuner_id!r}"
+        )
     return "chief" if "chief" in tuner_id else "worker"  # keras-tuner's own rule
 
 
@@ -291,8 +405,9 @@ def _kerastuner_env(distributed: bool):
         os.environ.update(saved)
 
 
-def _finish(kt_tuner, hypermodel, out: str, *, role: str, tuner: str, objective: str, direction: str,
-            start: float) -> SearchResult:
+def _finish(
+    kt_tuner, hypermodel, out: str, *, role: str, tuner: str, objective: str, direction: str, start: float
+) -> SearchResult:
     """Writes trials.csv, the plot, best_hyperparameters.json and best_model.keras."""
     import keras_tuner as kt
 
@@ -301,39 +416,78 @@ def _finish(kt_tuner, hypermodel, out: str, *, role: str, tuner: str, objective:
     files[_report.TRIALS_NAME] = os.path.join(out, _report.TRIALS_NAME)
     _report.write_trials_csv(files[_report.TRIALS_NAME], rows)
     names = hypermodel.space.names
-    second = next(n for n in ("base_filters", "trainable_blocks", "dense_units", "dropout", "learning_rate")
-                  if n in names)
+    second = next(
+        n
+        for n in ("base_filters", "trainable_blocks", "dense_units", "dropout", "learning_rate")
+        if n in names
+    )
     files[_report.PLOT_NAME] = _report.plot(
-        rows, os.path.join(out, _report.PLOT_NAME), objective=objective, direction=direction,
-        second=second, title=f"{hypermodel.model_name}, {tuner} search",
-        defaults=hypermodel.resolve(kt.HyperParameters()))
+        rows,
+        os.path.join(out, _report.PLOT_NAME),
+        objective=objective,
+        direction=direction,
+        second=second,
+        title=f"{hypermodel.model_name}, {tuner} search",
+        defaults=hypermodel.resolve(kt.HyperParameters()),
+    )
     best = _report.best_row(rows, objective, direction)
     if best is None:
         notes = sorted({r["note"] for r in rows if r.get("note")})
-        raise RuntimeError(f"No trial of the search in {out!r} completed ({len(rows)} trials). "
-                           f"Reasons: {'; '.join(notes) or 'none recorded'}. See {files[_report.TRIALS_NAME]}.")
+        raise RuntimeError(
+            f"No trial of the search in {out!r} completed ({len(rows)} trials). "
+            f"Reasons: {'; '.join(notes) or 'none recorded'}. See {files[_report.TRIALS_NAME]}."
+        )
     values = {n: best[n] for n in names}
     net = kt_tuner.load_model(kt_tuner.oracle.get_trial(best["trial_id"]))
     files[_report.MODEL_NAME] = os.path.join(out, _report.MODEL_NAME)
     save_model(net, files[_report.MODEL_NAME])
     files[_report.BEST_NAME] = os.path.join(out, _report.BEST_NAME)
-    _report.write_json(files[_report.BEST_NAME], {
-        "objective": objective, "direction": direction, "best_value": best[objective],
-        "trial_id": best["trial_id"], "model": hypermodel.model_name, "hyperparameters": values,
-        "train_kwargs": hypermodel.train_kwargs(values),
-        "trials": len(rows), "completed_trials": sum(r["status"] == "COMPLETED" for r in rows),
-    })
-    return SearchResult(directory=out, role=role, objective=objective, direction=direction,
-                        best_trial_id=best["trial_id"], best_value=best[objective],
-                        best_hyperparameters=values, trials=rows, files=files, model=net,
-                        seconds=time.perf_counter() - start)
+    _report.write_json(
+        files[_report.BEST_NAME],
+        {
+            "objective": objective,
+            "direction": direction,
+            "best_value": best[objective],
+            "trial_id": best["trial_id"],
+            "model": hypermodel.model_name,
+            "hyperparameters": values,
+            "train_kwargs": hypermodel.train_kwargs(values),
+            "trials": len(rows),
+            "completed_trials": sum(r["status"] == "COMPLETED" for r in rows),
+        },
+    )
+    return SearchResult(
+        directory=out,
+        role=role,
+        objective=objective,
+        direction=direction,
+        best_trial_id=best["trial_id"],
+        best_value=best[objective],
+        best_hyperparameters=values,
+        trials=rows,
+        files=files,
+        model=net,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _worker_result(kt_tuner, out: str, objective: str, direction: str, start: float) -> SearchResult:
     from cxrmodels.tuning.tuners import read_sidecar
 
-    ran = [read_sidecar(os.path.join(kt_tuner.project_dir, f"trial_{trial_id}"))
-           for trial_id in kt_tuner.trial_started]
-    return SearchResult(directory=out, role="worker", objective=objective, direction=direction,
-                        best_trial_id=None, best_value=None, best_hyperparameters=None, trials=ran, files={},
-                        model=None, seconds=time.perf_counter() - start)
+    ran = [
+        read_sidecar(os.path.join(kt_tuner.project_dir, f"trial_{trial_id}"))
+        for trial_id in kt_tuner.trial_started
+    ]
+    return SearchResult(
+        directory=out,
+        role="worker",
+        objective=objective,
+        direction=direction,
+        best_trial_id=None,
+        best_value=None,
+        best_hyperparameters=None,
+        trials=ran,
+        files={},
+        model=None,
+        seconds=time.perf_counter() - start,
+    )

@@ -23,7 +23,7 @@ CLI = [sys.executable, "-m", "cxrmodels.cli"]
 # Loaded by every Python process started with this folder on PYTHONPATH: a worker process (any
 # process but the first) that opens the file named in CXR_TEST_KILLER dies on the spot, as under
 # the OOM killer. The conversion's real process pool is exercised, nothing in it is replaced.
-_SITECUSTOMIZE = '''
+_SITECUSTOMIZE = """
 import builtins, os
 _main = os.environ.setdefault("CXR_TEST_MAIN_PID", str(os.getpid()))
 _killer = os.environ.get("CXR_TEST_KILLER")
@@ -35,7 +35,7 @@ def _open_or_die(file, *args, **kwargs):
     return _open(file, *args, **kwargs)
 if _killer:
     builtins.open = _open_or_die
-'''
+"""
 
 
 def _env(tmp_path, **extra):
@@ -49,8 +49,12 @@ def _env(tmp_path, **extra):
 
 def _records(out):
     manifest = read_manifest(out)
-    return [(split, shard.name, parse_record(raw)) for split, info in manifest.splits.items()
-            for shard in info.shards for raw in iter_records(out / shard.name)]
+    return [
+        (split, shard.name, parse_record(raw))
+        for split, info in manifest.splits.items()
+        for shard in info.shards
+        for raw in iter_records(out / shard.name)
+    ]
 
 
 def _rejects(out):
@@ -62,21 +66,51 @@ def _rejects(out):
 def test_a_file_that_kills_its_worker_is_rejected_and_the_others_are_converted(phantom_tree, tmp_path):
     src = phantom_tree(per_class=12, image_size=48)
     killer = sorted(os.listdir(src / "COVID"))[3]
-    args = [str(src), "--image-size", "32", "--radius", "8", "--shard-size", "0.004", "--workers", "2", "--quiet"]
-    run = subprocess.run(CLI + ["convert", args[0], str(tmp_path / "killed"), *args[1:]], cwd=ROOT,
-                         env=_env(tmp_path, CXR_TEST_KILLER=killer), capture_output=True, text=True)
+    args = [
+        str(src),
+        "--image-size",
+        "32",
+        "--radius",
+        "8",
+        "--shard-size",
+        "0.004",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
+    run = subprocess.run(
+        CLI + ["convert", args[0], str(tmp_path / "killed"), *args[1:]],
+        cwd=ROOT,
+        env=_env(tmp_path, CXR_TEST_KILLER=killer),
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "worker process died" in run.stderr and killer in run.stderr  # the lost chunk is named
     rejects = _rejects(tmp_path / "killed")
     assert rejects == {f"COVID/{killer}": WORKER_DIED}
-    subprocess.run(CLI + ["convert", args[0], str(tmp_path / "whole"), *args[1:]], cwd=ROOT,
-                   env=_env(tmp_path), check=True, capture_output=True)
+    subprocess.run(
+        CLI + ["convert", args[0], str(tmp_path / "whole"), *args[1:]],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        check=True,
+        capture_output=True,
+    )
     # The output equals an undisturbed run's with the killer's record left out: the plan is
     # fixed before any pixel is touched, so every other record keeps its shard and position.
-    whole = [(split, shard, r) for split, shard, r in _records(tmp_path / "whole") if r["path"] != f"COVID/{killer}"]
+    whole = [
+        (split, shard, r)
+        for split, shard, r in _records(tmp_path / "whole")
+        if r["path"] != f"COVID/{killer}"
+    ]
     assert _records(tmp_path / "killed") == whole and len(whole) == 23
-    verify = subprocess.run(CLI + ["verify", str(tmp_path / "killed")], cwd=ROOT, env=_env(tmp_path),
-                            capture_output=True, text=True)
+    verify = subprocess.run(
+        CLI + ["verify", str(tmp_path / "killed")],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -107,10 +141,23 @@ def _alive(pid):
 def test_sigterm_stops_the_workers_and_says_how_to_resume(phantom_tree, tmp_path):
     src = phantom_tree(per_class=60, image_size=96)
     out = tmp_path / "out"
-    cmd = CLI + ["convert", str(src), str(out), "--image-size", "96", "--radius", "30", "--shard-size", "0.03",
-                 "--workers", "2", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = CLI + [
+        "convert",
+        str(src),
+        str(out),
+        "--image-size",
+        "96",
+        "--radius",
+        "30",
+        "--shard-size",
+        "0.03",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     workers = []
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:  # until both workers run
@@ -134,10 +181,23 @@ def test_sigterm_stops_the_workers_and_says_how_to_resume(phantom_tree, tmp_path
 def test_a_second_convert_into_the_same_out_is_refused(phantom_tree, tmp_path):
     src = phantom_tree(per_class=20, image_size=48)
     out = tmp_path / "out"
-    cmd = CLI + ["convert", str(src), str(out), "--image-size", "32", "--radius", "8", "--shard-size", "0.004",
-                 "--workers", "1", "--quiet"]
-    first = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    cmd = CLI + [
+        "convert",
+        str(src),
+        str(out),
+        "--image-size",
+        "32",
+        "--radius",
+        "8",
+        "--shard-size",
+        "0.004",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+    first = subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
     while first.poll() is None and time.monotonic() < deadline:  # until it holds the lock and writes
         if os.path.isdir(out / ".cxr-partial"):
@@ -154,7 +214,9 @@ def test_a_second_convert_into_the_same_out_is_refused(phantom_tree, tmp_path):
     _, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stderr
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
-    verify = subprocess.run(CLI + ["verify", str(out)], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True)
+    verify = subprocess.run(
+        CLI + ["verify", str(out)], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -164,7 +226,9 @@ def test_a_non_utf8_file_name_is_rejected_and_the_rest_converted(phantom_tree, t
     shutil.copy(src / "COVID" / first, os.path.join(os.fsencode(src / "COVID"), b"caf\xe9.png"))
     result = convert(src, tmp_path / "out", image_size=32, equalize="none", workers=1, progress=False)
     assert result.num_converted == 8
-    assert _rejects(tmp_path / "out") == {"COVID/caf\\xe9.png": "file name is not valid UTF-8; rename the file"}
+    assert _rejects(tmp_path / "out") == {
+        "COVID/caf\\xe9.png": "file name is not valid UTF-8; rename the file"
+    }
 
 
 def _split_tree(tmp_path):
@@ -177,24 +241,42 @@ def _split_tree(tmp_path):
             (root / split / cls).mkdir(parents=True)
             for i in range(3):
                 Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(
-                    root / split / cls / f"person{i}_{split}.png")
+                    root / split / cls / f"person{i}_{split}.png"
+                )
     shutil.copy(root / "train" / "NORMAL" / "person0_train.png", root / "test" / "NORMAL" / "copy.png")
     return root
 
 
 def test_given_splits_that_share_patients_or_files_are_reported(tmp_path):
     src = _split_tree(tmp_path)
-    result = convert(src, tmp_path / "out", image_size=16, equalize="none", group_pattern=r"^(person\d+)_",
-                     workers=1, progress=False)
+    result = convert(
+        src,
+        tmp_path / "out",
+        image_size=16,
+        equalize="none",
+        group_pattern=r"^(person\d+)_",
+        workers=1,
+        progress=False,
+    )
     overlaps = read_manifest(tmp_path / "out").source["split_overlaps"]
     assert [(r["group"], r["splits"]) for r in overlaps["groups"]] == [
-        (f"person{i}", ["train", "val", "test"]) for i in range(3)]
+        (f"person{i}", ["train", "val", "test"]) for i in range(3)
+    ]
     assert [(r["paths"], r["splits"]) for r in overlaps["duplicates"]] == [
-        (["test/NORMAL/copy.png", "train/NORMAL/person0_train.png"], ["train", "test"])]
+        (["test/NORMAL/copy.png", "train/NORMAL/person0_train.png"], ["train", "test"])
+    ]
     summary = result.summary(str(tmp_path / "out"))
     assert "3 group(s) in more than one of the given splits: person0 (train, val, test)" in summary
     assert "1 byte-identical file(s)" in summary and "copy.png" in summary
     with pytest.raises(ValueError, match="given splits overlap.*person0.*copy.png"):
-        convert(src, tmp_path / "strict", image_size=16, equalize="none", group_pattern=r"^(person\d+)_",
-                strict_splits=True, workers=1, progress=False)
+        convert(
+            src,
+            tmp_path / "strict",
+            image_size=16,
+            equalize="none",
+            group_pattern=r"^(person\d+)_",
+            strict_splits=True,
+            workers=1,
+            progress=False,
+        )
     assert not os.path.exists(tmp_path / "strict" / "dataset.json")

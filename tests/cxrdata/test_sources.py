@@ -40,8 +40,9 @@ def test_decode_16bit_and_float_strips_match_the_whole_image_formula(monkeypatch
     clipped = np.clip(signed.astype(np.int64), 0, 65535)
     buf = io.BytesIO()
     Image.fromarray(signed, mode="I").save(buf, format="TIFF")
-    np.testing.assert_array_equal(decode_image(buf.getvalue()),
-                                  ((clipped * 255 + 32767) // 65535).astype(np.uint8))
+    np.testing.assert_array_equal(
+        decode_image(buf.getvalue()), ((clipped * 255 + 32767) // 65535).astype(np.uint8)
+    )
     floats = rng.normal(size=(40, 50)).astype(np.float32)
     buf = io.BytesIO()
     Image.fromarray(floats, mode="F").save(buf, format="TIFF")
@@ -77,17 +78,28 @@ def test_decoding_a_large_16bit_png_needs_about_twice_its_pixel_count(tmp_path):
 
     # 4000x4000, 16 bits: a few hundred KB on disk; int64 temporaries made it >500 MB in memory
     side = 4000
-    wide = (np.add.outer(np.arange(side, dtype=np.uint32), np.arange(side, dtype=np.uint32)) * 8).astype(np.uint16)
+    wide = (np.add.outer(np.arange(side, dtype=np.uint32), np.arange(side, dtype=np.uint32)) * 8).astype(
+        np.uint16
+    )
     path = tmp_path / "big16.png"
     Image.fromarray(wide).save(path)
     del wide
     root = pathlib.Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], cwd=root, env=env,
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     pixels, traced, rss = (int(v) for v in out[:3])
     print(f"peak: traced {traced / pixels:.2f}, RSS {rss / pixels:.2f} bytes per pixel")
-    assert pixels == side * side and (int(out[3]), int(out[4])) == (0, (16 * (side - 1) * 255 + 32767) // 65535)
+    assert pixels == side * side and (int(out[3]), int(out[4])) == (
+        0,
+        (16 * (side - 1) * 255 + 32767) // 65535,
+    )
     # Python-side allocations: the uint8 result and one strip; in all, Pillow's 16-bit pixels too
     assert traced < 1.5 * pixels, f"traced peak {traced / pixels:.1f} bytes per pixel"
     assert rss < 4 * pixels, f"RSS grew by {rss / pixels:.1f} bytes per pixel"
@@ -112,10 +124,13 @@ def test_decode_jpeg_is_close_to_the_source():
     assert out.shape == GRADIENT.shape and np.abs(out.astype(int) - GRADIENT).mean() < 2
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty file"),
-    (b"hello, not an image" * 10, "not an image"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"hello, not an image" * 10, "not an image"),
+    ],
+)
 def test_decode_bad_bytes_raise_decode_error(data, reason):
     with pytest.raises(DecodeError, match=reason):
         decode_image(data)
@@ -184,7 +199,9 @@ def test_dicom_bits_stored_scale_to_full_8_bit_range(tmp_path, bits):
 def test_dicom_uncompressed_monochrome1_and_rle(tmp_path):
     pixels = np.random.default_rng(1).integers(0, 4096, (40, 30))
     plain = decode_image(_write_dicom(tmp_path / "a.dcm", pixels, bits_stored=12))
-    inverted = decode_image(_write_dicom(tmp_path / "b.dcm", pixels, bits_stored=12, photometric="MONOCHROME1"))
+    inverted = decode_image(
+        _write_dicom(tmp_path / "b.dcm", pixels, bits_stored=12, photometric="MONOCHROME1")
+    )
     np.testing.assert_array_equal(inverted.astype(int), 255 - plain.astype(int))
     rle = decode_image(_write_dicom(tmp_path / "c.dcm", pixels, bits_stored=12, rle=True))
     np.testing.assert_array_equal(rle, plain)
@@ -222,7 +239,9 @@ def test_discover_class_folders_skips_masks_hidden_and_text(tmp_path):
     listing = discover(tmp_path)
     assert listing.layout == "classes" and listing.class_names == ("COVID", "Normal")
     assert [(s.relpath, s.label) for s in listing.sources] == [
-        ("COVID/images/c1.png", "COVID"), ("Normal/deep/er/n1.png", "Normal")]
+        ("COVID/images/c1.png", "COVID"),
+        ("Normal/deep/er/n1.png", "Normal"),
+    ]
 
 
 def test_discover_split_folders_are_honoured(tmp_path):
@@ -232,7 +251,8 @@ def test_discover_split_folders_are_honoured(tmp_path):
     listing = discover(tmp_path)
     assert listing.layout == "splits"
     assert {(s.split, s.label) for s in listing.sources} == {
-        (sp, c) for sp in ("train", "val", "test") for c in ("NORMAL", "PNEUMONIA")}
+        (sp, c) for sp in ("train", "val", "test") for c in ("NORMAL", "PNEUMONIA")
+    }
 
 
 def test_discover_csv_with_groups(tmp_path):
@@ -241,7 +261,10 @@ def test_discover_csv_with_groups(tmp_path):
     (tmp_path / "labels.csv").write_text("path,label,patient\na.png,covid,P1\nb.png,normal,P2\n")
     listing = discover(tmp_path, labels=tmp_path / "labels.csv", group_by="patient")
     assert listing.class_names == ("covid", "normal")
-    assert [(s.relpath, s.label, s.group) for s in listing.sources] == [("a.png", "covid", "P1"), ("b.png", "normal", "P2")]
+    assert [(s.relpath, s.label, s.group) for s in listing.sources] == [
+        ("a.png", "covid", "P1"),
+        ("b.png", "normal", "P2"),
+    ]
 
 
 def test_discover_group_pattern_for_folders(tmp_path):
@@ -275,8 +298,12 @@ def _csv_tree(tmp_path, text, encoding="utf-8"):
 
 def test_csv_paths_outside_src_are_refused_unless_allowed(tmp_path):
     _touch_png(tmp_path / "outside.png")
-    src, labels = _csv_tree(tmp_path, f"path,label\na.png,x\n../outside.png,y\n{tmp_path / 'outside.png'},y\n")
-    with pytest.raises(ValueError, match=r"outside SRC.*line 3: '../outside.png'; line 4: '/.*--allow-outside-src"):
+    src, labels = _csv_tree(
+        tmp_path, f"path,label\na.png,x\n../outside.png,y\n{tmp_path / 'outside.png'},y\n"
+    )
+    with pytest.raises(
+        ValueError, match=r"outside SRC.*line 3: '../outside.png'; line 4: '/.*--allow-outside-src"
+    ):
         discover(src, labels=labels)
     labels.write_text("path,label\na.png,x\n../outside.png,y\n")
     listing = discover(src, labels=labels, allow_outside_src=True)
@@ -314,4 +341,7 @@ def test_symlinked_folders_are_followed_at_any_depth_and_loops_listed_once(tmp_p
     (tmp_path / "src" / "COVID").symlink_to(tmp_path / "other", target_is_directory=True)
     listing = discover(tmp_path / "src")
     assert [(s.relpath, s.label) for s in listing.sources] == [
-        ("COVID/c1.png", "COVID"), ("Normal/n1.png", "Normal"), ("Normal/linked/deep/e1.png", "Normal")]
+        ("COVID/c1.png", "COVID"),
+        ("Normal/n1.png", "Normal"),
+        ("Normal/linked/deep/e1.png", "Normal"),
+    ]

@@ -56,7 +56,9 @@ def test_run_folder_holds_model_history_curves_and_config(trained_run, converted
 
     rows = _history_rows(trained_run)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert {"loss", "accuracy", "auc", "precision", "recall", "specificity", "val_loss", "val_auc"} <= set(rows[0])
+    assert {"loss", "accuracy", "auc", "precision", "recall", "specificity", "val_loss", "val_auc"} <= set(
+        rows[0]
+    )
 
     from PIL import Image
 
@@ -69,9 +71,14 @@ def test_config_has_everything_needed_to_rebuild(trained_run, converted_dataset)
     manifest = cxrdata.read_manifest(converted_dataset)
     assert config["finished"] is True
     assert config["library_version"] == cxrdata.__version__
-    assert config["model"] == {"name": "seed_cnn", "kwargs": {"filters": [4, 8, 8], "dense_units": 8},
-                               "input_shape": [64, 64, 1], "image_size": [64, 64],
-                               "resize_in_model": False, "num_classes": 2}
+    assert config["model"] == {
+        "name": "seed_cnn",
+        "kwargs": {"filters": [4, 8, 8], "dense_units": 8},
+        "input_shape": [64, 64, 1],
+        "image_size": [64, 64],
+        "resize_in_model": False,
+        "num_classes": 2,
+    }
     assert config["class_names"] == ["COVID", "Normal"] and config["positive_class"] == "COVID"
     assert config["dataset"]["digest"] == manifest.digest()
     assert config["dataset"]["path"] == os.path.abspath(converted_dataset)
@@ -86,11 +93,15 @@ def test_config_has_everything_needed_to_rebuild(trained_run, converted_dataset)
     # The model rebuilt from config.json alone has the saved model's architecture.
     from cxrmodels.models import create_model
 
-    rebuilt = create_model(config["model"]["name"], input_shape=tuple(config["model"]["input_shape"]),
-                           num_classes=config["model"]["num_classes"], augment=RandomAffine(**{
-                               k: v for k, v in training["augment_layer"].items()
-                               if k not in ("name", "trainable", "dtype")}),
-                           **config["model"]["kwargs"])
+    rebuilt = create_model(
+        config["model"]["name"],
+        input_shape=tuple(config["model"]["input_shape"]),
+        num_classes=config["model"]["num_classes"],
+        augment=RandomAffine(
+            **{k: v for k, v in training["augment_layer"].items() if k not in ("name", "trainable", "dtype")}
+        ),
+        **config["model"]["kwargs"],
+    )
     saved = keras.saving.load_model(os.path.join(trained_run, "model.keras"), compile=False)
     assert [w.shape for w in rebuilt.weights] == [w.shape for w in saved.weights]
 
@@ -147,8 +158,15 @@ def _unfinished_copy(trained_run, tmp_path):
 def test_unfinished_run_with_other_options_is_refused(trained_run, converted_dataset, tmp_path):
     run = _unfinished_copy(trained_run, tmp_path)
     with pytest.raises(FileExistsError, match="other options.*learning_rate"):
-        train(converted_dataset, out=run, epochs=2, batch_size=16, learning_rate=0.01, verbose=0,
-              model_kwargs=TINY)
+        train(
+            converted_dataset,
+            out=run,
+            epochs=2,
+            batch_size=16,
+            learning_rate=0.01,
+            verbose=0,
+            model_kwargs=TINY,
+        )
 
 
 def _backup_epoch(metadata) -> int:
@@ -161,8 +179,26 @@ def _backup_epoch(metadata) -> int:
 @pytest.mark.slow
 def test_run_killed_mid_training_resumes_where_it_stopped(converted_dataset, tmp_path):
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "cxrmodels.cli", "train", str(converted_dataset), "--out", str(run),
-            "--epochs", "6", "--batch-size", "16", "--filters", "4", "8", "8", "--dense-units", "8", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "cxrmodels.cli",
+        "train",
+        str(converted_dataset),
+        "--out",
+        str(run),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "16",
+        "--filters",
+        "4",
+        "8",
+        "8",
+        "--dense-units",
+        "8",
+        "--quiet",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metadata = run / "backup" / "training_metadata.json"
@@ -202,9 +238,13 @@ def test_run_killed_after_its_last_epoch_only_finishes(trained_run, converted_da
     result = train(converted_dataset, out=run, epochs=2, batch_size=16, verbose=0, model_kwargs=TINY)
 
     assert (result.resumed_from, result.epochs) == (2, 2) and _history_rows(run) == before
-    assert _config(run)["finished"] and (run / "learning_curves.png").is_file() and not (run / "backup").exists()
+    assert (
+        _config(run)["finished"] and (run / "learning_curves.png").is_file() and not (run / "backup").exists()
+    )
     images = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 1), dtype=np.uint8)
-    np.testing.assert_allclose(result.model.predict(images, verbose=0), saved.predict(images, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        result.model.predict(images, verbose=0), saved.predict(images, verbose=0), atol=1e-6
+    )
 
 
 # --- options ------------------------------------------------------------------------------------
@@ -261,13 +301,20 @@ def test_mirrored_strategy_trains_on_the_cpu(converted_dataset, tmp_path):
 def test_training_on_phantoms_learns(tmp_path):
     from cxrdata.conversion import convert
     from cxrdata.synthetic import write_tree
-    from cxrmodels.evaluation.evaluator import predict_split
     from cxrmodels.evaluation.clinical import roc_auc
+    from cxrmodels.evaluation.evaluator import predict_split
 
     write_tree(tmp_path / "src", per_class=60, image_size=128, seed=11)
     convert(tmp_path / "src", tmp_path / "data", image_size=64, radius=16, workers=1, progress=False)
-    result = train(tmp_path / "data", out=tmp_path / "run", epochs=15, batch_size=16, learning_rate=3e-3,
-                   verbose=0, model_kwargs={"filters": (8, 16, 16), "dense_units": 16})
+    result = train(
+        tmp_path / "data",
+        out=tmp_path / "run",
+        epochs=15,
+        batch_size=16,
+        learning_rate=3e-3,
+        verbose=0,
+        model_kwargs={"filters": (8, 16, 16), "dense_units": 16},
+    )
     y, probs = predict_split(result.model, str(tmp_path / "data"), "test", batch_size=64)
     assert len(y) == 18
     assert roc_auc(y == 0, probs[:, 0]) >= 0.9
@@ -276,18 +323,21 @@ def test_training_on_phantoms_learns(tmp_path):
 # --- bad arguments ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"model": "resnet9000"}, ValueError, r"registered models \[.*seed_cnn"),
-    ({"augment": "tpu"}, ValueError, "`augment` must be one of gpu, cpu, none"),
-    ({"balance": "smote"}, ValueError, "`balance` must be one of"),
-    ({"mixed_precision": "int8"}, ValueError, "`mixed_precision` must be"),
-    ({"epochs": 0}, ValueError, "`epochs` must be an integer >= 1"),
-    ({"learning_rate": -1.0}, ValueError, "`learning_rate` must be a positive number"),
-    ({"augment_strength": 9}, ValueError, "`augment_strength` must be a number from 0 to 4"),
-    ({"strategy": "multi_worker_mirrored"}, ValueError, "MultiWorkerMirroredStrategy is not offered"),
-    ({"model_kwargs": {"input_shape": (8, 8, 1)}}, ValueError, "must not set"),
-    ({"model_kwargs": {"depth": 3}}, TypeError, "unexpected options"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"model": "resnet9000"}, ValueError, r"registered models \[.*seed_cnn"),
+        ({"augment": "tpu"}, ValueError, "`augment` must be one of gpu, cpu, none"),
+        ({"balance": "smote"}, ValueError, "`balance` must be one of"),
+        ({"mixed_precision": "int8"}, ValueError, "`mixed_precision` must be"),
+        ({"epochs": 0}, ValueError, "`epochs` must be an integer >= 1"),
+        ({"learning_rate": -1.0}, ValueError, "`learning_rate` must be a positive number"),
+        ({"augment_strength": 9}, ValueError, "`augment_strength` must be a number from 0 to 4"),
+        ({"strategy": "multi_worker_mirrored"}, ValueError, "MultiWorkerMirroredStrategy is not offered"),
+        ({"model_kwargs": {"input_shape": (8, 8, 1)}}, ValueError, "must not set"),
+        ({"model_kwargs": {"depth": 3}}, TypeError, "unexpected options"),
+    ],
+)
 def test_bad_arguments_are_refused(converted_dataset, tmp_path, kwargs, error, match):
     kwargs = {"model_kwargs": TINY, **kwargs}
     with pytest.raises(error, match=match):
@@ -314,10 +364,45 @@ def test_cli_passes_model_options_only_when_given(monkeypatch, converted_dataset
             return "ok"
 
     monkeypatch.setattr(cxrmodels, "train", lambda *a, **k: calls.append((a, k)) or _Result())
-    assert main(["train", str(converted_dataset), "--out", "r", "--filters", "16", "32",
-                 "--dense-units", "8", "--mixed-precision", "--lr", "0.01", "--quiet"]) == 0
-    assert main(["train", str(converted_dataset), "--out", "r", "--mixed-precision", "bfloat16",
-                 "--balance", "class-weight", "--image-size", "72", "--resize-in-model", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(converted_dataset),
+                "--out",
+                "r",
+                "--filters",
+                "16",
+                "32",
+                "--dense-units",
+                "8",
+                "--mixed-precision",
+                "--lr",
+                "0.01",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                str(converted_dataset),
+                "--out",
+                "r",
+                "--mixed-precision",
+                "bfloat16",
+                "--balance",
+                "class-weight",
+                "--image-size",
+                "72",
+                "--resize-in-model",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     first, second = calls[0][1], calls[1][1]
     assert first["model_kwargs"] == {"filters": [16, 32], "dense_units": 8}
     assert (first["mixed_precision"], first["learning_rate"], first["verbose"]) == ("float16", 0.01, 0)
@@ -338,8 +423,15 @@ def test_training_on_a_damaged_shard_names_it(converted_dataset, tmp_path):
     raw[len(raw) // 2] ^= 0xFF
     (data / shard).write_bytes(bytes(raw))
     with pytest.raises(RuntimeError, match=shard):
-        train(data, out=tmp_path / "run", epochs=1, batch_size=8, augment="none",
-              model_kwargs={"filters": (4, 8), "dense_units": 8}, verbose=0)
+        train(
+            data,
+            out=tmp_path / "run",
+            epochs=1,
+            batch_size=8,
+            augment="none",
+            model_kwargs={"filters": (4, 8), "dense_units": 8},
+            verbose=0,
+        )
 
 
 def test_a_run_folder_being_written_by_another_process_is_refused(converted_dataset, tmp_path):

@@ -26,8 +26,9 @@ OUTPUTS = ("trials.csv", "best_hyperparameters.json", "best_model.keras", "searc
 def random_search(tiny_data, tmp_path_factory):
     """A finished 2-trial random search (1 epoch each), shared by the tests that only read it."""
     out = tmp_path_factory.mktemp("tune_random") / "search"
-    result = search(tiny_data, tuner="random", max_trials=2, max_epochs=1, directory=out,
-                    hyperparameters=TINY, **FAST)
+    result = search(
+        tiny_data, tuner="random", max_trials=2, max_epochs=1, directory=out, hyperparameters=TINY, **FAST
+    )
     return out, result
 
 
@@ -41,8 +42,9 @@ def _best(out) -> dict:
         return json.load(f)
 
 
-def _check_outputs(out, result: SearchResult, *, trials: int, max_epochs: int,
-                   objective: str = "val_auc") -> list[dict[str, str]]:
+def _check_outputs(
+    out, result: SearchResult, *, trials: int, max_epochs: int, objective: str = "val_auc"
+) -> list[dict[str, str]]:
     for name in OUTPUTS:
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     with open(os.path.join(out, "search_plot.png"), "rb") as f:
@@ -50,8 +52,20 @@ def _check_outputs(out, result: SearchResult, *, trials: int, max_epochs: int,
     rows = _rows(out)
     assert [r["trial_id"] for r in rows] == [t["trial_id"] for t in result.trials]
     assert len(rows) == trials
-    for column in ("trial_id", "learning_rate", "base_filters", "dense_units", "dropout", "pooling",
-                   "augment_strength", objective, "status", "epochs", "seconds", "tuner_id"):
+    for column in (
+        "trial_id",
+        "learning_rate",
+        "base_filters",
+        "dense_units",
+        "dropout",
+        "pooling",
+        "augment_strength",
+        objective,
+        "status",
+        "epochs",
+        "seconds",
+        "tuner_id",
+    ):
         assert column in rows[0], column
     for row in rows:
         assert row["status"] == "COMPLETED"
@@ -76,8 +90,14 @@ def test_default_hyperparameters_build_the_reference_model():
     hp = kt.HyperParameters()
     model = hypermodel.build(hp)
     assert model.count_params() == create_model("seed_cnn").count_params() == 18_129_890
-    assert hp.values == {"learning_rate": 1e-3, "base_filters": 32, "dense_units": 128, "dropout": 0.0,
-                         "pooling": "max", "augment_strength": 1.0}
+    assert hp.values == {
+        "learning_rate": 1e-3,
+        "base_filters": 32,
+        "dense_units": 128,
+        "dropout": 0.0,
+        "pooling": "max",
+        "augment_strength": 1.0,
+    }
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
     assert model.get_layer("block3_conv2").filters == 128
 
@@ -103,16 +123,22 @@ def test_search_space_of_seed_cnn_and_of_a_transfer_model():
 
 def test_augmentation_placement_and_mixed_precision():
     def layers(**kwargs):
-        model = CXRHyperModel(input_shape=(48, 48, 1), num_classes=2, hyperparameters=TINY, **kwargs) \
-            .build(kt.HyperParameters())
+        model = CXRHyperModel(input_shape=(48, 48, 1), num_classes=2, hyperparameters=TINY, **kwargs).build(
+            kt.HyperParameters()
+        )
         return model, [type(layer).__name__ for layer in model.layers]
 
     assert "RandomAffine" in layers(augment="gpu")[1]
     assert "RandomAffine" not in layers(augment="cpu")[1]
     assert "RandomAffine" not in layers(augment="none")[1]
-    assert "RandomAffine" not in [type(layer).__name__ for layer in CXRHyperModel(
-        input_shape=(48, 48, 1), num_classes=2, hyperparameters={**TINY, "augment_strength": 0.0}
-    ).build(kt.HyperParameters()).layers]
+    assert "RandomAffine" not in [
+        type(layer).__name__
+        for layer in CXRHyperModel(
+            input_shape=(48, 48, 1), num_classes=2, hyperparameters={**TINY, "augment_strength": 0.0}
+        )
+        .build(kt.HyperParameters())
+        .layers
+    ]
     model, _ = layers(mixed_precision=True)
     assert model.dtype_policy.name == "mixed_float16"
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -133,8 +159,16 @@ def test_overrides_fix_and_narrow_the_space():
     assert model.get_layer("block2_pool").__class__.__name__ == "AveragePooling2D"
     assert "block3_conv1" not in [layer.name for layer in model.layers]
 
-    from_dict = CXRHyperModel(input_shape=(48, 48, 1), num_classes=2, hyperparameters={
-        "learning_rate": (1e-4, 1e-2), "pooling": "avg", "base_filters": [8, 16], "dropout": (0, 0.3)})
+    from_dict = CXRHyperModel(
+        input_shape=(48, 48, 1),
+        num_classes=2,
+        hyperparameters={
+            "learning_rate": (1e-4, 1e-2),
+            "pooling": "avg",
+            "base_filters": [8, 16],
+            "dropout": (0, 0.3),
+        },
+    )
     entries = {e.name: e for e in from_dict.hyperparameters.space}
     assert (entries["learning_rate"].sampling, entries["learning_rate"].default) == ("log", 1e-3)
     assert isinstance(entries["pooling"], kt.engine.hyperparameters.Fixed)
@@ -142,18 +176,21 @@ def test_overrides_fix_and_narrow_the_space():
     assert (entries["dropout"].min_value, entries["dropout"].max_value) == (0.0, 0.3)
 
 
-@pytest.mark.parametrize("hyperparameters, match", [
-    ({"learning_rate": (0, 1e-2)}, "learning_rate.*positive"),
-    ({"learning_rate": (-1e-3, 1e-2)}, "learning_rate.*positive"),
-    ({"learning_rate": (1e-2, 1e-4)}, "low <= high"),
-    ({"learning_rate": 0.0}, "learning_rate.*positive"),
-    ({"dropout": 1.0}, r"dropout.*\[0, 1\)"),
-    ({"pooling": "sum"}, "pooling.*'max' or 'avg'"),
-    ({"base_filters": [0, 8]}, "base_filters.*>= 1"),
-    ({"filters": (8, 16)}, "names must be among.*learning_rate, base_filters"),
-    ({"trainable_blocks": 1}, "names must be among"),
-    ({"blocks": 4}, "blocks.*from 1 to 3"),
-])
+@pytest.mark.parametrize(
+    "hyperparameters, match",
+    [
+        ({"learning_rate": (0, 1e-2)}, "learning_rate.*positive"),
+        ({"learning_rate": (-1e-3, 1e-2)}, "learning_rate.*positive"),
+        ({"learning_rate": (1e-2, 1e-4)}, "low <= high"),
+        ({"learning_rate": 0.0}, "learning_rate.*positive"),
+        ({"dropout": 1.0}, r"dropout.*\[0, 1\)"),
+        ({"pooling": "sum"}, "pooling.*'max' or 'avg'"),
+        ({"base_filters": [0, 8]}, "base_filters.*>= 1"),
+        ({"filters": (8, 16)}, "names must be among.*learning_rate, base_filters"),
+        ({"trainable_blocks": 1}, "names must be among"),
+        ({"blocks": 4}, "blocks.*from 1 to 3"),
+    ],
+)
 def test_bad_hyperparameter_overrides_are_refused(hyperparameters, match):
     with pytest.raises(ValueError, match=match):
         CXRHyperModel(input_shape=(48, 48, 1), num_classes=2, hyperparameters=hyperparameters)
@@ -194,8 +231,12 @@ def test_random_search_writes_the_four_outputs(random_search):
     out, result = random_search
     rows = _check_outputs(out, result, trials=2, max_epochs=1)
     # Trial 0 is the reference model (with the tiny filters and dense units given).
-    assert (float(rows[0]["learning_rate"]), float(rows[0]["dropout"]), rows[0]["pooling"],
-            float(rows[0]["augment_strength"])) == (1e-3, 0.0, "max", 1.0)
+    assert (
+        float(rows[0]["learning_rate"]),
+        float(rows[0]["dropout"]),
+        rows[0]["pooling"],
+        float(rows[0]["augment_strength"]),
+    ) == (1e-3, 0.0, "max", 1.0)
     assert rows[0]["learning_rate"] != rows[1]["learning_rate"]
     assert {r["tuner_id"] for r in rows} == {"tuner0"}
     with open(os.path.join(out, "search.json")) as f:
@@ -209,8 +250,16 @@ def test_random_search_writes_the_four_outputs(random_search):
 def test_hyperband_search_continues_the_best_trials(tiny_data, tmp_path):
     out = tmp_path / "hb"
     # max_epochs 3: a bracket of 3 one-epoch trials, then the best goes on to epoch 3.
-    result = search(tiny_data, tuner="hyperband", max_trials=4, max_epochs=3, directory=out,
-                    objective="val_loss", hyperparameters=TINY, **FAST)
+    result = search(
+        tiny_data,
+        tuner="hyperband",
+        max_trials=4,
+        max_epochs=3,
+        directory=out,
+        objective="val_loss",
+        hyperparameters=TINY,
+        **FAST,
+    )
     rows = _check_outputs(out, result, trials=4, max_epochs=3, objective="val_loss")
     assert [r["tuner/epochs"] for r in rows] == ["1", "1", "1", "3"]
     assert rows[3]["tuner/initial_epoch"] == "1"
@@ -223,8 +272,9 @@ def test_hyperband_search_continues_the_best_trials(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_bayesian_search_writes_the_four_outputs(tiny_data, tmp_path):
     out = tmp_path / "bo"
-    result = search(tiny_data, tuner="bayesian", max_trials=2, max_epochs=1, directory=out,
-                    hyperparameters=TINY, **FAST)
+    result = search(
+        tiny_data, tuner="bayesian", max_trials=2, max_epochs=1, directory=out, hyperparameters=TINY, **FAST
+    )
     _check_outputs(out, result, trials=2, max_epochs=1)
 
 
@@ -270,8 +320,9 @@ def test_a_failed_trial_is_recorded_with_its_reason_and_the_search_goes_on(tiny_
 
     monkeypatch.setattr(CXRHyperModel, "fit", failing_fit)
     out = tmp_path / "fail"
-    result = search(tiny_data, tuner="random", max_trials=3, max_epochs=1, directory=out,
-                    hyperparameters=TINY, **FAST)
+    result = search(
+        tiny_data, tuner="random", max_trials=3, max_epochs=1, directory=out, hyperparameters=TINY, **FAST
+    )
     rows = _rows(out)
     assert [r["status"] for r in rows] == ["COMPLETED", "FAILED", "COMPLETED"]
     assert rows[1]["note"] == "ValueError: boom in trial 1" and rows[1]["val_auc"] == ""
@@ -282,8 +333,15 @@ def test_a_failed_trial_is_recorded_with_its_reason_and_the_search_goes_on(tiny_
 
     monkeypatch.setattr(CXRHyperModel, "fit", always_failing_fit)
     with pytest.raises(RuntimeError, match="No trial of the search .* completed .*ValueError: boom"):
-        search(tiny_data, tuner="random", max_trials=2, max_epochs=1, directory=tmp_path / "none",
-               hyperparameters=TINY, **FAST)
+        search(
+            tiny_data,
+            tuner="random",
+            max_trials=2,
+            max_epochs=1,
+            directory=tmp_path / "none",
+            hyperparameters=TINY,
+            **FAST,
+        )
     assert [r["status"] for r in _rows(tmp_path / "none")] == ["FAILED", "FAILED"]
 
 
@@ -315,8 +373,9 @@ def test_bad_search_arguments(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_folder_with_another_search_is_refused_unless_overwrite(random_search, tiny_data,
-                                                                  converted_dataset, tmp_path):
+def test_a_folder_with_another_search_is_refused_unless_overwrite(
+    random_search, tiny_data, converted_dataset, tmp_path
+):
     out, _ = random_search
     with pytest.raises(FileExistsError, match="model: 'seed_cnn' then, 'vgg19_transfer' now.*--overwrite"):
         search(tiny_data, model="vgg19_transfer", tuner="random", directory=out, **FAST)
@@ -327,8 +386,16 @@ def test_a_folder_with_another_search_is_refused_unless_overwrite(random_search,
 
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    result = search(tiny_data, tuner="random", max_trials=1, max_epochs=1, directory=copy, overwrite=True,
-                    hyperparameters={**TINY, "pooling": "avg"}, **FAST)
+    result = search(
+        tiny_data,
+        tuner="random",
+        max_trials=1,
+        max_epochs=1,
+        directory=copy,
+        overwrite=True,
+        hyperparameters={**TINY, "pooling": "avg"},
+        **FAST,
+    )
     rows = _rows(copy)
     assert len(rows) == 1 and rows[0]["pooling"] == "avg" and len(result.trials) == 1
 
@@ -340,8 +407,17 @@ def test_fixed_and_narrowed_hyperparameters_with_tune_new_entries_false(tiny_dat
     hp.Fixed("base_filters", 4)
     hp.Fixed("dense_units", 8)
     out = tmp_path / "narrow"
-    search(tiny_data, tuner="random", max_trials=2, max_epochs=1, directory=out, hyperparameters=hp,
-           tune_new_entries=False, augment="cpu", **FAST)
+    search(
+        tiny_data,
+        tuner="random",
+        max_trials=2,
+        max_epochs=1,
+        directory=out,
+        hyperparameters=hp,
+        tune_new_entries=False,
+        augment="cpu",
+        **FAST,
+    )
     rows = _rows(out)
     assert float(rows[0]["learning_rate"]) == 5e-4
     assert all(1e-4 <= float(r["learning_rate"]) <= 1e-3 for r in rows)
@@ -357,7 +433,11 @@ def test_parse_hp():
     from cxrmodels.cli.tuning import parse_hp
 
     assert parse_hp(["learning_rate=1e-4:1e-2", "pooling=max", "base_filters=16,32", "dropout=0"]) == {
-        "learning_rate": (1e-4, 1e-2), "pooling": "max", "base_filters": [16, 32], "dropout": 0}
+        "learning_rate": (1e-4, 1e-2),
+        "pooling": "max",
+        "base_filters": [16, 32],
+        "dropout": 0,
+    }
     with pytest.raises(ValueError, match="NAME=VALUE"):
         parse_hp(["learning_rate"])
 
@@ -380,9 +460,28 @@ def test_cli_bad_input_exits_2(tiny_data, tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_runs_a_search(tiny_data, tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["tune", str(tiny_data), "--out", str(out), "--tuner", "random", "--max-trials", "1",
-                 "--max-epochs", "1", "--batch-size", "8", "--hp", "base_filters=4", "--hp", "dense_units=8",
-                 "--verbose", "0"])
+    code = main(
+        [
+            "tune",
+            str(tiny_data),
+            "--out",
+            str(out),
+            "--tuner",
+            "random",
+            "--max-trials",
+            "1",
+            "--max-epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--hp",
+            "base_filters=4",
+            "--hp",
+            "dense_units=8",
+            "--verbose",
+            "0",
+        ]
+    )
     assert code == 0
     assert "1 trials (1 completed)" in capsys.readouterr().out
     assert [r["status"] for r in _rows(out)] == ["COMPLETED"]
@@ -394,6 +493,13 @@ def test_a_search_folder_being_written_by_another_process_is_refused(tiny_data, 
     out = tmp_path / "tune"
     with lock_output_dir(out, what="search folder"):  # the lock a running `cxr tune` holds
         with pytest.raises(OutputFolderBusyError, match=f"being written by process {os.getpid()}"):
-            search(tiny_data, tuner="random", max_trials=1, max_epochs=1, directory=out,
-                   hyperparameters=TINY, **FAST)
+            search(
+                tiny_data,
+                tuner="random",
+                max_trials=1,
+                max_epochs=1,
+                directory=out,
+                hyperparameters=TINY,
+                **FAST,
+            )
     assert os.listdir(out) == []  # nothing was written, and the lock file went with the lock

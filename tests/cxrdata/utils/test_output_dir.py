@@ -22,9 +22,14 @@ from cxrdata.utils.output_dir import (
 
 
 def _check(path, *, overwrite=False, keep_finished=False):
-    return check_output_dir(path, what="dataset", markers=("dataset.json", ".partial"),
-                            finished=lambda p: os.path.exists(os.path.join(p, "dataset.json")),
-                            overwrite=overwrite, keep_finished=keep_finished)
+    return check_output_dir(
+        path,
+        what="dataset",
+        markers=("dataset.json", ".partial"),
+        finished=lambda p: os.path.exists(os.path.join(p, "dataset.json")),
+        overwrite=overwrite,
+        keep_finished=keep_finished,
+    )
 
 
 def test_the_rule(tmp_path):
@@ -67,11 +72,13 @@ def test_a_lock_file_alone_is_an_empty_folder(tmp_path):
 
 def test_a_second_writer_is_refused_naming_the_first(tmp_path):
     out = tmp_path / "out"
-    code = ("import sys, time\n"
-            "from cxrdata.utils.output_dir import lock_output_dir\n"
-            f"with lock_output_dir({str(out)!r}):\n"
-            "    print('locked', flush=True)\n"
-            "    time.sleep(60)\n")
+    code = (
+        "import sys, time\n"
+        "from cxrdata.utils.output_dir import lock_output_dir\n"
+        f"with lock_output_dir({str(out)!r}):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
