@@ -14,37 +14,41 @@ never stopped.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import sys
 import time
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from cxrdata import __version__
+from cxrdata._pool import OrderedResults, printable
 from cxrdata.dicom import DICOM_WINDOWS, MULTI_FRAME_POLICY
 from cxrdata.manifest import MANIFEST_NAME, REJECTS_NAME, Manifest, ShardInfo, SplitInfo, shard_name
 from cxrdata.preprocess import PreprocessConfig, preprocess_image
 from cxrdata.sources import DecodeError, Source, decode_image, discover
-from cxrdata.splits import assign_splits, parse_ratios
+from cxrdata.splits import assign_splits, describe_overlaps, find_overlaps, parse_ratios
 from cxrdata.utils.argument_validation import check_choice
 from cxrdata.utils.io import atomic_write_text, sha256_file
-from cxrdata.utils.output_dir import FINISHED, OVERWRITE, check_output_dir, refuse_other_options
+from cxrdata.utils.output_dir import (
+    FINISHED,
+    OVERWRITE,
+    check_output_dir,
+    lock_output_dir,
+    refuse_other_options,
+)
 
 PARTIAL_DIR = ".cxr-partial"
 ENCODINGS = ("raw", "png")
 RUNNERS = ("local", "beam")
-_CHUNK = 8  # images per task sent to a worker process
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class ConversionResult:
     manifest: Manifest
     rejects: tuple[Reject, ...]
     seconds: float
+    split_overlaps: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_converted(self) -> int:
@@ -77,7 +82,8 @@ class ConversionResult:
             f"in {self.seconds:.1f}s ({rate:.0f} images/s){f', {masks} with lung masks' if masks else ''}; "
             f"{len(self.rejects)} rejected"
         )
-        return line + (f" (see {os.path.join(out, REJECTS_NAME)})" if self.rejects else "")
+        line += f" (see {os.path.join(out, REJECTS_NAME)})" if self.rejects else ""
+        return line + "".join(f"\nwarning: {w}" for w in describe_overlaps(self.split_overlaps))
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,8 @@ def convert(
     beam_options: Sequence[str] | None = None,
     masks: str | os.PathLike | None = None,
     test_groups: Sequence[str] | str | None = None,
+    allow_outside_src: bool = False,
+    strict_splits: bool = False,
 ) -> ConversionResult:
     """Converts a chest X-ray folder tree or CSV into equalized, sharded TFRecords.
 
@@ -290,6 +298,11 @@ def convert(
             comma-separated string) whose images all go to the test split,
             such as the sources (hospitals) held out; the other images are
             split by `splits`. Defaults to None.
+        allow_outside_src: accept `labels` paths that lead outside `src`.
+            Defaults to False.
+        strict_splits: given splits (split folders, a `split` column) in which
+            a group or a byte-identical file is in more than one split are an
+            error rather than a warning. Defaults to False.
 
     Returns:
         A `ConversionResult`.
@@ -297,6 +310,7 @@ def convert(
     Raises:
         FileNotFoundError: `src` or `labels` is missing.
         FileExistsError: `out` holds a dataset and neither flag is given.
+        OutputFolderBusyError: another process is writing `out` (a FileExistsError).
         ValueError: bad arguments, or inputs with nothing usable.
         ImportError: `runner="beam"` without Apache Beam installed.
 
@@ -334,7 +348,7 @@ def convert(
             f"Received: test_groups={test_groups}"
         )
     out = os.fspath(out)
-    state = _check_out(out, overwrite=overwrite, resume=resume)
+    _check_out(out, overwrite=overwrite, resume=resume)
     listing = discover(
         src,
         labels=labels,
@@ -342,6 +356,7 @@ def convert(
         group_pattern=group_pattern,
         class_names=class_names,
         masks=masks,
+        allow_outside_src=allow_outside_src,
     )
     if test_groups:
         known = {s.group for s in listing.sources}
@@ -351,25 +366,80 @@ def convert(
                 f"`test_groups` names group(s) no image has: {', '.join(map(repr, unknown))}. "
                 f"Groups found: {', '.join(map(repr, sorted(known - {''})[:20])) or '(none)'}"
             )
+    with lock_output_dir(out, what="dataset folder"):  # a second writer is refused, not raced
+        return _convert_locked(
+            src,
+            out,
+            listing,
+            labels=labels,
+            group_by=group_by,
+            group_pattern=group_pattern,
+            config=config,
+            ratios=ratios,
+            seed=seed,
+            encoding=encoding,
+            shard_size=shard_size,
+            workers=workers,
+            overwrite=overwrite,
+            resume=resume,
+            progress=progress,
+            dicom_window=dicom_window,
+            strict_splits=strict_splits,
+            start=start,
+            runner=runner,
+            beam_options=beam_options,
+            masks=masks,
+            test_groups=test_groups,
+        )
+
+
+def _convert_locked(
+    src,
+    out,
+    listing,
+    *,
+    labels,
+    group_by,
+    group_pattern,
+    config,
+    ratios,
+    seed,
+    encoding,
+    shard_size,
+    workers,
+    overwrite,
+    resume,
+    progress,
+    dicom_window,
+    strict_splits,
+    start,
+    runner,
+    beam_options,
+    masks,
+    test_groups,
+) -> ConversionResult:
+    state = _check_out(out, overwrite=overwrite, resume=resume)
     if state == FINISHED:
         return _already_done(out, start)
     if state == OVERWRITE:
         _clear_dataset(out)
 
     index = {c: i for i, c in enumerate(listing.class_names)}
-    digests = _hash_all(listing.sources, workers, progress)
-    rejects = [
+    named, rejects = _reject_undecodable_names(listing.sources)
+    digests = _hash_all(named, workers, progress)
+    rejects += [
         Reject(s.relpath, f"unreadable: {d.strerror or d}" if isinstance(d, OSError) else str(d))
-        for s, d in zip(listing.sources, digests)
+        for s, d in zip(named, digests)
         if isinstance(d, Exception)
     ]
-    items = [
-        _Item(s, index[s.label], d) for s, d in zip(listing.sources, digests) if not isinstance(d, Exception)
-    ]
+    items = [_Item(s, index[s.label], d) for s, d in zip(named, digests) if not isinstance(d, Exception)]
     if not items:
         raise ValueError(f"No readable image under {os.fspath(src)!r}.")
 
     split_of = _split_items(items, listing.layout, ratios, seed, len(index), test_groups)
+    overlaps = find_overlaps(items, split_of)
+    if overlaps and strict_splits:
+        raise ValueError("The given splits overlap (--strict-splits): " + "; ".join(describe_overlaps(overlaps)))
     plan: dict[str, list[list[_Item]]] = {}
     for n, split in enumerate(("train", "val", "test")):
         members = [it for it, s in zip(items, split_of) if s == split]
@@ -395,6 +465,8 @@ def convert(
         options["test_groups"] = test_groups
     preprocessing = _preprocessing(config, dicom_window)
     fingerprint = _fingerprint(options, preprocessing, listing.class_names, plan)
+    if any(it.source.split is not None for it in items):  # given splits: say what straddles them
+        options["split_overlaps"] = overlaps
     partial = os.path.join(out, PARTIAL_DIR)
     os.makedirs(partial, exist_ok=True)
     _check_plan(partial, fingerprint, resume)
@@ -407,7 +479,7 @@ def convert(
         )
     else:
         _write_shards(out, partial, plan, listing.class_names, preprocessing, encoding, workers, progress)
-    return _finish(
+    result = _finish(
         out,
         partial,
         plan,
@@ -420,6 +492,19 @@ def convert(
         start,
         grouped=bool(group_by or group_pattern),
     )
+    return dataclasses.replace(result, split_overlaps=overlaps)
+
+
+def _reject_undecodable_names(sources: Sequence[Source]) -> tuple[list[Source], list[Reject]]:
+    """Sources whose names are UTF-8 (records store names as UTF-8 text), and rejects for the others."""
+    named, rejects = [], []
+    for s in sources:
+        try:
+            s.relpath.encode("utf-8")
+            named.append(s)
+        except UnicodeEncodeError:
+            rejects.append(Reject(printable(s.relpath), "file name is not valid UTF-8; rename the file"))
+    return named, rejects
 
 
 def _preprocessing(config: PreprocessConfig, dicom_window: str) -> dict:
@@ -504,7 +589,8 @@ def _write_shards(out, partial, plan, class_names, preprocessing, encoding, work
     pending = _pending_shards(out, plan)
     cfg = preprocessing
     tasks = [_task(it, cfg, encoding) for _, _, shard in pending for it in shard]
-    results = _OrderedResults(tasks, workers)  # starts the workers before TensorFlow loads here
+    # Starts the workers before TensorFlow loads here.
+    results = OrderedResults(tasks, workers, _process, _process_chunk)
 
     bar = tqdm(total=len(tasks), desc="Converting", unit="img", disable=not progress, smoothing=0.1)
 
@@ -599,55 +685,6 @@ def _relative_mask(source) -> str:
     return source.mask
 
 
-class _OrderedResults:
-    """`_process` results in task order, from a process pool with a bounded window in flight."""
-
-    def __init__(self, tasks, workers: int):
-        self._local = iter(tasks) if workers == 1 else None
-        self._buffer: deque = deque()
-        self._window: deque = deque()
-        self._pool = None
-        if workers == 1:
-            return
-        # fork is fast and needs no `if __name__ == "__main__"` guard, but is unsafe once
-        # TensorFlow's threads exist; spawn is the safe choice then.
-        method = "spawn" if "tensorflow" in sys.modules else "fork"
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
-        self._chunks = iter([tasks[i : i + _CHUNK] for i in range(0, len(tasks), _CHUNK)])
-        for chunk in self._chunks:
-            self._window.append(self._pool.submit(_process_chunk, chunk))
-            if len(self._window) >= workers * 3:
-                break
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._local is not None:
-            return _process(next(self._local))
-        if not self._buffer:
-            if not self._window:
-                raise StopIteration
-            try:
-                self._buffer.extend(self._window.popleft().result())
-            except BrokenProcessPool:
-                raise RuntimeError(
-                    "A conversion worker process died. If you call cxrdata.convert from a script, put "
-                    'the call under `if __name__ == "__main__":` (worker processes re-import the script), '
-                    "or pass workers=1."
-                ) from None
-            nxt = next(self._chunks, None)
-            if nxt is not None:
-                self._window.append(self._pool.submit(_process_chunk, nxt))
-        return self._buffer.popleft()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            for f in self._window:
-                f.cancel()
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _finish(
     out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start, grouped=False
 ) -> ConversionResult:
@@ -711,4 +748,9 @@ def _already_done(out: str, start: float) -> ConversionResult:
     if os.path.exists(path):
         with open(path, newline="") as f:
             rejects = [Reject(r["path"], r["reason"]) for r in csv.DictReader(f)]
-    return ConversionResult(manifest=manifest, rejects=tuple(rejects), seconds=time.perf_counter() - start)
+    return ConversionResult(
+        manifest=manifest,
+        rejects=tuple(rejects),
+        seconds=time.perf_counter() - start,
+        split_overlaps=manifest.source.get("split_overlaps") or {},
+    )

@@ -9,9 +9,11 @@ and RLE, by tensorflow-io for JPEG, JPEG-LS and JPEG 2000).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,9 +93,18 @@ def is_candidate(name: str) -> bool:
 
 
 def _walk_class_folder(root: str, folder: str) -> list[str]:
+    """Image files below a class folder. Links to folders are followed like the class folder
+    itself; a folder reached twice (a loop, or two links to one folder) is listed once."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, folder)):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in MASK_FOLDERS)
+    visited = {os.path.realpath(os.path.join(root, folder))}
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, folder), followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and d.lower() not in MASK_FOLDERS and real not in visited:
+                visited.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_candidate(f))
     return found
 
@@ -137,6 +148,7 @@ def discover(
     group_pattern: str | None = None,
     class_names: list[str] | tuple[str, ...] | None = None,
     masks: str | os.PathLike | None = None,
+    allow_outside_src: bool = False,
 ) -> Listing:
     """Lists the images under `src`, sorted, with their labels.
 
@@ -157,6 +169,8 @@ def discover(
             `CLASS/images/NAME`) and a CSV's in its optional `mask` column
             (paths relative to `src`). An image without a mask is converted
             without one.
+        allow_outside_src: accept CSV paths that lead outside `src` (`../x.png`,
+            absolute paths, links out of it). Defaults to False.
 
     Returns:
         A `Listing`.
@@ -164,7 +178,11 @@ def discover(
     Raises:
         FileNotFoundError: `src` or the CSV does not exist.
         ValueError: no class, a class with no image file, an unknown label,
-            a missing CSV column, or an ambiguous folder layout.
+            a missing CSV column, or an ambiguous folder layout; a CSV that is
+            not UTF-8, a row with the wrong number of fields, a path outside
+            `src`, or one file given twice with different labels, groups or
+            splits (each names the lines; exact duplicate rows are dropped
+            with a warning).
     """
     src = os.fspath(src)
     if not os.path.isdir(src):
@@ -178,7 +196,7 @@ def discover(
             f"Masks folder not found: {masks!r}. Pass a folder mirroring the source tree."
         )
     if labels is not None:
-        return _discover_csv(src, os.fspath(labels), group_by, class_names, masks)
+        return _discover_csv(src, os.fspath(labels), group_by, class_names, masks, allow_outside_src)
     if group_by is not None:
         raise ValueError(
             "`group_by` names a CSV column and needs `labels`. For folder trees use "
@@ -249,28 +267,51 @@ def _resolve_class_names(found, requested, what) -> tuple[str, ...]:
     return requested
 
 
-def _discover_csv(src, labels, group_by, class_names, masks_dir=None) -> Listing:
+def _read_csv_rows(labels: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The CSV's columns and its rows with their line numbers; refuses text that is not UTF-8."""
+    with open(labels, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{labels!r} is not UTF-8 text: line {line} holds the byte {data[e.start]:#04x}. "
+            "Save the CSV as UTF-8."
+        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = reader.fieldnames or []
+    rows, ragged = [], []
+    for row in reader:
+        if None in row or None in row.values():  # more fields than the header, or fewer
+            ragged.append(reader.line_num)
+        rows.append((reader.line_num, row))
+    if ragged:
+        raise ValueError(
+            f"{labels!r}: line(s) {', '.join(map(str, ragged[:10]))} do not have the "
+            f"{len(columns)} fields of the header ({','.join(columns)}). Quote fields "
+            "that hold commas."
+        )
+    return columns, rows
+
+
+def _discover_csv(src, labels, group_by, class_names, masks_dir=None, allow_outside_src=False) -> Listing:
     if not os.path.isfile(labels):
         raise FileNotFoundError(f"Labels CSV not found: {labels!r}")
-    with open(labels, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        needed = ["path", "label"] + ([group_by] if group_by else [])
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise ValueError(
-                f"{labels!r} lacks column(s) {', '.join(missing)}. Its columns: "
-                f"{', '.join(columns) or '(none)'}. Expected path,label[,{group_by or 'group'}]."
-            )
-        rows = list(reader)
+    columns, rows = _read_csv_rows(labels)
+    needed = ["path", "label"] + ([group_by] if group_by else [])
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise ValueError(
+            f"{labels!r} lacks column(s) {', '.join(missing)}. Its columns: "
+            f"{', '.join(columns) or '(none)'}. Expected path,label[,{group_by or 'group'}]."
+        )
     if not rows:
         raise ValueError(f"{labels!r} has no rows.")
-    bad = [
-        i + 2 for i, r in enumerate(rows) if not (r["label"] or "").strip() or not (r["path"] or "").strip()
-    ]
+    bad = [n for n, r in rows if not (r["label"] or "").strip() or not (r["path"] or "").strip()]
     if bad:
         raise ValueError(f"{labels!r}: empty path or label on line(s) {', '.join(map(str, bad[:10]))}.")
-    found = sorted({r["label"].strip() for r in rows})
+    found = sorted({r["label"].strip() for _, r in rows})
     if class_names is not None:
         unknown = sorted(set(found) - set(class_names))
         if unknown:
@@ -279,29 +320,58 @@ def _discover_csv(src, labels, group_by, class_names, masks_dir=None) -> Listing
                 f"Add them to class_names or fix the CSV. Received: class_names={list(class_names)}"
             )
     names = tuple(class_names) if class_names is not None else tuple(found)
-    sources = []
-    for r in rows:
+    root = os.path.realpath(src)
+    seen: dict[str, tuple[int, Source]] = {}
+    outside, duplicates = [], []
+    for line, r in rows:
         split = (r.get("split") or "").strip().lower() or None
         if split is not None and split not in SPLIT_ALIASES:
-            raise ValueError(f"{labels!r}: unknown split {r['split']!r}; use train, val or test.")
+            raise ValueError(
+                f"{labels!r}: unknown split {r['split']!r} on line {line}; use train, val or test."
+            )
         rel = r["path"].strip()
-        path = rel if os.path.isabs(rel) else os.path.join(src, rel)
+        path = os.path.normpath(rel if os.path.isabs(rel) else os.path.join(src, rel))
+        if not allow_outside_src and os.path.commonpath([root, os.path.realpath(path)]) != root:
+            outside.append(f"line {line}: {rel!r}")
+            continue
         mask = (r.get("mask") or "").strip() or None
         if mask is not None:
             mask = os.path.normpath(mask if os.path.isabs(mask) else os.path.join(src, mask))
         elif masks_dir is not None:
             mask = find_mask(path, os.path.normpath(rel), masks_dir)
-        sources.append(
-            Source(
-                path=os.path.normpath(path),
-                relpath=os.path.normpath(rel),
-                label=r["label"].strip(),
-                group=(r[group_by] or "").strip() if group_by else "",
-                split=SPLIT_ALIASES[split] if split else None,
-                mask=mask,
-            )
+        source = Source(
+            path=path,
+            relpath=os.path.normpath(rel),
+            label=r["label"].strip(),
+            group=(r[group_by] or "").strip() if group_by else "",
+            split=SPLIT_ALIASES[split] if split else None,
+            mask=mask,
         )
-    sources.sort(key=lambda s: s.relpath)
+        key = os.path.realpath(path)
+        if key in seen:
+            first, other = seen[key]
+            if (other.label, other.group, other.split) != (source.label, source.group, source.split):
+                raise ValueError(
+                    f"{labels!r}: lines {first} and {line} give the file {rel!r} different labels, groups "
+                    f"or splits ({other.label!r}/{other.group!r}/{other.split} and {source.label!r}/"
+                    f"{source.group!r}/{source.split}). Keep one row per file."
+                )
+            duplicates.append(line)
+            continue
+        seen[key] = (line, source)
+    if outside:
+        raise ValueError(
+            f"{labels!r} names file(s) outside SRC {src!r}: {'; '.join(outside[:10])}"
+            f"{f' and {len(outside) - 10} more' if len(outside) > 10 else ''}. Fix the paths, "
+            "or pass --allow-outside-src (allow_outside_src=True) if that is intended."
+        )
+    if duplicates:
+        print(
+            f"warning: {labels}: dropped {len(duplicates)} duplicate row(s) (line(s) "
+            f"{', '.join(map(str, duplicates[:10]))}{', ...' if len(duplicates) > 10 else ''})",
+            file=sys.stderr,
+        )
+    sources = sorted((s for _, s in seen.values()), key=lambda s: s.relpath)
     return Listing(sources=tuple(sources), class_names=names, layout="csv")
 
 
@@ -373,6 +443,42 @@ def decode_image(
     return _decode_pillow(bytes(data))
 
 
+_STRIP_PIXELS = 1 << 18  # 16-bit and float images are scaled one strip of rows at a time
+
+
+@functools.lru_cache(maxsize=1)
+def _lut16() -> np.ndarray:
+    """16-bit value to 8 bits over the full range, rounded: (v * 255 + 32767) // 65535."""
+    return ((np.arange(65536, dtype=np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _scale_to_8_bits(im) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float Pillow image to uint8, strip by strip.
+
+    Only the uint8 result and one strip of temporaries are allocated beside
+    Pillow's decoded pixels (a 9000x9000 16-bit PNG needs about 81 MB more, not
+    gigabytes of int64 temporaries): integers go through a lookup table, floats
+    are stretched over their range (`getextrema` reads it without a copy).
+    """
+    width, height = im.size
+    out = np.empty((height, width), np.uint8)
+    lo, hi = (float(v) for v in im.getextrema())
+    step = max(1, _STRIP_PIXELS // max(1, width))
+    for top in range(0, height, step):
+        bottom = min(height, top + step)
+        strip = np.asarray(im.crop((0, top, width, bottom)))
+        if strip.dtype.kind == "f":
+            if hi > lo:
+                out[top:bottom] = np.clip(np.rint((strip - lo) * (255.0 / (hi - lo))), 0, 255)
+            else:
+                out[top:bottom] = 0
+        else:
+            if strip.dtype != np.uint16:  # 32-bit "I" images, and byte-swapped 16-bit ones
+                strip = np.clip(strip, 0, 65535).astype(np.uint16)
+            out[top:bottom] = _lut16()[strip]
+    return out
+
+
 def _decode_pillow(data: bytes) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -380,15 +486,9 @@ def _decode_pillow(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             check_pixel_count(*im.size)  # before any pixel is decoded
             im.load()
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # no copy unless the image must turn
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                arr = np.asarray(im)
-                if arr.dtype.kind == "f":
-                    lo, hi = float(np.min(arr)), float(np.max(arr))
-                    arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-                    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-                arr = np.clip(arr.astype(np.int64), 0, 65535)
-                return ((arr * 255 + 32767) // 65535).astype(np.uint8)
+                return _scale_to_8_bits(im)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA").convert("RGB")
             if im.mode != "L":

@@ -1,7 +1,9 @@
 """Assigning images to train / val / test: stratified, seeded and patient-safe.
 
 Images that share a patient (group) id, or whose source files are
-byte-identical, form one unit that always lands in a single split. Units are
+byte-identical, form one unit that always lands in a single split. Splits
+given as folders or a CSV column are kept as given; `find_overlaps` reports
+the groups and identical files they put in more than one split. Units are
 shuffled with the seed and then dealt greedily to the split whose per-class
 shortfall against its target is largest, which keeps class ratios close to
 the requested ones.
@@ -107,3 +109,48 @@ def assign_splits(
         for i in unit:
             result[i] = names[s]
     return result
+
+
+def find_overlaps(items: Sequence, split_of: Sequence[str]) -> dict:
+    """Groups and byte-identical files found in more than one split; empty when none.
+
+    Splits given as folders or a CSV column are honoured as given; this says
+    where they break the rule that a patient or a file lies in one split.
+
+    Args:
+        items: converted inputs, each with `.source.group`, `.source.relpath` and `.sha256`.
+        split_of: the split of each item.
+
+    Returns:
+        `{"groups": [{"group", "splits", "paths"}...], "duplicates": [{"sha256",
+        "splits", "paths"}...]}`, each key present only when something overlaps.
+    """
+    found = {}
+    for key, what in (("groups", lambda it: it.source.group), ("duplicates", lambda it: it.sha256)):
+        splits: dict[str, set] = {}
+        paths: dict[str, list] = {}
+        for it, split in zip(items, split_of):
+            if what(it):
+                splits.setdefault(what(it), set()).add(split)
+                paths.setdefault(what(it), []).append(it.source.relpath)
+        name = "group" if key == "groups" else "sha256"
+        rows = [{name: k, "splits": sorted(v, key=SPLIT_NAMES.index), "paths": sorted(paths[k])}
+                for k, v in sorted(splits.items()) if len(v) > 1]
+        if rows:
+            found[key] = rows
+    return found
+
+
+def describe_overlaps(overlaps: dict, limit: int = 10) -> list[str]:
+    """One line per kind of overlap in `find_overlaps`' result, naming up to `limit` of them."""
+    lines = []
+    for key, what in (("groups", "group(s)"), ("duplicates", "byte-identical file(s)")):
+        rows = overlaps.get(key, [])
+        if not rows:
+            continue
+        shown = [f"{r['group']} ({', '.join(r['splits'])})" if key == "groups"
+                 else f"{' = '.join(r['paths'])} ({', '.join(r['splits'])})" for r in rows[:limit]]
+        more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+        lines.append(f"{len(rows)} {what} in more than one of the given splits: {'; '.join(shown)}{more} "
+                     "(all listed in dataset.json, source.split_overlaps)")
+    return lines

@@ -15,6 +15,7 @@ The rule, the same for a dataset, a training run and a search:
 While a process writes a folder it holds an exclusive lock on `LOCK_NAME` in it
 (`flock`, released by the kernel when the process dies, so a killed run never
 leaves a stale lock); a second writer is refused with `OutputFolderBusyError`.
+The file is removed when the writer ends, so a finished folder does not hold it.
 """
 
 from __future__ import annotations
@@ -100,27 +101,46 @@ def lock_output_dir(path: str | os.PathLike, *, what: str = "output folder") -> 
     """Holds an exclusive lock on `path` (created if missing) while the block runs.
 
     Raises:
+        NotADirectoryError: `path` is a file.
         OutputFolderBusyError: Another process holds the lock.
     """
     import fcntl
 
     path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"The output {path!r} exists and is not a folder.")
     os.makedirs(path, exist_ok=True)
     lock_path = os.path.join(path, LOCK_NAME)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
+            os.close(fd)
             if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
             raise OutputFolderBusyError(
                 f"The {what} {path!r} is being written by process {holder}. Wait for it to end, "
                 "or choose another folder."
             ) from None
+        # The last holder removes the file before it lets go: if ours is no longer the file under
+        # that name, we locked a removed file; lock the current one instead.
+        try:
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
+        try:
+            os.unlink(lock_path)  # a finished folder holds no lock file; a killed writer's stays, unlocked
+        except FileNotFoundError:
+            pass
         os.close(fd)  # releases the lock

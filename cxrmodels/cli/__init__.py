@@ -5,7 +5,10 @@ Each package's `_commands` module registers its subcommands; heavy imports
 (TensorFlow) happen only inside the command that needs them, so `cxr --help`
 is instant.
 
-Exit codes: 0 success, 1 failure, 2 usage error (bad arguments or input).
+Exit codes: 0 success, 1 failure, 2 usage error (bad arguments or input), 130
+interrupted (Ctrl-C), 143 terminated (SIGTERM: `kill`, `timeout`, a scheduler's
+preemption). SIGTERM is handled like Ctrl-C, so worker processes are stopped and
+files are left as a rerun expects.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
+RESUMABLE = frozenset({"convert", "train", "tune"})  # rerunning the same command resumes these
 COMMAND_MODULES = (
     "cxrmodels.cli.data",
     "cxrmodels.cli.bench",
@@ -88,17 +94,29 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    terminated = []
+
+    def on_sigterm(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
         result = args.func(args)
     except (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
         print(f"cxr {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"cxr {args.command}: interrupted", file=sys.stderr)
-        return 130
+        hint = "; rerun the same command to resume" if args.command in RESUMABLE else ""
+        print(f"cxr {args.command}: interrupted{' (SIGTERM)' if terminated else ''}{hint}", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as e:  # a failure, not a usage error: say what broke
         print(f"cxr {args.command}: failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
 
 

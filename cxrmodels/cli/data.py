@@ -109,6 +109,17 @@ def register(subparsers) -> None:
         "BitsStored range, as cxr 0.1 (default: auto)",
     )
     p.add_argument(
+        "--allow-outside-src",
+        action="store_true",
+        help="accept CSV paths that lead outside SRC (../x.png, absolute paths)",
+    )
+    p.add_argument(
+        "--strict-splits",
+        action="store_true",
+        help="given splits (folders, CSV split column) that share a patient or a byte-identical "
+        "file are an error, not a warning",
+    )
+    p.add_argument(
         "--masks",
         metavar="DIR",
         help="lung masks in a tree mirroring SRC (default: Kaggle masks/ beside images/, or the "
@@ -190,6 +201,8 @@ def _convert(args) -> int:
         resume=args.resume,
         progress=not args.quiet and sys.stderr.isatty(),
         dicom_window=args.dicom_window,
+        allow_outside_src=args.allow_outside_src,
+        strict_splits=args.strict_splits,
         runner=args.runner,
         beam_options=args.beam_options,
         masks=args.masks,

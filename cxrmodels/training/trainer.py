@@ -11,6 +11,7 @@ rebuilt from `history.csv` and `model.keras`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -21,6 +22,7 @@ from typing import Any
 
 import keras
 
+from cxrdata.utils.output_dir import lock_output_dir
 from cxrmodels.models.saving import save_model
 from cxrmodels.training import resume as _resume
 from cxrmodels.training import run_dir as _run
@@ -275,10 +277,11 @@ def train(
             finish=_finish,
             build_model=lambda aug: _build_model(opts, model_shape, data_shape, k, aug),
         )
-    done = _resume.prepare_run_dir(out, config, overwrite=overwrite)
-
+    lock = contextlib.ExitStack()  # held until the run's last write; a second writer is refused
+    lock.enter_context(lock_output_dir(out, what="training run"))
     previous_policy = keras.config.dtype_policy()
     try:
+        done = _resume.prepare_run_dir(out, config, overwrite=overwrite)
         if opts["policy"]:
             keras.config.set_dtype_policy(opts["policy"])
         keras.utils.set_random_seed(opts["seed"])
@@ -329,6 +332,7 @@ def train(
         return _finish(out, net, config, resumed_from=done, start=start)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+        lock.close()
 
 
 def _default_metrics(k: int, positive: int | None) -> list:

@@ -25,6 +25,7 @@ from typing import Any
 import keras
 
 from cxrdata.utils.argument_validation import check_bool, check_choice, check_int
+from cxrdata.utils.output_dir import lock_output_dir
 from cxrmodels.models.saving import save_model
 from cxrmodels.tuning import report as _report
 from cxrmodels.tuning.hypermodel import CXRHyperModel, check_objective, objective_names
@@ -269,7 +270,10 @@ def search(
         "patience": patience,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    with _kerastuner_env(distributed):
+    lock = contextlib.ExitStack()  # one writer of DIR: the chief (or a local search); workers share it
+    if role != "worker":
+        lock.enter_context(lock_output_dir(out, what="search folder"))
+    with lock, _kerastuner_env(distributed):
         from cxrmodels.tuning.distribute import wait_for_chief
         from cxrmodels.tuning.tuners import make_tuner
 
@@ -299,18 +303,18 @@ def search(
             else [keras.callbacks.EarlyStopping(monitor=objective, mode=direction, patience=patience)]
         )
         kt_tuner.search(dataset_dir, epochs=max_epochs, callbacks=callbacks, verbose=verbose)
-    if role == "worker":
-        return _worker_result(kt_tuner, out, objective, direction, start)
-    return _finish(
-        kt_tuner,
-        hypermodel,
-        out,
-        role=role,
-        tuner=tuner,
-        objective=objective,
-        direction=direction,
-        start=start,
-    )
+        if role == "worker":
+            return _worker_result(kt_tuner, out, objective, direction, start)
+        return _finish(
+            kt_tuner,
+            hypermodel,
+            out,
+            role=role,
+            tuner=tuner,
+            objective=objective,
+            direction=direction,
+            start=start,
+        )
 
 
 def _kt_objective(name: str, direction: str):

@@ -28,6 +28,83 @@ def test_decode_16bit_png_scales_to_8_bits():
     np.testing.assert_array_equal(decode_image(buf.getvalue()), GRADIENT)
 
 
+def test_decode_16bit_and_float_strips_match_the_whole_image_formula(monkeypatch):
+    import cxrdata.sources as sources
+
+    monkeypatch.setattr(sources, "_STRIP_PIXELS", 7 * 50)  # several strips, the last one short
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 65536, (40, 50)).astype(np.uint16)
+    expected = ((wide.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    np.testing.assert_array_equal(decode_image(_png(wide)), expected)
+    signed = rng.integers(-1000, 70000, (40, 50)).astype(np.int32)  # mode "I": clipped to 0..65535
+    clipped = np.clip(signed.astype(np.int64), 0, 65535)
+    buf = io.BytesIO()
+    Image.fromarray(signed, mode="I").save(buf, format="TIFF")
+    np.testing.assert_array_equal(
+        decode_image(buf.getvalue()), ((clipped * 255 + 32767) // 65535).astype(np.uint8)
+    )
+    floats = rng.normal(size=(40, 50)).astype(np.float32)
+    buf = io.BytesIO()
+    Image.fromarray(floats, mode="F").save(buf, format="TIFF")
+    lo, hi = float(floats.min()), float(floats.max())
+    expected = np.clip(np.rint((floats - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(decode_image(buf.getvalue()), expected)
+
+
+_PEAK_SCRIPT = """
+import sys, tracemalloc
+from PIL import Image, ImageOps, PngImagePlugin  # imported before the baseline
+from cxrdata.sources import decode_image
+
+def status(key):  # VmHWM is this process's peak resident size (ru_maxrss survives exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+data = open(sys.argv[1], "rb").read()
+before = status("VmRSS")
+tracemalloc.start()
+image = decode_image(data)
+traced = tracemalloc.get_traced_memory()[1]
+print(image.shape[0] * image.shape[1], traced, status("VmHWM") - before, int(image.min()), int(image.max()))
+"""
+
+
+@pytest.mark.slow
+def test_decoding_a_large_16bit_png_needs_about_twice_its_pixel_count(tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    # 4000x4000, 16 bits: a few hundred KB on disk; int64 temporaries made it >500 MB in memory
+    side = 4000
+    wide = (np.add.outer(np.arange(side, dtype=np.uint32), np.arange(side, dtype=np.uint32)) * 8).astype(
+        np.uint16
+    )
+    path = tmp_path / "big16.png"
+    Image.fromarray(wide).save(path)
+    del wide
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    pixels, traced, rss = (int(v) for v in out[:3])
+    print(f"peak: traced {traced / pixels:.2f}, RSS {rss / pixels:.2f} bytes per pixel")
+    assert pixels == side * side and (int(out[3]), int(out[4])) == (
+        0,
+        (16 * (side - 1) * 255 + 32767) // 65535,
+    )
+    # Python-side allocations: the uint8 result and one strip; in all, Pillow's 16-bit pixels too
+    assert traced < 1.5 * pixels, f"traced peak {traced / pixels:.1f} bytes per pixel"
+    assert rss < 4 * pixels, f"RSS grew by {rss / pixels:.1f} bytes per pixel"
+
+
 def test_decode_rgb_rgba_and_palette_use_luma():
     rgb = np.stack([GRADIENT, 255 - GRADIENT, GRADIENT // 2], axis=-1)
     expected = np.asarray(Image.fromarray(rgb).convert("L"))
@@ -218,3 +295,60 @@ def test_exif_orientation_is_applied():
     buf = io.BytesIO()
     Image.fromarray(GRADIENT).save(buf, format="PNG", exif=exif)
     np.testing.assert_array_equal(decode_image(buf.getvalue()), np.rot90(GRADIENT, -1))
+def _csv_tree(tmp_path, text, encoding="utf-8"):
+    for name in ("a.png", "b.png", "c.png"):
+        _touch_png(tmp_path / "src" / name)
+    path = tmp_path / "labels.csv"
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return tmp_path / "src", path
+
+
+def test_csv_paths_outside_src_are_refused_unless_allowed(tmp_path):
+    _touch_png(tmp_path / "outside.png")
+    src, labels = _csv_tree(
+        tmp_path, f"path,label\na.png,x\n../outside.png,y\n{tmp_path / 'outside.png'},y\n"
+    )
+    with pytest.raises(
+        ValueError, match=r"outside SRC.*line 3: '../outside.png'; line 4: '/.*--allow-outside-src"
+    ):
+        discover(src, labels=labels)
+    labels.write_text("path,label\na.png,x\n../outside.png,y\n")
+    listing = discover(src, labels=labels, allow_outside_src=True)
+    assert sorted(s.relpath for s in listing.sources) == ["../outside.png", "a.png"]
+
+
+def test_csv_duplicate_rows_are_dropped_and_conflicting_labels_refused(tmp_path, capsys):
+    src, labels = _csv_tree(tmp_path, "path,label\na.png,x\nb.png,y\n./a.png,x\n")
+    listing = discover(src, labels=labels)
+    assert [(s.relpath, s.label) for s in listing.sources] == [("a.png", "x"), ("b.png", "y")]
+    assert "dropped 1 duplicate row(s) (line(s) 4)" in capsys.readouterr().err
+    labels.write_text("path,label\na.png,x\nb.png,y\na.png,y\n")
+    with pytest.raises(ValueError, match="lines 2 and 4 give the file 'a.png' different labels"):
+        discover(src, labels=labels)
+
+
+def test_csv_rows_with_the_wrong_number_of_fields_are_refused(tmp_path):
+    src, labels = _csv_tree(tmp_path, "path,label\na.png,x\nb.png,y,extra\nc.png\n")
+    with pytest.raises(ValueError, match=r"line\(s\) 3, 4 do not have the 2 fields"):
+        discover(src, labels=labels)
+
+
+def test_a_csv_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    src, labels = _csv_tree(tmp_path, "path,label\na.png,x\nb.png,caf\xe9\n", encoding="latin-1")
+    with pytest.raises(ValueError, match=r"labels.csv' is not UTF-8 text: line 3 holds the byte 0xe9"):
+        discover(src, labels=labels)
+
+
+def test_symlinked_folders_are_followed_at_any_depth_and_loops_listed_once(tmp_path):
+    _touch_png(tmp_path / "elsewhere" / "deep" / "e1.png")
+    _touch_png(tmp_path / "other" / "c1.png")
+    _touch_png(tmp_path / "src" / "Normal" / "n1.png")
+    (tmp_path / "src" / "Normal" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "src" / "Normal" / "loop").symlink_to(tmp_path / "src" / "Normal", target_is_directory=True)
+    (tmp_path / "src" / "COVID").symlink_to(tmp_path / "other", target_is_directory=True)
+    listing = discover(tmp_path / "src")
+    assert [(s.relpath, s.label) for s in listing.sources] == [
+        ("COVID/c1.png", "COVID"),
+        ("Normal/n1.png", "Normal"),
+        ("Normal/linked/deep/e1.png", "Normal"),
+    ]

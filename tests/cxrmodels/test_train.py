@@ -527,3 +527,13 @@ def test_training_on_a_damaged_shard_names_it(converted_dataset, tmp_path):
             model_kwargs={"filters": (4, 8), "dense_units": 8},
             verbose=0,
         )
+
+
+def test_a_run_folder_being_written_by_another_process_is_refused(converted_dataset, tmp_path):
+    from cxrdata.utils.output_dir import OutputFolderBusyError, lock_output_dir
+
+    run = tmp_path / "run"
+    with lock_output_dir(run, what="training run"):  # the lock a running `cxr train` holds
+        with pytest.raises(OutputFolderBusyError, match=f"being written by process {os.getpid()}"):
+            _tiny_train(converted_dataset, run)
+    assert os.listdir(run) == []  # nothing was written, and the lock file went with the lock

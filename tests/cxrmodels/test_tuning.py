@@ -485,3 +485,21 @@ def test_cli_runs_a_search(tiny_data, tmp_path, capsys):
     assert code == 0
     assert "1 trials (1 completed)" in capsys.readouterr().out
     assert [r["status"] for r in _rows(out)] == ["COMPLETED"]
+
+
+def test_a_search_folder_being_written_by_another_process_is_refused(tiny_data, tmp_path):
+    from cxrdata.utils.output_dir import OutputFolderBusyError, lock_output_dir
+
+    out = tmp_path / "tune"
+    with lock_output_dir(out, what="search folder"):  # the lock a running `cxr tune` holds
+        with pytest.raises(OutputFolderBusyError, match=f"being written by process {os.getpid()}"):
+            search(
+                tiny_data,
+                tuner="random",
+                max_trials=1,
+                max_epochs=1,
+                directory=out,
+                hyperparameters=TINY,
+                **FAST,
+            )
+    assert os.listdir(out) == []  # nothing was written, and the lock file went with the lock

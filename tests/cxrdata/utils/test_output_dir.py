@@ -67,6 +67,7 @@ def test_other_options_are_named(tmp_path):
 def test_a_lock_file_alone_is_an_empty_folder(tmp_path):
     with lock_output_dir(tmp_path / "out"):
         assert _check(tmp_path / "out") == FRESH
+    assert os.listdir(tmp_path / "out") == []  # the writer that ends removes its lock file
 
 
 def test_a_second_writer_is_refused_naming_the_first(tmp_path):
