@@ -121,3 +121,21 @@ def test_migration_example():
     assert "cxrdata.load batch: images (4, 48, 48, 1) uint8" in stdout
     assert "labels (4, 2) float32" in stdout
     assert "trained 1 epoch(s): loss" in stdout
+
+
+def test_training_step_script(tmp_path):
+    out = tmp_path / "training_step.json"
+    result = run("benchmarks/training_step.py", "--image-size", "48", "--batch-size", "4", "--steps", "2",
+                 "--warmup", "1", "--filters", "8", "16", "32", "--train-epochs", "1", "--out", str(out))
+    assert "| config | policy | jit_compile | images/s | ms/step | vs (a) plain fit | vs float32 |" in result.stdout
+    assert "| (d) cxrmodels.train (the cxr train path) | float32 | auto | " in result.stdout
+    payload = read_json(out)
+    assert payload["benchmark"] == "training_step" and payload["image_size"] == 48
+    rows = {(r["source"], r["jit_compile"]): r for r in payload["results"]}
+    expected = {(s, j) for s in "abc" for j in ("auto", "True")} | {("d", "auto")}
+    assert set(rows) == expected
+    assert all(r["images_per_s"] > 0 and r["policy"] == "float32" for r in rows.values())
+    assert rows[("a", "auto")]["ratio_over_plain_fit"] == 1.0
+    d = rows[("d", "auto")]
+    assert d["epochs_timed"] == 1 and d["train_images"] >= 19
+    assert d["ratio_over_plain_fit"] == d["images_per_s"] / rows[("a", "auto")]["images_per_s"]
