@@ -33,10 +33,13 @@ def cxr_train_metrics(positive_index: int = 0) -> list:
 
     import cxrmodels
 
-    return ["accuracy", keras.metrics.AUC(name="auc", multi_label=True, num_labels=2),
-            keras.metrics.Precision(name="precision", class_id=positive_index),
-            keras.metrics.Recall(name="recall", class_id=positive_index),
-            cxrmodels.Specificity(name="specificity", class_id=positive_index)]
+    return [
+        "accuracy",
+        keras.metrics.AUC(name="auc", multi_label=True, num_labels=2),
+        keras.metrics.Precision(name="precision", class_id=positive_index),
+        keras.metrics.Recall(name="recall", class_id=positive_index),
+        cxrmodels.Specificity(name="specificity", class_id=positive_index),
+    ]
 
 
 def write_json(path: str, payload: dict) -> None:

@@ -56,7 +56,7 @@ AFFINE = dict(rotation=15, zoom=0.2, width_shift=0.2, height_shift=0.2, shear=0.
 
 
 def _device() -> str:
-    """"gpu" or "cpu": where the backend runs the model."""
+    """ "gpu" or "cpu": where the backend runs the model."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -74,10 +74,15 @@ def _build(image_size: int, filters: tuple[int, ...], *, augment: bool, jit_comp
     import cxrmodels
 
     layer = cxrdata.RandomAffine(seed=0, **AFFINE) if augment else None
-    model = cxrmodels.create_model("seed_cnn", input_shape=(image_size, image_size, 1), num_classes=2,
-                                   augment=layer, filters=filters)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
-                  metrics=cxr_train_metrics(), jit_compile=jit_compile)
+    model = cxrmodels.create_model(
+        "seed_cnn", input_shape=(image_size, image_size, 1), num_classes=2, augment=layer, filters=filters
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="categorical_crossentropy",
+        metrics=cxr_train_metrics(),
+        jit_compile=jit_compile,
+    )
     return model
 
 
@@ -99,11 +104,19 @@ def _time_fit(model, data, *, batch_size: int, warmup: int, steps: int) -> float
 def _phantom_dataset(image_size: int, per_class: int, workdir: str) -> str:
     import cxrdata
 
-    cxrdata.synthetic.write_tree(os.path.join(workdir, "src"), per_class=per_class, image_size=image_size,
-                                 seed=0)
+    cxrdata.synthetic.write_tree(
+        os.path.join(workdir, "src"), per_class=per_class, image_size=image_size, seed=0
+    )
     data = os.path.join(workdir, "data")
-    cxrdata.convert(os.path.join(workdir, "src"), data, image_size=image_size,
-                    radius=max(4, image_size // 8), splits=(0.95, 0.05, 0.0), shard_size=8, progress=False)
+    cxrdata.convert(
+        os.path.join(workdir, "src"),
+        data,
+        image_size=image_size,
+        radius=max(4, image_size // 8),
+        splits=(0.95, 0.05, 0.0),
+        shard_size=8,
+        progress=False,
+    )
     return data
 
 
@@ -116,25 +129,45 @@ def _train_rate(dataset: str, *, batch_size: int, policy: str, epochs: int, filt
     seconds = {}
     for n in (1, 1 + epochs):
         start = time.perf_counter()
-        cxrmodels.train(dataset, model="seed_cnn", out=os.path.join(workdir, f"run-{policy}-{n}"), epochs=n,
-                        batch_size=batch_size, mixed_precision=mixed, augment="gpu", seed=0, overwrite=True,
-                        model_kwargs={"filters": list(filters)}, patience=1 + epochs, verbose=0)
+        cxrmodels.train(
+            dataset,
+            model="seed_cnn",
+            out=os.path.join(workdir, f"run-{policy}-{n}"),
+            epochs=n,
+            batch_size=batch_size,
+            mixed_precision=mixed,
+            augment="gpu",
+            seed=0,
+            overwrite=True,
+            model_kwargs={"filters": list(filters)},
+            patience=1 + epochs,
+            verbose=0,
+        )
         seconds[n] = time.perf_counter() - start
     images = cxrdata.read_manifest(dataset).splits["train"].num_examples
     elapsed = seconds[1 + epochs] - seconds[1]
-    row = {"images_per_s": None, "ms_per_step": None, "train_images": images, "epochs_timed": epochs,
-           "seconds_1_epoch": seconds[1], f"seconds_{1 + epochs}_epochs": seconds[1 + epochs]}
+    row = {
+        "images_per_s": None,
+        "ms_per_step": None,
+        "train_images": images,
+        "epochs_timed": epochs,
+        "seconds_1_epoch": seconds[1],
+        f"seconds_{1 + epochs}_epochs": seconds[1 + epochs],
+    }
     if elapsed <= 0:  # the runs' noise exceeded the timed epochs (a busy machine, tiny sizes)
         return row | {"note": "too noisy: the longer run was not slower; raise --train-epochs or --per-class"}
-    return row | {"images_per_s": epochs * images / elapsed,
-                  "ms_per_step": 1000 * elapsed / (epochs * -(-images // batch_size))}
+    return row | {
+        "images_per_s": epochs * images / elapsed,
+        "ms_per_step": 1000 * elapsed / (epochs * -(-images // batch_size)),
+    }
 
 
 def _pipeline(dataset: str, batch_size: int):
     import cxrdata
 
-    return cxrdata.load(dataset, "train", batch_size=batch_size, shuffle=True, seed=0, repeat=True,
-                        drop_remainder=True)
+    return cxrdata.load(
+        dataset, "train", batch_size=batch_size, shuffle=True, seed=0, repeat=True, drop_remainder=True
+    )
 
 
 SOURCES = {
@@ -146,23 +179,41 @@ SOURCES = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--image-size", type=int, default=128, help="default: 128 (the reference: 299)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (default: 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, compiling (default: 3)")
     parser.add_argument("--filters", type=int, nargs="+", default=[32, 64, 128])
-    parser.add_argument("--policies", default="float32",
-                        help="comma-separated dtype policies, float32 first (default: float32; e.g. "
-                             "float32,mixed_bfloat16 on a CPU, float32,mixed_float16 on a GPU)")
-    parser.add_argument("--jit-compile", default="auto,true",
-                        help="comma-separated: auto (Keras' default) and/or true (default: auto,true)")
-    parser.add_argument("--train-epochs", type=int, default=2,
-                        help="epochs timed for (d), after one untimed (default: 2; 0 skips (d))")
-    parser.add_argument("--per-class", type=int,
-                        help="phantoms per class for (c) and (d) (default: enough for one epoch of --steps)")
-    parser.add_argument("--dataset", help="a converted dataset at --image-size for (c) and (d), with train and "
-                        "val splits (default: phantoms)")
+    parser.add_argument(
+        "--policies",
+        default="float32",
+        help="comma-separated dtype policies, float32 first (default: float32; e.g. "
+        "float32,mixed_bfloat16 on a CPU, float32,mixed_float16 on a GPU)",
+    )
+    parser.add_argument(
+        "--jit-compile",
+        default="auto,true",
+        help="comma-separated: auto (Keras' default) and/or true (default: auto,true)",
+    )
+    parser.add_argument(
+        "--train-epochs",
+        type=int,
+        default=2,
+        help="epochs timed for (d), after one untimed (default: 2; 0 skips (d))",
+    )
+    parser.add_argument(
+        "--per-class",
+        type=int,
+        help="phantoms per class for (c) and (d) (default: enough for one epoch of --steps)",
+    )
+    parser.add_argument(
+        "--dataset",
+        help="a converted dataset at --image-size for (c) and (d), with train and "
+        "val splits (default: phantoms)",
+    )
     parser.add_argument("--out", default="bench-output/training_step.json")
     args = parser.parse_args(argv)
     policies = args.policies.split(",")
@@ -176,8 +227,11 @@ def main(argv=None) -> int:
         has_tf = importlib.util.find_spec("tensorflow") is not None
     except (ImportError, ValueError):  # blocked or half-installed
         has_tf = False
-    print(f"seed_cnn {args.image_size}x{args.image_size}, batch {args.batch_size}, filters {args.filters}; "
-          f"backend {backend} on {device}; {args.warmup} warm-up + {args.steps} timed steps each", flush=True)
+    print(
+        f"seed_cnn {args.image_size}x{args.image_size}, batch {args.batch_size}, filters {args.filters}; "
+        f"backend {backend} on {device}; {args.warmup} warm-up + {args.steps} timed steps each",
+        flush=True,
+    )
 
     rng = np.random.default_rng(0)
     n = args.steps * args.batch_size
@@ -196,52 +250,106 @@ def main(argv=None) -> int:
                         continue
                     keras.config.set_dtype_policy(policy)
                     try:
-                        model = _build(args.image_size, tuple(args.filters), augment=key != "a", jit_compile=jit)
+                        model = _build(
+                            args.image_size, tuple(args.filters), augment=key != "a", jit_compile=jit
+                        )
                         data = (x, y) if key != "c" else _pipeline(dataset, args.batch_size)
-                        seconds = _time_fit(model, data, batch_size=args.batch_size, warmup=args.warmup,
-                                            steps=args.steps)
+                        seconds = _time_fit(
+                            model, data, batch_size=args.batch_size, warmup=args.warmup, steps=args.steps
+                        )
                     finally:
                         keras.config.set_dtype_policy(previous)
-                    results.append({"source": key, "name": SOURCES[key], "policy": policy, "jit_compile": str(jit),
-                                    "images_per_s": n / seconds, "ms_per_step": 1000 * seconds / args.steps})
-                    print(f"  ({key}) {SOURCES[key]}, {policy}, jit_compile={jit}: "
-                          f"{results[-1]['images_per_s']:.1f} images/s", flush=True)
+                    results.append(
+                        {
+                            "source": key,
+                            "name": SOURCES[key],
+                            "policy": policy,
+                            "jit_compile": str(jit),
+                            "images_per_s": n / seconds,
+                            "ms_per_step": 1000 * seconds / args.steps,
+                        }
+                    )
+                    print(
+                        f"  ({key}) {SOURCES[key]}, {policy}, jit_compile={jit}: "
+                        f"{results[-1]['images_per_s']:.1f} images/s",
+                        flush=True,
+                    )
             if has_tf and args.train_epochs > 0:
-                row = _train_rate(dataset, batch_size=args.batch_size, policy=policy, epochs=args.train_epochs,
-                                  filters=args.filters, workdir=workdir)
-                results.append({"source": "d", "name": SOURCES["d"], "policy": policy, "jit_compile": "auto",
-                                **row})
-                print(f"  (d) {SOURCES['d']}, {policy}: "
-                      + (f"{row['images_per_s']:.1f} images/s" if row["images_per_s"] else row["note"]), flush=True)
+                row = _train_rate(
+                    dataset,
+                    batch_size=args.batch_size,
+                    policy=policy,
+                    epochs=args.train_epochs,
+                    filters=args.filters,
+                    workdir=workdir,
+                )
+                results.append(
+                    {"source": "d", "name": SOURCES["d"], "policy": policy, "jit_compile": "auto", **row}
+                )
+                print(
+                    f"  (d) {SOURCES['d']}, {policy}: "
+                    + (f"{row['images_per_s']:.1f} images/s" if row["images_per_s"] else row["note"]),
+                    flush=True,
+                )
 
     rate = {(r["source"], r["policy"], r["jit_compile"]): r["images_per_s"] for r in results}
     rows = []
     for r in results:
-        a, f32 = rate.get(("a", r["policy"], r["jit_compile"])), rate.get((r["source"], "float32", r["jit_compile"]))
+        a, f32 = (
+            rate.get(("a", r["policy"], r["jit_compile"])),
+            rate.get((r["source"], "float32", r["jit_compile"])),
+        )
         over_a = r["images_per_s"] / a if r["images_per_s"] and a else None
         over_f32 = r["images_per_s"] / f32 if r["images_per_s"] and f32 and r["policy"] != "float32" else None
         r.update(ratio_over_plain_fit=over_a, ratio_over_float32=over_f32)
-        rows.append([f"({r['source']}) {r['name']}", r["policy"], r["jit_compile"], r["images_per_s"] or r["note"],
-                     r["ms_per_step"] or "", "" if over_a is None else f"{over_a:.2f}",
-                     "" if over_f32 is None else f"{over_f32:.2f}"])
+        rows.append(
+            [
+                f"({r['source']}) {r['name']}",
+                r["policy"],
+                r["jit_compile"],
+                r["images_per_s"] or r["note"],
+                r["ms_per_step"] or "",
+                "" if over_a is None else f"{over_a:.2f}",
+                "" if over_f32 is None else f"{over_f32:.2f}",
+            ]
+        )
     if not has_tf:
-        rows += [[f"({k}) {SOURCES[k]}", "", "", "skipped: TensorFlow is not installed", "", "", ""]
-                 for k in ("c", "d")]
+        rows += [
+            [f"({k}) {SOURCES[k]}", "", "", "skipped: TensorFlow is not installed", "", "", ""]
+            for k in ("c", "d")
+        ]
     print()
-    print(markdown_table(["config", "policy", "jit_compile", "images/s", "ms/step", "vs (a) plain fit",
-                          "vs float32"], rows))
+    print(
+        markdown_table(
+            ["config", "policy", "jit_compile", "images/s", "ms/step", "vs (a) plain fit", "vs float32"], rows
+        )
+    )
     if backend == "tensorflow" and device == "cpu":
         print("\njit_compile=auto: Keras leaves XLA off on CPU-only TensorFlow.")
     d = [r for r in results if r["source"] == "d"]
     if d:
-        print(f"(d): {d[0]['epochs_timed']} epochs of {d[0]['train_images']} images timed, "
-              f"(1 + {d[0]['epochs_timed']})-epoch run minus a 1-epoch run.")
-    write_json(args.out, {"benchmark": "training_step", "backend": backend, "device": device,
-                          "image_size": args.image_size, "batch_size": args.batch_size,
-                          "filters": args.filters, "steps": args.steps, "warmup": args.warmup,
-                          "policies": policies, "jit_compile": [str(j) for j in jits],
-                          "train_epochs": args.train_epochs, "pipeline_skipped": not has_tf,
-                          "results": results})
+        print(
+            f"(d): {d[0]['epochs_timed']} epochs of {d[0]['train_images']} images timed, "
+            f"(1 + {d[0]['epochs_timed']})-epoch run minus a 1-epoch run."
+        )
+    write_json(
+        args.out,
+        {
+            "benchmark": "training_step",
+            "backend": backend,
+            "device": device,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "filters": args.filters,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "policies": policies,
+            "jit_compile": [str(j) for j in jits],
+            "train_epochs": args.train_epochs,
+            "pipeline_skipped": not has_tf,
+            "results": results,
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 

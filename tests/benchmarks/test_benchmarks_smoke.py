@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 
 def run(*argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}"
     return result
 
@@ -41,8 +42,12 @@ TINY = ("--per-class", "8", "--image-size", "64", "--batches", "3", "--warmup", 
 
 def check_input_pipeline(stdout: str, out: pathlib.Path, plot: pathlib.Path) -> None:
     assert "| method | images/s | vs best of (1) |" in stdout
-    for check in ("(3) >= 20x best of (1)", "(3) >= 0.85 x (5)", "(4) >= 2.5x best of (1)",
-                  "(4) >= 2.5x (2)"):
+    for check in (
+        "(3) >= 20x best of (1)",
+        "(3) >= 0.85 x (5)",
+        "(4) >= 2.5x best of (1)",
+        "(4) >= 2.5x (2)",
+    ):
         status = "PASS|FAIL" if HAS_TF_KERAS or "best of (1)" not in check else "SKIP"
         line = rf"^({status}) {re.escape(check)}: (\d+\.\d\d|n/a)$"
         assert re.search(line, stdout, re.MULTILINE), f"no line {line!r} in:\n{stdout}"
@@ -100,8 +105,21 @@ def test_conversion_script(tmp_path):
 
 def test_augment_speed_script(tmp_path):
     out = tmp_path / "augment.json"
-    result = run("benchmarks/augment_speed.py", "--size", "64", "--batch", "4", "--dtypes", "float32",
-                 "--warmup", "1", "--iterations", "2", "--out", str(out))
+    result = run(
+        "benchmarks/augment_speed.py",
+        "--size",
+        "64",
+        "--batch",
+        "4",
+        "--dtypes",
+        "float32",
+        "--warmup",
+        "1",
+        "--iterations",
+        "2",
+        "--out",
+        str(out),
+    )
     assert "| method | mode | dtype | images/s | ms/batch |" in result.stdout
     payload = json.loads(out.read_text())
     assert payload["benchmark"] == "augment_speed" and payload["image_shape"] == [64, 64, 1]
@@ -111,8 +129,15 @@ def test_augment_speed_script(tmp_path):
 
 
 def test_migration_example():
-    result = run("examples/migrate_from_imagedatagenerator.py", "--per-class", "8", "--image-size", "48",
-                 "--batch-size", "4")
+    result = run(
+        "examples/migrate_from_imagedatagenerator.py",
+        "--per-class",
+        "8",
+        "--image-size",
+        "48",
+        "--batch-size",
+        "4",
+    )
     stdout = result.stdout
     if HAS_TF_KERAS:
         assert "ImageDataGenerator batch: images (4, 48, 48, 1) float32" in stdout
@@ -125,9 +150,30 @@ def test_migration_example():
 
 def test_training_step_script(tmp_path):
     out = tmp_path / "training_step.json"
-    result = run("benchmarks/training_step.py", "--image-size", "48", "--batch-size", "4", "--steps", "2",
-                 "--warmup", "1", "--filters", "8", "16", "32", "--train-epochs", "1", "--out", str(out), timeout=900)
-    assert "| config | policy | jit_compile | images/s | ms/step | vs (a) plain fit | vs float32 |" in result.stdout
+    result = run(
+        "benchmarks/training_step.py",
+        "--image-size",
+        "48",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--filters",
+        "8",
+        "16",
+        "32",
+        "--train-epochs",
+        "1",
+        "--out",
+        str(out),
+        timeout=900,
+    )
+    assert (
+        "| config | policy | jit_compile | images/s | ms/step | vs (a) plain fit | vs float32 |"
+        in result.stdout
+    )
     assert "| (d) cxrmodels.train (the cxr train path) | float32 | auto | " in result.stdout
     payload = read_json(out)
     assert payload["benchmark"] == "training_step" and payload["image_size"] == 48

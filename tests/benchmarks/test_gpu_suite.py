@@ -22,15 +22,28 @@ pytestmark = pytest.mark.slow
 
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 TRAINING = (("seed_cnn", 40, 2), ("densenet121", 32, 2))
-TARGETS = ("mixed precision >= 2x float32", "RandomAffine in the model <= 5% of a step",
-           "host-fed uint8 >= 0.95x on-device data")
+TARGETS = (
+    "mixed precision >= 2x float32",
+    "RandomAffine in the model <= 5% of a step",
+    "host-fed uint8 >= 0.95x on-device data",
+)
 
 
 def run_suite(backend: str, out: pathlib.Path) -> tuple[str, dict]:
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    result = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--smoke", "--out", str(out)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_suite.py", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}"
     return result.stdout, json.loads(out.read_text())
 
@@ -42,13 +55,17 @@ def test_gpu_suite_smoke(backend, tmp_path):
     stdout, payload = run_suite(backend, tmp_path / "suite.json")
 
     # The tables and their rows.
-    assert "| input dtype | images/s | ms/batch | bytes/image (r+w) | bound images/s | fraction of bound |" \
+    assert (
+        "| input dtype | images/s | ms/batch | bytes/image (r+w) | bound images/s | fraction of bound |"
         in stdout
+    )
     for dtype in ("uint8", "bfloat16", "float16", "float32"):
         assert f"\n| {dtype} | " in stdout
     assert "| LocalEqualization(radius=8) | " in stdout
-    assert ("| model | batch | policy | device | device + aug | host uint8 | host uint8 + aug | aug cost | "
-            "host/device | vs float32 |") in stdout
+    assert (
+        "| model | batch | policy | device | device + aug | host uint8 | host uint8 + aug | aug cost | "
+        "host/device | vs float32 |"
+    ) in stdout
     for model, size, batch in TRAINING:
         for policy in POLICIES:
             assert f"\n| {model} {size} | {batch} | {policy} | " in stdout
@@ -56,9 +73,24 @@ def test_gpu_suite_smoke(backend, tmp_path):
     assert f"TensorFlow imported: {backend == 'tensorflow'}" in stdout
 
     # The JSON.
-    assert {"benchmark", "smoke", "backend", "device", "bandwidth_gbs", "bandwidth_source", "config", "augment",
-            "equalization", "training", "summaries", "targets", "seconds", "section_seconds",
-            "tensorflow_imported", "machine"} <= set(payload)
+    assert {
+        "benchmark",
+        "smoke",
+        "backend",
+        "device",
+        "bandwidth_gbs",
+        "bandwidth_source",
+        "config",
+        "augment",
+        "equalization",
+        "training",
+        "summaries",
+        "targets",
+        "seconds",
+        "section_seconds",
+        "tensorflow_imported",
+        "machine",
+    } <= set(payload)
     assert payload["benchmark"] == "gpu_suite" and payload["smoke"] is True
     assert payload["backend"] == backend
     assert payload["tensorflow_imported"] is (backend == "tensorflow")
@@ -82,15 +114,19 @@ def test_gpu_suite_smoke(backend, tmp_path):
 
     rows = payload["training"]
     assert len(rows) == len(TRAINING) * len(POLICIES) * 2 * 2  # x augment x feed
-    measured = {(r["model"], r["policy"], r["augment"], r["feed"]) for r in rows if r.get("images_per_s", 0) > 0}
+    measured = {
+        (r["model"], r["policy"], r["augment"], r["feed"]) for r in rows if r.get("images_per_s", 0) > 0
+    }
     for aug in (False, True):
         for feed in ("device", "host"):
             assert ("densenet121", "float32", aug, feed) in measured
             for policy in POLICIES:
                 assert ("seed_cnn", policy, aug, feed) in measured
     skipped = [r for r in rows if "skipped" in r]
-    assert {(r["model"], r["policy"]) for r in skipped} == {("densenet121", "mixed_bfloat16"),
-                                                          ("densenet121", "mixed_float16")}
+    assert {(r["model"], r["policy"]) for r in skipped} == {
+        ("densenet121", "mixed_bfloat16"),
+        ("densenet121", "mixed_float16"),
+    }
     assert len(payload["summaries"]) == len(TRAINING) * len(POLICIES)
     seed = [s for s in payload["summaries"] if s["model"] == "seed_cnn"]
     assert all(s["over_float32"] > 0 and s["host_over_device"] > 0 for s in seed)
@@ -103,5 +139,6 @@ def test_gpu_suite_smoke(backend, tmp_path):
     for t in targets:
         assert t["status"] == "n/a" if t["value"] is None else t["status"] in ("met", "not met")
     # densenet121 trains in float32 only in --smoke: nothing to compare mixed precision with.
-    assert [t["status"] for t in targets if t["config"].startswith("densenet121")
-            and t["target"] == TARGETS[0]] == ["n/a"]
+    assert [
+        t["status"] for t in targets if t["config"].startswith("densenet121") and t["target"] == TARGETS[0]
+    ] == ["n/a"]
