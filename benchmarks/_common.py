@@ -27,6 +27,21 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def cxr_train_metrics(positive_index: int = 0) -> list:
+    """The metrics `cxr train` compiles a two-class model with, from public names only."""
+    import keras
+
+    import cxrmodels
+
+    return [
+        "accuracy",
+        keras.metrics.AUC(name="auc", multi_label=True, num_labels=2),
+        keras.metrics.Precision(name="precision", class_id=positive_index),
+        keras.metrics.Recall(name="recall", class_id=positive_index),
+        cxrmodels.Specificity(name="specificity", class_id=positive_index),
+    ]
+
+
 def write_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     payload = {"machine": machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), **payload}

@@ -1,25 +1,36 @@
-"""Training throughput of seed_cnn: data already on the device against the cxrdata pipeline.
+"""Training throughput of seed_cnn: plain `Model.fit` against the library's training path.
 
-Times `Model.train_on_batch` steps of `seed_cnn` (reference filters 32, 64,
-128, compiled as `cxr train` compiles it, with `cxrdata.RandomAffine` inside
-the model) in images per second, with:
+Times `Model.fit` over a fixed number of steps of `seed_cnn` (reference
+filters 32, 64, 128, compiled as `cxr train` compiles it: Adam, categorical
+cross-entropy, its metrics) in images per second, after warm-up steps that
+compile, with:
 
-  (a) one fixed batch already in device memory, fed again every step: the
-      model's own speed, no input pipeline;
-  (b) batches from `cxrdata.load` on a converted phantom dataset, with the
-      augmentation on the device (in the model);
+  (a) in-memory uint8 arrays, no augmentation: plain `fit`, the reference;
+  (b) the same with `cxrdata.RandomAffine` inside the model;
+  (c) batches from `cxrdata.load` on a converted phantom dataset, RandomAffine
+      inside the model;
 
-each in float32 and in mixed precision: `mixed_float16` on a GPU; on a CPU
-`mixed_bfloat16`, since CPUs have no fast float16 (only CPUs with bfloat16
-instructions, such as AVX-512 BF16 or AMX, gain from it). A ratio b/a near 1
-means the pipeline keeps up with the model.
+each with Keras' `jit_compile="auto"` (XLA off on CPU-only TensorFlow) and
+with `jit_compile=True`; and
 
-Runs under any Keras backend. Under `KERAS_BACKEND=jax`, (a) needs only keras
-and jax; (b) needs TensorFlow for tf.data and is skipped without it.
+  (d) `cxrmodels.train`, the whole `cxr train` path (`cxrdata.load`,
+      RandomAffine in the model, callbacks, checkpoints, a run folder) on the
+      same dataset converted with a 5% validation split: the time of a run of
+      1 + N epochs minus that of a run of 1 epoch, so start-up, compiling and
+      the final writes cancel out; what remains is N epochs with their
+      (small) validation passes and per-epoch checkpoints.
+
+Ratios are against (a) with the same `jit_compile`: a regression in the
+library's training path shows as (c) or (d) well below 1. `--policies` adds
+mixed precision (`mixed_bfloat16` gains only on CPUs with bfloat16
+instructions; `mixed_float16` only on GPUs).
+
+Runs under any Keras backend. (c) and (d) need TensorFlow for tf.data and are
+skipped without it.
 
 Usage:
     python benchmarks/training_step.py [--image-size 128] [--out bench-output/training_step.json]
-    python benchmarks/training_step.py --image-size 299 --steps 20     # the reference size, on a GPU
+    python benchmarks/training_step.py --image-size 299 --steps 20 --policies float32,mixed_float16  # a GPU
     KERAS_BACKEND=jax python benchmarks/training_step.py
 """
 
@@ -37,7 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import markdown_table, write_json  # noqa: E402
+from _common import cxr_train_metrics, markdown_table, write_json  # noqa: E402
 
 # The reference ImageDataGenerator(rotation_range=15, zoom_range=0.2, width_shift_range=0.2,
 # height_shift_range=0.2, shear_range=0.2), as cxr train --augment gpu builds it.
@@ -58,62 +69,113 @@ def _device() -> str:
     return "cpu"
 
 
-def _build(image_size: int, filters: tuple[int, ...]) -> keras.Model:
-    from cxrdata.layers.random_affine import RandomAffine
-    from cxrmodels.evaluation.keras_metrics import default_metrics
-    from cxrmodels.models import create_model
+def _build(image_size: int, filters: tuple[int, ...], *, augment: bool, jit_compile) -> keras.Model:
+    import cxrdata
+    import cxrmodels
 
-    model = create_model(
-        "seed_cnn",
-        input_shape=(image_size, image_size, 1),
-        num_classes=2,
-        augment=RandomAffine(seed=0, **AFFINE),
-        filters=filters,
+    layer = cxrdata.RandomAffine(seed=0, **AFFINE) if augment else None
+    model = cxrmodels.create_model(
+        "seed_cnn", input_shape=(image_size, image_size, 1), num_classes=2, augment=layer, filters=filters
     )
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss="categorical_crossentropy",
-        metrics=default_metrics(2, positive_index=0),
+        metrics=cxr_train_metrics(),
+        jit_compile=jit_compile,
     )
     return model
 
 
-def _time_steps(model, next_batch, *, warmup: int, steps: int) -> float:
-    """Seconds for `steps` train steps after `warmup` (each step ends with its logs on the host)."""
-    for _ in range(warmup):
-        model.train_on_batch(*next_batch())
-    start = time.perf_counter()
-    for _ in range(steps):
-        model.train_on_batch(*next_batch())
+def _time_fit(model, data, *, batch_size: int, warmup: int, steps: int) -> float:
+    """Seconds of one `fit` of `steps` steps, after one of `warmup` steps that compiles."""
+    kwargs = dict(epochs=1, verbose=0, shuffle=False)
+    if isinstance(data, tuple):  # in-memory arrays of exactly `steps` batches
+        x, y = data
+        model.fit(x[: warmup * batch_size], y[: warmup * batch_size], batch_size=batch_size, **kwargs)
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=batch_size, **kwargs)
+    else:  # an endless tf.data pipeline
+        model.fit(data, steps_per_epoch=warmup, **kwargs)
+        start = time.perf_counter()
+        model.fit(data, steps_per_epoch=steps, **kwargs)
     return time.perf_counter() - start
 
 
-def _phantom_dataset(image_size: int, workdir: str) -> str:
-    from cxrdata.conversion import convert
-    from cxrdata.synthetic import write_tree
+def _phantom_dataset(image_size: int, per_class: int, workdir: str) -> str:
+    import cxrdata
 
-    write_tree(os.path.join(workdir, "src"), per_class=48, image_size=image_size, seed=0)
+    cxrdata.synthetic.write_tree(
+        os.path.join(workdir, "src"), per_class=per_class, image_size=image_size, seed=0
+    )
     data = os.path.join(workdir, "data")
-    convert(
+    cxrdata.convert(
         os.path.join(workdir, "src"),
         data,
         image_size=image_size,
         radius=max(4, image_size // 8),
-        shard_size=1,
-        workers=1,
+        splits=(0.95, 0.05, 0.0),
+        shard_size=8,
         progress=False,
     )
     return data
 
 
+def _train_rate(dataset: str, *, batch_size: int, policy: str, epochs: int, filters, workdir: str) -> dict:
+    """`cxrmodels.train`'s images/s over `epochs` epochs: (1 + epochs) epochs minus 1 epoch."""
+    import cxrdata
+    import cxrmodels
+
+    mixed = {"float32": False, "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[policy]
+    seconds = {}
+    for n in (1, 1 + epochs):
+        start = time.perf_counter()
+        cxrmodels.train(
+            dataset,
+            model="seed_cnn",
+            out=os.path.join(workdir, f"run-{policy}-{n}"),
+            epochs=n,
+            batch_size=batch_size,
+            mixed_precision=mixed,
+            augment="gpu",
+            seed=0,
+            overwrite=True,
+            model_kwargs={"filters": list(filters)},
+            patience=1 + epochs,
+            verbose=0,
+        )
+        seconds[n] = time.perf_counter() - start
+    images = cxrdata.read_manifest(dataset).splits["train"].num_examples
+    elapsed = seconds[1 + epochs] - seconds[1]
+    row = {
+        "images_per_s": None,
+        "ms_per_step": None,
+        "train_images": images,
+        "epochs_timed": epochs,
+        "seconds_1_epoch": seconds[1],
+        f"seconds_{1 + epochs}_epochs": seconds[1 + epochs],
+    }
+    if elapsed <= 0:  # the runs' noise exceeded the timed epochs (a busy machine, tiny sizes)
+        return row | {"note": "too noisy: the longer run was not slower; raise --train-epochs or --per-class"}
+    return row | {
+        "images_per_s": epochs * images / elapsed,
+        "ms_per_step": 1000 * elapsed / (epochs * -(-images // batch_size)),
+    }
+
+
 def _pipeline(dataset: str, batch_size: int):
     import cxrdata
 
-    ds = cxrdata.load(
+    return cxrdata.load(
         dataset, "train", batch_size=batch_size, shuffle=True, seed=0, repeat=True, drop_remainder=True
     )
-    it = iter(ds.as_numpy_iterator()) if keras.backend.backend() != "tensorflow" else iter(ds)
-    return lambda: next(it)
+
+
+SOURCES = {
+    "a": "Model.fit, in-memory arrays",
+    "b": "Model.fit, in-memory arrays, RandomAffine in the model",
+    "c": "Model.fit, cxrdata.load, RandomAffine in the model",
+    "d": "cxrmodels.train (the cxr train path)",
+}
 
 
 def main(argv=None) -> int:
@@ -126,21 +188,41 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, compiling (default: 3)")
     parser.add_argument("--filters", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument(
-        "--mixed-policy",
-        choices=["auto", "mixed_float16", "mixed_bfloat16"],
-        default="auto",
-        help="auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU",
+        "--policies",
+        default="float32",
+        help="comma-separated dtype policies, float32 first (default: float32; e.g. "
+        "float32,mixed_bfloat16 on a CPU, float32,mixed_float16 on a GPU)",
     )
-    parser.add_argument("--dataset", help="a converted dataset at --image-size for (b) (default: phantoms)")
+    parser.add_argument(
+        "--jit-compile",
+        default="auto,true",
+        help="comma-separated: auto (Keras' default) and/or true (default: auto,true)",
+    )
+    parser.add_argument(
+        "--train-epochs",
+        type=int,
+        default=2,
+        help="epochs timed for (d), after one untimed (default: 2; 0 skips (d))",
+    )
+    parser.add_argument(
+        "--per-class",
+        type=int,
+        help="phantoms per class for (c) and (d) (default: enough for one epoch of --steps)",
+    )
+    parser.add_argument(
+        "--dataset",
+        help="a converted dataset at --image-size for (c) and (d), with train and "
+        "val splits (default: phantoms)",
+    )
     parser.add_argument("--out", default="bench-output/training_step.json")
     args = parser.parse_args(argv)
+    policies = args.policies.split(",")
+    valid = ("float32", "mixed_bfloat16", "mixed_float16")
+    if policies[0] != "float32" or not set(policies) <= set(valid):
+        parser.error(f"--policies must start with float32 and be among {valid}. Received: {args.policies}")
+    jits = [{"auto": "auto", "true": True}[j] for j in args.jit_compile.lower().split(",")]
 
     backend, device = keras.backend.backend(), _device()
-    mixed = (
-        args.mixed_policy
-        if args.mixed_policy != "auto"
-        else ("mixed_float16" if device == "gpu" else "mixed_bfloat16")
-    )
     try:
         has_tf = importlib.util.find_spec("tensorflow") is not None
     except (ImportError, ValueError):  # blocked or half-installed
@@ -152,65 +234,104 @@ def main(argv=None) -> int:
     )
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch_size, args.image_size, args.image_size, 1), dtype=np.uint8)
-    labels = np.eye(2, dtype=np.float32)[rng.integers(0, 2, args.batch_size)]
+    n = args.steps * args.batch_size
+    x = rng.integers(0, 256, (n, args.image_size, args.image_size, 1), dtype=np.uint8)
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, n)]
+    results, previous = [], keras.config.dtype_policy()
     with tempfile.TemporaryDirectory() as workdir:
         dataset = args.dataset
         if has_tf and dataset is None:
-            dataset = _phantom_dataset(args.image_size, workdir)
-        results, previous = [], keras.config.dtype_policy()
-        for policy in ("float32", mixed):
-            keras.config.set_dtype_policy(policy)
-            try:
-                model = _build(args.image_size, tuple(args.filters))
-                x, y = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
-                sources = [("a", "in memory", lambda: (x, y))]
-                if has_tf:
-                    sources.append(("b", "cxrdata pipeline", _pipeline(dataset, args.batch_size)))
-                for key, name, next_batch in sources:
-                    seconds = _time_steps(model, next_batch, warmup=args.warmup, steps=args.steps)
-                    rate = args.steps * args.batch_size / seconds
+            per_class = args.per_class or max(20, -(-n * 10 // 19))  # one epoch ~ --steps batches
+            dataset = _phantom_dataset(args.image_size, per_class, workdir)
+        for policy in policies:
+            for jit in jits:
+                for key in ("a", "b", "c"):
+                    if key == "c" and not has_tf:
+                        continue
+                    keras.config.set_dtype_policy(policy)
+                    try:
+                        model = _build(
+                            args.image_size, tuple(args.filters), augment=key != "a", jit_compile=jit
+                        )
+                        data = (x, y) if key != "c" else _pipeline(dataset, args.batch_size)
+                        seconds = _time_fit(
+                            model, data, batch_size=args.batch_size, warmup=args.warmup, steps=args.steps
+                        )
+                    finally:
+                        keras.config.set_dtype_policy(previous)
                     results.append(
                         {
                             "source": key,
-                            "name": name,
+                            "name": SOURCES[key],
                             "policy": policy,
-                            "images_per_s": rate,
+                            "jit_compile": str(jit),
+                            "images_per_s": n / seconds,
                             "ms_per_step": 1000 * seconds / args.steps,
-                            "jit_compile": bool(getattr(model, "jit_compile", False)),
                         }
                     )
-                    print(f"  ({key}) {name}, {policy}: {rate:.1f} images/s", flush=True)
-            finally:
-                keras.config.set_dtype_policy(previous)
+                    print(
+                        f"  ({key}) {SOURCES[key]}, {policy}, jit_compile={jit}: "
+                        f"{results[-1]['images_per_s']:.1f} images/s",
+                        flush=True,
+                    )
+            if has_tf and args.train_epochs > 0:
+                row = _train_rate(
+                    dataset,
+                    batch_size=args.batch_size,
+                    policy=policy,
+                    epochs=args.train_epochs,
+                    filters=args.filters,
+                    workdir=workdir,
+                )
+                results.append(
+                    {"source": "d", "name": SOURCES["d"], "policy": policy, "jit_compile": "auto", **row}
+                )
+                print(
+                    f"  (d) {SOURCES['d']}, {policy}: "
+                    + (f"{row['images_per_s']:.1f} images/s" if row["images_per_s"] else row["note"]),
+                    flush=True,
+                )
 
-    rate = {(r["source"], r["policy"]): r["images_per_s"] for r in results}
+    rate = {(r["source"], r["policy"], r["jit_compile"]): r["images_per_s"] for r in results}
     rows = []
     for r in results:
-        b_over_a = rate[("b", r["policy"])] / rate[("a", r["policy"])] if r["source"] == "b" else None
-        vs_float32 = r["images_per_s"] / rate[(r["source"], "float32")] if r["policy"] != "float32" else None
-        r.update(ratio_b_over_a=b_over_a, ratio_mixed_over_float32=vs_float32)
+        a, f32 = (
+            rate.get(("a", r["policy"], r["jit_compile"])),
+            rate.get((r["source"], "float32", r["jit_compile"])),
+        )
+        over_a = r["images_per_s"] / a if r["images_per_s"] and a else None
+        over_f32 = r["images_per_s"] / f32 if r["images_per_s"] and f32 and r["policy"] != "float32" else None
+        r.update(ratio_over_plain_fit=over_a, ratio_over_float32=over_f32)
         rows.append(
             [
-                f"({r['source']}) {r['name']}, {r['policy']}",
-                r["images_per_s"],
-                r["ms_per_step"],
-                "" if b_over_a is None else f"{b_over_a:.2f}",
-                "" if vs_float32 is None else f"{vs_float32:.2f}",
+                f"({r['source']}) {r['name']}",
+                r["policy"],
+                r["jit_compile"],
+                r["images_per_s"] or r["note"],
+                r["ms_per_step"] or "",
+                "" if over_a is None else f"{over_a:.2f}",
+                "" if over_f32 is None else f"{over_f32:.2f}",
             ]
         )
     if not has_tf:
-        rows.append(["(b) cxrdata pipeline", "skipped: TensorFlow is not installed", "", "", ""])
+        rows += [
+            [f"({k}) {SOURCES[k]}", "", "", "skipped: TensorFlow is not installed", "", "", ""]
+            for k in ("c", "d")
+        ]
     print()
-    print(markdown_table(["config", "images/s", "ms/step", "ratio b/a", "ratio mixed/float32"], rows))
     print(
-        f"\nXLA (jit_compile): {results[0]['jit_compile']}"
-        + (
-            " (Keras' 'auto' leaves XLA off on CPU-only TensorFlow)"
-            if backend == "tensorflow" and device == "cpu"
-            else ""
+        markdown_table(
+            ["config", "policy", "jit_compile", "images/s", "ms/step", "vs (a) plain fit", "vs float32"], rows
         )
     )
+    if backend == "tensorflow" and device == "cpu":
+        print("\njit_compile=auto: Keras leaves XLA off on CPU-only TensorFlow.")
+    d = [r for r in results if r["source"] == "d"]
+    if d:
+        print(
+            f"(d): {d[0]['epochs_timed']} epochs of {d[0]['train_images']} images timed, "
+            f"(1 + {d[0]['epochs_timed']})-epoch run minus a 1-epoch run."
+        )
     write_json(
         args.out,
         {
@@ -222,7 +343,9 @@ def main(argv=None) -> int:
             "filters": args.filters,
             "steps": args.steps,
             "warmup": args.warmup,
-            "mixed_policy": mixed,
+            "policies": policies,
+            "jit_compile": [str(j) for j in jits],
+            "train_epochs": args.train_epochs,
             "pipeline_skipped": not has_tf,
             "results": results,
         },

@@ -439,7 +439,9 @@ def _convert_locked(
     split_of = _split_items(items, listing.layout, ratios, seed, len(index), test_groups)
     overlaps = find_overlaps(items, split_of)
     if overlaps and strict_splits:
-        raise ValueError("The given splits overlap (--strict-splits): " + "; ".join(describe_overlaps(overlaps)))
+        raise ValueError(
+            "The given splits overlap (--strict-splits): " + "; ".join(describe_overlaps(overlaps))
+        )
     plan: dict[str, list[list[_Item]]] = {}
     for n, split in enumerate(("train", "val", "test")):
         members = [it for it, s in zip(items, split_of) if s == split]

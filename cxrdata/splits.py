@@ -134,8 +134,11 @@ def find_overlaps(items: Sequence, split_of: Sequence[str]) -> dict:
                 splits.setdefault(what(it), set()).add(split)
                 paths.setdefault(what(it), []).append(it.source.relpath)
         name = "group" if key == "groups" else "sha256"
-        rows = [{name: k, "splits": sorted(v, key=SPLIT_NAMES.index), "paths": sorted(paths[k])}
-                for k, v in sorted(splits.items()) if len(v) > 1]
+        rows = [
+            {name: k, "splits": sorted(v, key=SPLIT_NAMES.index), "paths": sorted(paths[k])}
+            for k, v in sorted(splits.items())
+            if len(v) > 1
+        ]
         if rows:
             found[key] = rows
     return found
@@ -148,9 +151,15 @@ def describe_overlaps(overlaps: dict, limit: int = 10) -> list[str]:
         rows = overlaps.get(key, [])
         if not rows:
             continue
-        shown = [f"{r['group']} ({', '.join(r['splits'])})" if key == "groups"
-                 else f"{' = '.join(r['paths'])} ({', '.join(r['splits'])})" for r in rows[:limit]]
+        shown = [
+            f"{r['group']} ({', '.join(r['splits'])})"
+            if key == "groups"
+            else f"{' = '.join(r['paths'])} ({', '.join(r['splits'])})"
+            for r in rows[:limit]
+        ]
         more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
-        lines.append(f"{len(rows)} {what} in more than one of the given splits: {'; '.join(shown)}{more} "
-                     "(all listed in dataset.json, source.split_overlaps)")
+        lines.append(
+            f"{len(rows)} {what} in more than one of the given splits: {'; '.join(shown)}{more} "
+            "(all listed in dataset.json, source.split_overlaps)"
+        )
     return lines

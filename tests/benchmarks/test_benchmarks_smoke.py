@@ -172,3 +172,47 @@ def test_tune_equalization_radius_example(tmp_path):
     assert f"equalize_in_model for cxrmodels.train: {radius or None}" in stdout
     search = json.loads((out / "search" / "search.json").read_text())
     assert search["dataset_equalize"] == "none"
+
+
+def test_training_step_script(tmp_path):
+    out = tmp_path / "training_step.json"
+    result = run(
+        "benchmarks/training_step.py",
+        "--image-size",
+        "48",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--filters",
+        "8",
+        "16",
+        "32",
+        "--train-epochs",
+        "1",
+        "--out",
+        str(out),
+        timeout=900,
+    )
+    assert (
+        "| config | policy | jit_compile | images/s | ms/step | vs (a) plain fit | vs float32 |"
+        in result.stdout
+    )
+    assert "| (d) cxrmodels.train (the cxr train path) | float32 | auto | " in result.stdout
+    payload = read_json(out)
+    assert payload["benchmark"] == "training_step" and payload["image_size"] == 48
+    rows = {(r["source"], r["jit_compile"]): r for r in payload["results"]}
+    expected = {(s, j) for s in "abc" for j in ("auto", "True")} | {("d", "auto")}
+    assert set(rows) == expected
+    assert all(r["policy"] == "float32" for r in rows.values())
+    assert all(r["images_per_s"] > 0 for key, r in rows.items() if key[0] != "d")
+    assert rows[("a", "auto")]["ratio_over_plain_fit"] == 1.0
+    # (d) is a difference of two runs' times: on a busy machine at these sizes it may be noise.
+    d = rows[("d", "auto")]
+    assert d["epochs_timed"] == 1 and d["train_images"] >= 19 and d["seconds_2_epochs"] > 0
+    if d["images_per_s"] is None:
+        assert d["note"].startswith("too noisy") and d["ratio_over_plain_fit"] is None
+    else:
+        assert d["ratio_over_plain_fit"] == d["images_per_s"] / rows[("a", "auto")]["images_per_s"]

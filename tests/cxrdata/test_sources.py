@@ -295,6 +295,8 @@ def test_exif_orientation_is_applied():
     buf = io.BytesIO()
     Image.fromarray(GRADIENT).save(buf, format="PNG", exif=exif)
     np.testing.assert_array_equal(decode_image(buf.getvalue()), np.rot90(GRADIENT, -1))
+
+
 def _csv_tree(tmp_path, text, encoding="utf-8"):
     for name in ("a.png", "b.png", "c.png"):
         _touch_png(tmp_path / "src" / name)
