@@ -14,7 +14,7 @@ $(VENV): setup.cfg pyproject.toml constraints.txt
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,bench]" || { rm -rf $(VENV); exit 1; }
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,bench,beam]" || { rm -rf $(VENV); exit 1; }
 	touch $(VENV)
 
 test: $(VENV)
