@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from cxrdata.conversion import _Item, _pending_shards, _process, _task, _write_shard
+from cxrdata._shards import _Item, _pending_shards, _process, _task, _write_shard
 from cxrdata.manifest import shard_name
 from cxrdata.sources import Source
 
