@@ -94,3 +94,24 @@ def tiny_data(tmp_path_factory):
     return _convert_phantoms(
         tmp_path_factory.mktemp("tune_data"), per_class={"COVID": 16, "Normal": 24}, image_size=48, radius=12
     )
+
+
+@pytest.fixture(autouse=True)
+def _global_keras_state_is_left_as_found():
+    """A test (or the library) that leaves a global dtype policy behind fails here, by name.
+
+    A leaked `mixed_float16` makes later models wrap their optimizer in a loss-scale optimizer
+    whose first step is skipped, which shows up as a confusing failure in another file.
+    """
+    import sys
+
+    keras = sys.modules.get("keras")
+    before = keras.config.dtype_policy().name if keras is not None else None
+    yield
+    keras = sys.modules.get("keras")
+    if keras is None:
+        return
+    after = keras.config.dtype_policy().name
+    if after != (before or "float32"):
+        keras.config.set_dtype_policy(before or "float32")
+        pytest.fail(f"the global Keras dtype policy was left at {after!r} (was {before or 'float32'!r})")
