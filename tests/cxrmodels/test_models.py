@@ -243,6 +243,10 @@ def test_seed_cnn_forward_and_backward():
     ],
 )
 def test_transfer_model_forward_and_backward(name, last_conv):
+    # Seeded: with 4 ReLU units a random head can be dead for both images, so that one step
+    # changes nothing (the outputs are then 0.5/0.5 and the gradients all zero); which seeds
+    # do that used to depend on the order the suite ran in.
+    keras.utils.set_random_seed(1)
     model = create_model(name, input_shape=(32, 32, 1), num_classes=2, dense_units=4, dropout=0.2)
     assert model.name == name
     x, y = _images(n=2, size=32), np.array([0, 1])
