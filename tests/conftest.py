@@ -41,7 +41,7 @@ def phantom_tree(tmp_path):
     return make
 
 
-def _convert_phantoms(base, *, per_class, image_size, radius):
+def _convert_phantoms(base, *, per_class, image_size, radius=70, equalize="local"):
     """Writes phantoms under `base/src` and converts them into `base/data` (small shards)."""
     from cxrdata.conversion import convert
     from cxrdata.synthetic import write_tree
@@ -51,6 +51,7 @@ def _convert_phantoms(base, *, per_class, image_size, radius):
         base / "src",
         base / "data",
         image_size=image_size,
+        equalize=equalize,
         radius=radius,
         shard_size=0.02,
         workers=1,
@@ -64,6 +65,14 @@ def converted_dataset(tmp_path_factory):
     """A converted phantom dataset (2 classes, 64x64, a few shards per split), shared by tests."""
     return _convert_phantoms(
         tmp_path_factory.mktemp("converted"), per_class={"COVID": 24, "Normal": 40}, image_size=64, radius=20
+    )
+
+
+@pytest.fixture(scope="session")
+def raw_dataset(tmp_path_factory):
+    """Phantoms converted with equalize="none" (2 classes, 48x48): for equalization in the model."""
+    return _convert_phantoms(
+        tmp_path_factory.mktemp("raw"), per_class={"COVID": 12, "Normal": 16}, image_size=48, equalize="none"
     )
 
 

@@ -50,3 +50,10 @@ class ImageLayer(compat.keras_data_layer_base()):
             finally:
                 self.backend.reset()
         return super().__call__(inputs, **kwargs)
+
+    # Same shape and dtype out as in: uint8 stays uint8.
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_output_spec(self, inputs, training=None):
+        return keras.KerasTensor(inputs.shape, dtype=inputs.dtype)

@@ -144,12 +144,6 @@ class LocalEqualization(ImageLayer):
         outputs = xp.cast(xp.numpy.expand_dims(outputs, -1), dtype)
         return outputs if rank == 4 else xp.numpy.squeeze(outputs, 0)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def compute_output_spec(self, inputs, training=None):
-        return keras.KerasTensor(inputs.shape, dtype=inputs.dtype)
-
     def get_config(self):
         return {**super().get_config(), "radius": self.radius}
 

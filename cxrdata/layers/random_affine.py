@@ -252,12 +252,6 @@ class RandomAffine(ImageLayer):
         outputs = xp.cast(outputs, dtype)
         return outputs if rank == 4 else xp.numpy.squeeze(outputs, 0)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def compute_output_spec(self, inputs, training=None):
-        return keras.KerasTensor(inputs.shape, dtype=inputs.dtype)
-
     def get_config(self):
         config = {
             "rotation": self.rotation,

@@ -21,26 +21,6 @@ RADIUS = 9
 
 
 @pytest.fixture(scope="module")
-def raw_dataset(tmp_path_factory):
-    """Phantoms converted with equalize="none": 2 classes, 48x48."""
-    from cxrdata.conversion import convert
-    from cxrdata.synthetic import write_tree
-
-    base = tmp_path_factory.mktemp("raw")
-    write_tree(base / "src", per_class={"COVID": 12, "Normal": 16}, image_size=48, seed=5)
-    convert(
-        base / "src",
-        base / "data",
-        image_size=48,
-        equalize="none",
-        shard_size=0.02,
-        workers=1,
-        progress=False,
-    )
-    return base / "data"
-
-
-@pytest.fixture(scope="module")
 def eq_run(raw_dataset, tmp_path_factory):
     run = tmp_path_factory.mktemp("eqrun") / "run"
     assert (

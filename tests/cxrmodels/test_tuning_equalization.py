@@ -17,26 +17,6 @@ from cxrmodels.tuning.searcher import CXRHyperModel, search
 TINY = {"base_filters": 4, "dense_units": 8}
 
 
-@pytest.fixture(scope="module")
-def raw_data(tmp_path_factory):
-    """Phantoms converted with equalize="none": 2 classes, 48x48, train/val/test."""
-    from cxrdata.conversion import convert
-    from cxrdata.synthetic import write_tree
-
-    base = tmp_path_factory.mktemp("tune_raw")
-    write_tree(base / "src", per_class={"COVID": 12, "Normal": 16}, image_size=48, seed=3)
-    convert(
-        base / "src",
-        base / "data",
-        image_size=48,
-        equalize="none",
-        shard_size=0.02,
-        workers=1,
-        progress=False,
-    )
-    return base / "data"
-
-
 def _equalizers(model) -> list[LocalEqualization]:
     found = []
     for layer in model.layers:
@@ -125,10 +105,10 @@ def test_search_refuses_a_radius_on_an_equalized_dataset_before_writing(tiny_dat
 
 
 @pytest.mark.slow
-def test_a_random_search_on_an_unequalized_dataset_records_the_radius(raw_data, tmp_path):
+def test_a_random_search_on_an_unequalized_dataset_records_the_radius(raw_dataset, tmp_path):
     out = tmp_path / "search"
     result = search(
-        raw_data,
+        raw_dataset,
         tuner="random",
         max_trials=2,
         max_epochs=1,
