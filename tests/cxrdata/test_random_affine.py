@@ -69,7 +69,7 @@ def test_same_seed_same_output_and_different_seeds_differ():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("fill_mode", ["nearest", "reflect", "constant"])
 def test_matches_apply_affine_transform(fill_mode):
-    image_module = pytest.importorskip("tf_keras.src.preprocessing.image")
+    image_module = pytest.importorskip("tf_keras.preprocessing.image")
     pytest.importorskip("scipy")
     image = _smooth_image()
     params = dict(theta=12.0, tx=5.5, ty=-3.25, shear=8.0, zx=1.15, zy=0.9)
@@ -365,7 +365,7 @@ def test_runs_under_jax_without_importing_tensorflow():
 
 
 def _tf_keras_warp(image, params, **kwargs):
-    image_module = pytest.importorskip("tf_keras.src.preprocessing.image")
+    image_module = pytest.importorskip("tf_keras.preprocessing.image")
     pytest.importorskip("scipy")
     return image_module.apply_affine_transform(
         image, **params, row_axis=0, col_axis=1, channel_axis=2, **kwargs
