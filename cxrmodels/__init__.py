@@ -2,11 +2,13 @@
 
 Subpackages, from the bottom of the import graph up:
 
+- `metrics`: numpy clinical metrics and the Keras metrics of training.
+- `runs`: the run folder's format (file names, `config.json`, history, curves).
 - `models`: the registry (`create_model`, `list_models`, `@register_model`),
   one module per model family, input preprocessing, saving and loading.
-- `training`: `train`, its options, run folders and resume.
-- `evaluation`: numpy clinical metrics, Keras metrics, plots, `evaluate`.
+- `training`: `train`, its config, resume and the multi-worker loop.
 - `serving`: `predict` with Grad-CAM, and `export`.
+- `evaluation`: plots, `evaluate` and the shortcut `audit`.
 - `tuning`: keras-tuner searches (`search`, `CXRHyperModel`), distributed mode.
 - `cli`: the `cxr` command line, a thin layer over the public functions.
 
@@ -32,8 +34,8 @@ _EXPORTS = {
     "ImagePreprocessing": "cxrmodels.models.inputs",
     "train": "cxrmodels.training.trainer",
     "TrainResult": "cxrmodels.training.trainer",
-    "Specificity": "cxrmodels.evaluation.keras_metrics",
-    "evaluate_predictions": "cxrmodels.evaluation.clinical",
+    "Specificity": "cxrmodels.metrics.keras_metrics",
+    "evaluate_predictions": "cxrmodels.metrics.clinical",
     "evaluate": "cxrmodels.evaluation.evaluator",
     "audit": "cxrmodels.evaluation.shortcut_audit",
     "predict": "cxrmodels.serving.prediction",
@@ -47,10 +49,10 @@ _SUBMODULES = ("models", "training", "evaluation", "serving", "tuning")
 
 if TYPE_CHECKING:  # what IDEs and type checkers see
     from cxrmodels import evaluation, models, serving, training, tuning
-    from cxrmodels.evaluation.clinical import evaluate_predictions
     from cxrmodels.evaluation.evaluator import evaluate
-    from cxrmodels.evaluation.keras_metrics import Specificity
     from cxrmodels.evaluation.shortcut_audit import audit
+    from cxrmodels.metrics.clinical import evaluate_predictions
+    from cxrmodels.metrics.keras_metrics import Specificity
     from cxrmodels.models._registry import (
         create_model,
         last_conv_layer_name,

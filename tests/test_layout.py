@@ -134,7 +134,7 @@ def test_the_readme_layout_names_only_folders_and_modules_that_exist():
             "verification pipeline synthetic graph_preprocess",
         ),
         ("cxrdata/utils", "io argument_validation output_dir figures lazy compat"),
-        ("cxrmodels/tuning", "searcher hypermodel space tuners distribute report"),
+        ("cxrmodels/tuning", "searcher hypermodel space tuners distribute search_folder"),
     ):
         for name in names.split():
             assert (ROOT / folder / f"{name}.py").is_file(), f"{folder}/{name}.py"

@@ -198,8 +198,8 @@ def _evaluate(args) -> int:
     )
     print(format_metrics_table(metrics))
     if metrics.get("internal"):
-        from cxrmodels.evaluation.clinical import _auc_text
         from cxrmodels.evaluation.evaluator import _headline
+        from cxrmodels.metrics.clinical import _auc_text
 
         print(
             f"\nAUC internal test: {_auc_text(*_headline(metrics['internal']))}; "
@@ -212,11 +212,11 @@ def _evaluate(args) -> int:
 
 def _predict(args) -> int:
     import cxrmodels
+    from cxrmodels.runs import run_folder
     from cxrmodels.serving.prediction import format_predictions
-    from cxrmodels.training import run_dir as _run
 
     results = cxrmodels.predict(args.run, args.images, gradcam_dir=args.gradcam, batch_size=args.batch_size)
-    print(format_predictions(results, _run.read_config(args.run)["class_names"]))
+    print(format_predictions(results, run_folder.read_config(args.run)["class_names"]))
     failed = [r for r in results if not r["ok"]]
     if args.gradcam:
         print(

@@ -41,7 +41,7 @@ def register(subparsers) -> None:
         "tune",
         help="Search a model's hyperparameters (learning rate, filters, ...) " "with keras-tuner.",
         examples=EXAMPLES,
-        func=_run,
+        func=_tune_run,
     )
     p.add_argument("dataset", metavar="DATASET", help="a folder written by `cxr convert`, with train and val")
     p.add_argument("--out", required=True, metavar="DIR", help="the search folder; a rerun resumes it")
@@ -153,7 +153,7 @@ def _value(text: str, spec: str):
         return text
 
 
-def _run(args) -> int:
+def _tune_run(args) -> int:
     import cxrmodels
 
     result = cxrmodels.search(

@@ -9,16 +9,16 @@ from cxrdata.utils.lazy import lazy_exports
 _EXPORTS = {
     "audit": "cxrmodels.evaluation.shortcut_audit",
     "evaluate": "cxrmodels.evaluation.evaluator",
-    "evaluate_predictions": "cxrmodels.evaluation.clinical",
-    "format_metrics_table": "cxrmodels.evaluation.clinical",
-    "Specificity": "cxrmodels.evaluation.keras_metrics",
-    "default_metrics": "cxrmodels.evaluation.keras_metrics",
+    "evaluate_predictions": "cxrmodels.metrics.clinical",
+    "format_metrics_table": "cxrmodels.metrics.clinical",
+    "Specificity": "cxrmodels.metrics.keras_metrics",
+    "default_metrics": "cxrmodels.metrics.keras_metrics",
 }
 
 if TYPE_CHECKING:
-    from cxrmodels.evaluation.clinical import evaluate_predictions, format_metrics_table
     from cxrmodels.evaluation.evaluator import evaluate
-    from cxrmodels.evaluation.keras_metrics import Specificity, default_metrics
     from cxrmodels.evaluation.shortcut_audit import audit
+    from cxrmodels.metrics.clinical import evaluate_predictions, format_metrics_table
+    from cxrmodels.metrics.keras_metrics import Specificity, default_metrics
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

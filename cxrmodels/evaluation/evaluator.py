@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from cxrdata.utils.io import atomic_write_text
-from cxrmodels.training import run_dir as _run
+from cxrmodels.models.saving import load_run_model
+from cxrmodels.runs import run_folder
 
 EXTERNAL_DIR = "external"
 
@@ -40,7 +41,7 @@ def evaluate(
     """Evaluates a run's model on a split and writes its metrics and figures into the run.
 
     Predicts the split (and a validation split, for the threshold), computes
-    `cxrmodels.evaluation.clinical.evaluate_predictions` (ROC AUC with a bootstrap 95% CI,
+    `cxrmodels.metrics.clinical.evaluate_predictions` (ROC AUC with a bootstrap 95% CI,
     sensitivity, specificity, PPV, NPV and F1 at the Youden threshold and at
     0.5, the confusion matrix) and writes into `run_dir`: `metrics.json`,
     `roc.png` and `confusion_matrix.png` for the "test" split, or
@@ -83,7 +84,7 @@ def evaluate(
 
     Example:
         >>> m = evaluate("runs/a", "data/", split="test")  # doctest: +SKIP
-        >>> from cxrmodels.evaluation.clinical import format_metrics_table
+        >>> from cxrmodels.metrics.clinical import format_metrics_table
         >>> print(format_metrics_table(m))  # doctest: +SKIP
     """
     if not isinstance(split, str) or not split:
@@ -99,11 +100,11 @@ def evaluate(
             f"Received: allow_preprocessing_mismatch={allow_preprocessing_mismatch!r}"
         )
     import cxrdata
-    from cxrmodels.evaluation.clinical import evaluate_predictions
     from cxrmodels.evaluation.plots import plot_confusion_matrix, plot_roc
+    from cxrmodels.metrics.clinical import evaluate_predictions
 
     run_dir, dataset_dir = os.fspath(run_dir), os.fspath(dataset_dir)
-    config = _run.read_config(run_dir)
+    config = run_folder.read_config(run_dir)
     manifest = cxrdata.read_manifest(dataset_dir)
     splits = split_names(manifest, split)
     notes = check_dataset(
@@ -115,7 +116,7 @@ def evaluate(
     )
     labels = label_mapping(config, manifest, class_map)
     external = manifest.digest() != config["dataset"]["digest"]
-    model = _run.load_model(run_dir, config)
+    model = load_run_model(run_dir, config)
 
     y, probs = predict_splits(model, dataset_dir, splits, batch_size=batch_size, labels=labels)
     val_dir, val_note = _validation_source(config, manifest, dataset_dir, split)
@@ -257,7 +258,7 @@ def internal_test_metrics(
 ) -> dict | None:
     """The run's metrics on its own test split: its `metrics.json` if current, else computed; None if unreachable."""
     import cxrdata
-    from cxrmodels.evaluation.clinical import evaluate_predictions
+    from cxrmodels.metrics.clinical import evaluate_predictions
 
     path = os.path.join(run_dir, "metrics.json")
     if os.path.isfile(path):

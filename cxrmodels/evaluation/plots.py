@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from cxrdata.utils.figures import save_figure
-from cxrmodels.evaluation.clinical import (
+from cxrmodels.metrics.clinical import (
     _auc_text,
     _check_predictions,
     positive_class_index,

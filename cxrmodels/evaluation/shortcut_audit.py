@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from cxrdata.utils.io import atomic_write_text
-from cxrmodels.training import run_dir as _run
+from cxrmodels.models.saving import load_run_model
+from cxrmodels.runs import run_folder
 
 # lungs_blanked_auc: flagged at or above it (0.5 is chance; 0.7 is "acceptable discrimination", Hosmer-Lemeshow).
 # lung_share: flagged when the median share of Grad-CAM energy inside the lungs is below this multiple of the
@@ -100,7 +101,7 @@ def audit(
     from cxrmodels.evaluation import evaluator
 
     run_dir, dataset_dir = os.fspath(run_dir), os.fspath(dataset_dir)
-    config = _run.read_config(run_dir)
+    config = run_folder.read_config(run_dir)
     manifest = cxrdata.read_manifest(dataset_dir)
     manifest.split(split)
     notes = evaluator.check_dataset(config, manifest, dataset_dir)
@@ -117,10 +118,10 @@ def audit(
             class_map=ext_map,
             allow_preprocessing_mismatch=allow_preprocessing_mismatch,
         )
-    model = _run.load_model(run_dir, config)
+    model = load_run_model(run_dir, config)
     class_names = list(config["class_names"])
 
-    from cxrmodels.evaluation.clinical import positive_class_index
+    from cxrmodels.metrics.clinical import positive_class_index
 
     target = positive_class_index(class_names) if len(class_names) == 2 else None
     data = _predict_variants(
@@ -313,8 +314,8 @@ def _predict_variants(model, dataset_dir, split, *, batch_size, examples, target
 
 
 def _auc(y, probs, class_names, n_bootstrap) -> tuple[float | None, list | None]:
-    from cxrmodels.evaluation.clinical import evaluate_predictions
     from cxrmodels.evaluation.evaluator import _headline
+    from cxrmodels.metrics.clinical import evaluate_predictions
 
     if len(y) == 0:
         return None, None

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from typing import Any
 
 import keras
+
+from cxrmodels.runs import run_folder
 
 
 def _count_h5_arrays(path) -> int:
@@ -96,7 +99,7 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
     import zipfile
 
     import cxrdata.layers.random_affine  # noqa: F401  registers RandomAffine
-    import cxrmodels.evaluation.keras_metrics  # noqa: F401  registers Specificity
+    import cxrmodels.metrics.keras_metrics  # noqa: F401  registers Specificity
     import cxrmodels.models.inputs  # noqa: F401  registers ImagePreprocessing
 
     path = os.fspath(path)
@@ -128,3 +131,32 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def load_run_model(run_dir: str | os.PathLike, config: dict[str, Any] | None = None):
+    """Loads a run's `model.keras` (uncompiled), warning when the run did not finish.
+
+    Raises:
+        FileNotFoundError: the run holds no `model.keras`.
+        ValueError: `model.keras` is damaged, or its number of outputs is not
+            the number of classes in `config.json`.
+    """
+    run_dir = os.fspath(run_dir)
+    config = run_folder.read_config(run_dir) if config is None else config
+    path = os.path.join(run_dir, run_folder.MODEL_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Run {run_dir!r} holds no {run_folder.MODEL_NAME}: its training stopped before the first "
+            f"epoch ended. Rerun the same `cxr train` command to resume it."
+        )
+    if not config.get("finished"):
+        warnings.warn(f"Run {run_dir!r} did not finish: using its best model so far.", stacklevel=3)
+    model = load_model(path, compile=False)
+    outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    if outputs != len(config["class_names"]):
+        raise ValueError(
+            f"The model in run {run_dir!r} has {outputs} class outputs but the run's {run_folder.CONFIG_NAME} names "
+            f"{len(config['class_names'])} classes {config['class_names']}: {run_folder.MODEL_NAME} does not belong "
+            f"to this run."
+        )
+    return model

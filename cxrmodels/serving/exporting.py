@@ -2,7 +2,7 @@
 
 Both formats get `cxr.json` beside the model: the class names, the positive
 class, the model's input shape and the preprocessing the training images had
-(see `cxrmodels.training.run_dir.sidecar`).
+(see `cxrmodels.runs.run_folder.sidecar`).
 
 The SavedModel's `serving_default` signature takes the bytes of raw PNG or
 JPEG files of any size, as a clinic's system would send them, and applies the
@@ -31,7 +31,8 @@ import os
 import shutil
 
 from cxrdata.utils.io import atomic_write_text
-from cxrmodels.training import run_dir as _run
+from cxrmodels.models.saving import load_run_model
+from cxrmodels.runs import run_folder
 
 FORMATS = ("savedmodel", "keras")
 SIDECAR_NAME = "cxr.json"
@@ -81,7 +82,7 @@ def export(
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {', '.join(FORMATS)}. Received: format={format!r}")
     out = os.fspath(out)
-    config = _run.read_config(run_dir)
+    config = run_folder.read_config(run_dir)
     if format == "savedmodel":
         from cxrdata.graph_preprocess import check_graph_preprocessing
         from cxrdata.preprocess import PreprocessConfig
@@ -99,7 +100,7 @@ def export(
             f"{out!r} already exists and is not empty. Choose a new folder, or pass "
             "--overwrite (overwrite=True) to replace it."
         )
-    model = _run.load_model(run_dir, config)
+    model = load_run_model(run_dir, config)
     tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.{os.getpid()}.tmp")
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
@@ -107,13 +108,14 @@ def export(
         if format == "keras":
             os.makedirs(tmp)
             shutil.copyfile(
-                os.path.join(os.fspath(run_dir), _run.MODEL_NAME), os.path.join(tmp, _run.MODEL_NAME)
+                os.path.join(os.fspath(run_dir), run_folder.MODEL_NAME),
+                os.path.join(tmp, run_folder.MODEL_NAME),
             )
         else:
             _write_savedmodel(model, config, tmp)
         atomic_write_text(
             os.path.join(tmp, SIDECAR_NAME),
-            json.dumps({"format": format, **_run.sidecar(config)}, indent=2) + "\n",
+            json.dumps({"format": format, **run_folder.sidecar(config)}, indent=2) + "\n",
         )
         if os.path.isdir(out):
             shutil.rmtree(out)

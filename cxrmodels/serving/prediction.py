@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from cxrmodels.training import run_dir as _run
+from cxrmodels.models.saving import load_run_model
+from cxrmodels.runs import run_folder
 
 GRADCAM_ALPHA = 0.4  # weight of the heatmap over the image in the overlays
 GRADCAM_MIN_SIDE = 256
@@ -59,8 +60,8 @@ def predict(
         raise ValueError("`paths` must name at least one image file. Received: paths=[]")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    config = _run.read_config(run_dir)
-    model = _run.load_model(run_dir, config)
+    config = run_folder.read_config(run_dir)
+    model = load_run_model(run_dir, config)
     class_names = list(config["class_names"])
     images, results = _read_images(paths, config)
     ok = [i for i, r in enumerate(results) if r["ok"]]

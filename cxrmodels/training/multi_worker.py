@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import keras
 
+from cxrmodels.runs import run_folder
 from cxrmodels.training import resume as _resume
-from cxrmodels.training import run_dir as _run
 from cxrmodels.training.options import augmentation_layer
 
 CHECKPOINT_PREFIX = "ckpt"
@@ -160,7 +160,7 @@ def train_multi_worker(
     done, history = 0, {}
     if chief:
         done = _resume.prepare_run_dir(out, config, overwrite=overwrite)
-        history = _run.read_history(os.path.join(out, _run.HISTORY_NAME))
+        history = run_folder.read_history(os.path.join(out, run_folder.HISTORY_NAME))
     previous_policy = keras.config.dtype_policy()
     try:
         if opts["policy"]:
@@ -169,7 +169,7 @@ def train_multi_worker(
         aug = augmentation_layer(opts)
         config["training"]["augment_layer"] = None if aug is None else aug.get_config()
         if chief:
-            _run.write_config(out, config)
+            run_folder.write_config(out, config)
         with strategy.scope():
             net = build_model(aug if opts["augment"] == "gpu" else None)
             optimizer = keras.optimizers.Adam(opts["learning_rate"])
@@ -181,7 +181,7 @@ def train_multi_worker(
             strategy, net, optimizer, dataset_dir, opts, manifest, aug if opts["augment"] == "cpu" else None
         )
         checkpoint = tf.train.Checkpoint(model=net, optimizer=optimizer, epoch=epoch_var)
-        backup = os.path.join(out, _run.BACKUP_DIR)
+        backup = os.path.join(out, run_folder.BACKUP_DIR)
         resume = _resume.resume_state(history, opts["patience"])
         if chief and done:
             if done < opts["epochs"] and not resume.stopped:
@@ -204,7 +204,7 @@ def train_multi_worker(
         best_weights = None
         if chief and best is not None:
             try:
-                best_weights = _resume.best_weights(os.path.join(out, _run.MODEL_NAME))
+                best_weights = _resume.best_weights(os.path.join(out, run_folder.MODEL_NAME))
             except Exception:  # noqa: BLE001  cut short by the kill: judge from here on
                 best = None
         manager = (
@@ -236,11 +236,11 @@ def train_multi_worker(
                     if history
                     else {k: [v] for k, v in row.items()}
                 )
-                _run.write_history(os.path.join(out, _run.HISTORY_NAME), history)
+                run_folder.write_history(os.path.join(out, run_folder.HISTORY_NAME), history)
                 if improved:
                     from cxrmodels.models import save_model
 
-                    save_model(net, os.path.join(out, _run.MODEL_NAME))
+                    save_model(net, os.path.join(out, run_folder.MODEL_NAME))
                 manager.save(checkpoint_number=epoch)
                 from cxrdata.utils.io import atomic_write_text
 
@@ -262,13 +262,13 @@ class _Loop:
         import tensorflow as tf
 
         import cxrdata
-        from cxrmodels.evaluation.clinical import positive_class_index
+        from cxrmodels.metrics.clinical import positive_class_index
 
         self.strategy, self.net, self.optimizer = strategy, net, optimizer
         self.dataset_dir, self.opts, self.cpu_augment = dataset_dir, opts, cpu_augment
         k = manifest.num_classes
         positive = positive_class_index(manifest.class_names) if k == 2 else None
-        from cxrmodels.evaluation.keras_metrics import default_metrics
+        from cxrmodels.metrics.keras_metrics import default_metrics
 
         # Plain (not mirrored) metrics, outside the strategy's scope: updated with gathered values.
         self.train_metrics = [keras.metrics.Mean(name="loss")] + _named(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import keras
 
 from cxrdata.utils.output_dir import FRESH, OVERWRITE, check_output_dir, refuse_other_options
-from cxrmodels.training import run_dir as _run
+from cxrmodels.runs import run_folder
 
 # The options a resumed run may change; any other difference is refused.
 RESUMABLE_CHANGES = ("epochs", "patience", "verbose")
@@ -33,9 +33,9 @@ def prepare_run_dir(out: str, config: dict, *, overwrite: bool) -> int:
     state = check_output_dir(
         out,
         what="training run",
-        markers=(_run.CONFIG_NAME,),
+        markers=(run_folder.CONFIG_NAME,),
         overwrite=overwrite,
-        finished=lambda p: bool(_run.read_config(p).get("finished")),
+        finished=lambda p: bool(run_folder.read_config(p).get("finished")),
     )
     if state == FRESH:
         os.makedirs(out, exist_ok=True)
@@ -43,16 +43,16 @@ def prepare_run_dir(out: str, config: dict, *, overwrite: bool) -> int:
     if state == OVERWRITE:
         _clear_run(out)
         return 0
-    refuse_other_options(out, "training run", _differences(_run.read_config(out), config))
+    refuse_other_options(out, "training run", _differences(run_folder.read_config(out), config))
     done = _backup_epochs(out)
-    history_path = os.path.join(out, _run.HISTORY_NAME)
+    history_path = os.path.join(out, run_folder.HISTORY_NAME)
     if done:
-        _run.truncate_history(history_path, done)  # epochs after the backup will be redone
+        run_folder.truncate_history(history_path, done)  # epochs after the backup will be redone
     else:  # killed before its first backup (or while writing it): start afresh
-        for name in (_run.HISTORY_NAME, _run.MODEL_NAME):
+        for name in (run_folder.HISTORY_NAME, run_folder.MODEL_NAME):
             if os.path.exists(os.path.join(out, name)):
                 os.unlink(os.path.join(out, name))
-        shutil.rmtree(os.path.join(out, _run.BACKUP_DIR), ignore_errors=True)
+        shutil.rmtree(os.path.join(out, run_folder.BACKUP_DIR), ignore_errors=True)
     return done
 
 
@@ -76,7 +76,7 @@ def _differences(previous: dict, config: dict) -> list[str]:
 def _clear_run(out: str) -> None:
     for name in os.listdir(out):
         path = os.path.join(out, name)
-        ours = name in _run.RUN_FILES or (
+        ours = name in run_folder.RUN_FILES or (
             name.startswith(("metrics-", "roc-", "confusion_matrix-")) and name.endswith((".json", ".png"))
         )
         if not ours:
@@ -89,7 +89,7 @@ def _clear_run(out: str) -> None:
 
 def _backup_epochs(out: str) -> int:
     """Epochs saved in `out/backup` by BackupAndRestore (0 when there is no usable backup)."""
-    backup = os.path.join(out, _run.BACKUP_DIR)
+    backup = os.path.join(out, run_folder.BACKUP_DIR)
     try:
         with open(os.path.join(backup, "training_metadata.json")) as f:
             epoch = int(json.load(f)["epoch"])
@@ -154,14 +154,14 @@ def restore_finished(net: keras.Model, out: str) -> None:
         ValueError: Neither the best model nor the backup can be read.
     """
     try:
-        net.set_weights(best_weights(os.path.join(out, _run.MODEL_NAME)))
+        net.set_weights(best_weights(os.path.join(out, run_folder.MODEL_NAME)))
         return
     except Exception:  # noqa: BLE001  cut short by the kill: the backup's last epoch will do
         pass
     try:
-        net.load_weights(os.path.join(out, _run.BACKUP_DIR, "latest.weights.h5"))
+        net.load_weights(os.path.join(out, run_folder.BACKUP_DIR, "latest.weights.h5"))
     except Exception as e:  # noqa: BLE001
         raise ValueError(
-            f"The unfinished run in {out!r} cannot be resumed: neither its {_run.MODEL_NAME} "
+            f"The unfinished run in {out!r} cannot be resumed: neither its {run_folder.MODEL_NAME} "
             f"nor its backup can be read ({e}). Pass --overwrite to start over."
         ) from e

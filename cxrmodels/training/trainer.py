@@ -1,6 +1,6 @@
 """`train`: a registered model on a converted dataset, into a resumable run folder.
 
-The run folder (see `cxrmodels.training.run_dir`) gets the best model, the history, the
+The run folder (see `cxrmodels.runs.run_folder`) gets the best model, the history, the
 learning curves and a `config.json` that holds everything needed to rebuild
 and use the model. Training is resumable: `BackupAndRestore` saves the state
 at the end of every epoch, and rerunning the same command on a run killed
@@ -24,8 +24,8 @@ import keras
 
 from cxrdata.utils.output_dir import lock_output_dir
 from cxrmodels.models.saving import save_model
+from cxrmodels.runs import run_folder
 from cxrmodels.training import resume as _resume
-from cxrmodels.training import run_dir as _run
 from cxrmodels.training.options import augmentation_layer, check_train_args, input_shapes
 
 
@@ -62,8 +62,8 @@ class TrainResult:
         return (
             f"Trained {self.config['model']['name']} for {epochs}{resumed} in "
             f"{self.seconds:.1f}s; best epoch {self.best_epoch} (val_loss {self.best_val_loss:.4f}). "
-            f"Run folder: {self.run_dir} ({_run.MODEL_NAME}, {_run.HISTORY_NAME}, "
-            f"{_run.CURVES_NAME}, {_run.CONFIG_NAME})"
+            f"Run folder: {self.run_dir} ({run_folder.MODEL_NAME}, {run_folder.HISTORY_NAME}, "
+            f"{run_folder.CURVES_NAME}, {run_folder.CONFIG_NAME})"
         )
 
 
@@ -92,7 +92,7 @@ def train(
     """Trains a registered model on a converted dataset and fills a run folder.
 
     The model is compiled with Adam, categorical cross-entropy and
-    `cxrmodels.evaluation.keras_metrics.default_metrics` (accuracy, AUC, precision,
+    `cxrmodels.metrics.keras_metrics.default_metrics` (accuracy, AUC, precision,
     recall = sensitivity and specificity of the positive class), with Keras'
     `jit_compile="auto"`. It validates on the dataset's "val" split after each
     epoch, with EarlyStopping on `val_loss` (restoring the best weights),
@@ -189,7 +189,7 @@ def train(
         verbose=verbose,
     )
     import cxrdata
-    from cxrmodels.evaluation.clinical import positive_class_index
+    from cxrmodels.metrics.clinical import positive_class_index
     from cxrmodels.models import model_options
 
     dataset_dir = os.fspath(dataset_dir)
@@ -222,7 +222,7 @@ def train(
     k = manifest.num_classes
     positive = positive_class_index(manifest.class_names) if k == 2 else None
     config = {
-        "format_version": _run.FORMAT_VERSION,
+        "format_version": run_folder.FORMAT_VERSION,
         "library_version": cxrdata.__version__,
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
@@ -287,7 +287,7 @@ def train(
         keras.utils.set_random_seed(opts["seed"])
         aug = augmentation_layer(opts)
         config["training"]["augment_layer"] = None if aug is None else aug.get_config()
-        _run.write_config(out, config)
+        run_folder.write_config(out, config)
         dist = _make_strategy(opts["strategy_obj"])
         with dist.scope():
             net = _build_model(opts, model_shape, data_shape, k, aug if opts["augment"] == "gpu" else None)
@@ -307,7 +307,7 @@ def train(
         )
         val_ds = cxrdata.load(dataset_dir, "val", batch_size=opts["batch_size"], shuffle=False)
         class_weight = cxrdata.class_weights(dataset_dir) if opts["balance"] == "class-weight" else None
-        history = _run.read_history(os.path.join(out, _run.HISTORY_NAME))
+        history = run_folder.read_history(os.path.join(out, run_folder.HISTORY_NAME))
         resume = _resume.resume_state(history, opts["patience"])
         if done < opts["epochs"] and not resume.stopped:
             try:
@@ -336,7 +336,7 @@ def train(
 
 
 def _default_metrics(k: int, positive: int | None) -> list:
-    from cxrmodels.evaluation.keras_metrics import default_metrics
+    from cxrmodels.metrics.keras_metrics import default_metrics
 
     return default_metrics(k, positive_index=positive)
 
@@ -379,12 +379,12 @@ def _build_model(opts, model_shape, data_shape, num_classes, aug) -> keras.Model
 
 
 def _callbacks(out: str, opts: dict, resume: _resume.ResumeState) -> list:
-    model_path = os.path.join(out, _run.MODEL_NAME)
+    model_path = os.path.join(out, run_folder.MODEL_NAME)
     verbose = 0 if opts["verbose"] == 0 else 1
     # BackupAndRestore goes last: an epoch's row and checkpoint are written before its backup.
     return [
-        keras.callbacks.CSVLogger(os.path.join(out, _run.HISTORY_NAME), append=True),
-        keras.callbacks.TensorBoard(os.path.join(out, _run.LOGS_DIR)),
+        keras.callbacks.CSVLogger(os.path.join(out, run_folder.HISTORY_NAME), append=True),
+        keras.callbacks.TensorBoard(os.path.join(out, run_folder.LOGS_DIR)),
         keras.callbacks.ModelCheckpoint(
             model_path, monitor="val_loss", save_best_only=True, initial_value_threshold=resume.best
         ),
@@ -399,20 +399,20 @@ def _callbacks(out: str, opts: dict, resume: _resume.ResumeState) -> list:
         # Kept after fit returns (Keras would delete it): until config.json says the run finished,
         # the backup is what tells a rerun how many epochs are done.
         keras.callbacks.BackupAndRestore(
-            os.path.join(out, _run.BACKUP_DIR), double_checkpoint=True, delete_checkpoint=False
+            os.path.join(out, run_folder.BACKUP_DIR), double_checkpoint=True, delete_checkpoint=False
         ),
     ]
 
 
 def _finish(out: str, net: keras.Model, config: dict, *, resumed_from: int, start: float) -> TrainResult:
-    history_path = os.path.join(out, _run.HISTORY_NAME)
-    history = _run.read_history(history_path)
+    history_path = os.path.join(out, run_folder.HISTORY_NAME)
+    history = run_folder.read_history(history_path)
     if history:
-        _run.write_history(history_path, history)  # without the rows of epochs that were redone
+        run_folder.write_history(history_path, history)  # without the rows of epochs that were redone
     losses = history.get("val_loss", [])
     best = min(range(len(losses)), key=lambda i: (math.isnan(losses[i]), losses[i])) if losses else -1
-    save_model(net, os.path.join(out, _run.MODEL_NAME))
-    _run.plot_learning_curves(history, os.path.join(out, _run.CURVES_NAME))
+    save_model(net, os.path.join(out, run_folder.MODEL_NAME))
+    run_folder.plot_learning_curves(history, os.path.join(out, run_folder.CURVES_NAME))
     seconds = time.perf_counter() - start
     config["results"] = {
         "epochs": len(losses),
@@ -426,9 +426,9 @@ def _finish(out: str, net: keras.Model, config: dict, *, resumed_from: int, star
     }
     config["finished_at"] = datetime.datetime.now().isoformat(timespec="seconds")
     config["finished"] = True
-    _run.write_config(out, config)  # a run is finished only once this is written
+    run_folder.write_config(out, config)  # a run is finished only once this is written
     # Only now: a kill before the config above leaves the backup, so the rerun finishes, not retrains.
-    shutil.rmtree(os.path.join(out, _run.BACKUP_DIR), ignore_errors=True)
+    shutil.rmtree(os.path.join(out, run_folder.BACKUP_DIR), ignore_errors=True)
     return TrainResult(
         run_dir=out,
         model=net,

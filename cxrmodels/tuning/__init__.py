@@ -1,8 +1,8 @@
-"""keras-tuner searches: `search`, `CXRHyperModel`, the space, tuners, distributed mode, report.
+"""keras-tuner searches: `search`, `CXRHyperModel`, the space, tuners, distributed mode, the search folder.
 
 As keras-tuner keeps `engine/`, `tuners/` and `distribute/` apart: `hypermodel`
 (what a trial builds and fits), `space` (the hyperparameters), `tuners` (the
-oracles), `distribute` (chief and workers), `report` (tables and figures) and
+oracles), `distribute` (chief and workers), `search_folder` (the search folder: its state, tables and figures) and
 `searcher` (the `search` entry point).
 """
 

@@ -66,7 +66,7 @@ class CXRHyperModel(kt.HyperModel):
     still the reference.
 
     Models are compiled with Adam, categorical cross-entropy and
-    `cxrmodels.evaluation.keras_metrics.default_metrics`, as `cxrmodels.train` does.
+    `cxrmodels.metrics.keras_metrics.default_metrics`, as `cxrmodels.train` does.
     `fit` takes a converted dataset folder and builds its train and val
     pipelines once per trial with `cxrdata.load`.
 
@@ -75,7 +75,7 @@ class CXRHyperModel(kt.HyperModel):
         input_shape: `(height, width, channels)` of the dataset's images.
         num_classes: Number of classes.
         class_names: The class names, to find the positive class of two
-            (`cxrmodels.evaluation.clinical.positive_class_index`). Defaults to None
+            (`cxrmodels.metrics.clinical.positive_class_index`). Defaults to None
             (class 1 is positive).
         hyperparameters: Fixes or narrows entries of the space: a
             `keras_tuner.HyperParameters` holding `hp.Fixed`, `hp.Choice`,
@@ -135,7 +135,7 @@ class CXRHyperModel(kt.HyperModel):
         name: str | None = None,
         dataset_equalized: bool = True,
     ):
-        from cxrmodels.evaluation.clinical import positive_class_index
+        from cxrmodels.metrics.clinical import positive_class_index
         from cxrmodels.models import model_options
         from cxrmodels.models.inputs import check_input_shape, check_num_classes
         from cxrmodels.training.options import SharedOptions
@@ -239,7 +239,7 @@ class CXRHyperModel(kt.HyperModel):
         return self._compiled_model(values)
 
     def _compiled_model(self, values: dict[str, Any]) -> keras.Model:
-        from cxrmodels.evaluation.keras_metrics import default_metrics
+        from cxrmodels.metrics.keras_metrics import default_metrics
         from cxrmodels.models import create_model
 
         previous = keras.config.dtype_policy()

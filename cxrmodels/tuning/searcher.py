@@ -3,7 +3,7 @@
 The reference study tuned its CNN by hand (learning rate and filters).
 `search` runs a Hyperband, random or Bayesian search over a `CXRHyperModel`,
 whose defaults are the reference values, so the first trial is the reference
-model. The folder it fills (see `cxrmodels.tuning.report`) ends with
+model. The folder it fills (see `cxrmodels.tuning.search_folder`) ends with
 `trials.csv`, `best_hyperparameters.json`, `best_model.keras` and
 `search_plot.png`; rerunning the same search on it resumes it. With
 `distributed=True` it runs as keras-tuner's chief or one of its workers (see
@@ -27,7 +27,7 @@ import keras
 from cxrdata.utils.argument_validation import check_bool, check_choice, check_int
 from cxrdata.utils.output_dir import lock_output_dir
 from cxrmodels.models.saving import save_model
-from cxrmodels.tuning import report as _report
+from cxrmodels.tuning import search_folder
 from cxrmodels.tuning.hypermodel import CXRHyperModel, check_objective, objective_names
 
 TUNERS = ("hyperband", "random", "bayesian")
@@ -246,7 +246,7 @@ def search(
             f"so give some. Received: hyperparameters={hyperparameters!r}"
         )
     config = {
-        "format_version": _report.FORMAT_VERSION,
+        "format_version": search_folder.FORMAT_VERSION,
         "model": model,
         "model_kwargs": {k: str(v) for k, v in hypermodel.model_kwargs.items()},
         "dataset_digest": manifest.digest(),
@@ -279,9 +279,9 @@ def search(
 
         if role == "worker":
             wait_for_chief()  # the chief writes search.json before it serves
-            _report.check_worker(out, config)
+            search_folder.check_worker(out, config)
         else:
-            _report.prepare(out, config, overwrite=overwrite)
+            search_folder.prepare(out, config, overwrite=overwrite)
 
         kt_tuner = make_tuner(
             tuner,
@@ -423,19 +423,19 @@ def _finish(
     """Writes trials.csv, the plot, best_hyperparameters.json and best_model.keras."""
     import keras_tuner as kt
 
-    rows = _report.trial_rows(kt_tuner, hypermodel, objective)
+    rows = search_folder.trial_rows(kt_tuner, hypermodel, objective)
     files = {}
-    files[_report.TRIALS_NAME] = os.path.join(out, _report.TRIALS_NAME)
-    _report.write_trials_csv(files[_report.TRIALS_NAME], rows)
+    files[search_folder.TRIALS_NAME] = os.path.join(out, search_folder.TRIALS_NAME)
+    search_folder.write_trials_csv(files[search_folder.TRIALS_NAME], rows)
     names = hypermodel.space.names
     second = next(
         n
         for n in ("base_filters", "trainable_blocks", "dense_units", "dropout", "learning_rate")
         if n in names
     )
-    files[_report.PLOT_NAME] = _report.plot(
+    files[search_folder.PLOT_NAME] = search_folder.plot(
         rows,
-        os.path.join(out, _report.PLOT_NAME),
+        os.path.join(out, search_folder.PLOT_NAME),
         objective=objective,
         direction=direction,
         second=second,
@@ -443,20 +443,20 @@ def _finish(
         defaults=hypermodel.resolve(kt.HyperParameters()),
         extra=("equalize_radius",) if "equalize_radius" in names else (),
     )
-    best = _report.best_row(rows, objective, direction)
+    best = search_folder.best_row(rows, objective, direction)
     if best is None:
         notes = sorted({r["note"] for r in rows if r.get("note")})
         raise RuntimeError(
             f"No trial of the search in {out!r} completed ({len(rows)} trials). "
-            f"Reasons: {'; '.join(notes) or 'none recorded'}. See {files[_report.TRIALS_NAME]}."
+            f"Reasons: {'; '.join(notes) or 'none recorded'}. See {files[search_folder.TRIALS_NAME]}."
         )
     values = {n: best[n] for n in names}
     net = kt_tuner.load_model(kt_tuner.oracle.get_trial(best["trial_id"]))
-    files[_report.MODEL_NAME] = os.path.join(out, _report.MODEL_NAME)
-    save_model(net, files[_report.MODEL_NAME])
-    files[_report.BEST_NAME] = os.path.join(out, _report.BEST_NAME)
-    _report.write_json(
-        files[_report.BEST_NAME],
+    files[search_folder.MODEL_NAME] = os.path.join(out, search_folder.MODEL_NAME)
+    save_model(net, files[search_folder.MODEL_NAME])
+    files[search_folder.BEST_NAME] = os.path.join(out, search_folder.BEST_NAME)
+    search_folder.write_json(
+        files[search_folder.BEST_NAME],
         {
             "objective": objective,
             "direction": direction,

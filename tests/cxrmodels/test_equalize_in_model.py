@@ -79,7 +79,7 @@ def test_evaluate_predict_and_export_follow_it(eq_run, raw_dataset, tmp_path):
         images.append(x.numpy())
         labels.append(np.argmax(y.numpy(), axis=1))
     probs = model.predict(np.concatenate(images), verbose=0)
-    from cxrmodels.evaluation.clinical import roc_auc
+    from cxrmodels.metrics.clinical import roc_auc
 
     positive = ["COVID", "Normal"].index(json.loads((eq_run / "config.json").read_text())["positive_class"])
     assert metrics["auc"] == pytest.approx(roc_auc(np.concatenate(labels) == positive, probs[:, positive]))

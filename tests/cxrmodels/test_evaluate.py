@@ -12,8 +12,8 @@ import pytest
 
 import cxrdata
 from cxrmodels.cli import main
-from cxrmodels.evaluation.clinical import evaluate_predictions
 from cxrmodels.evaluation.evaluator import evaluate
+from cxrmodels.metrics.clinical import evaluate_predictions
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from cxrmodels.evaluation import clinical as M
 from cxrmodels.evaluation import plots as P
-from cxrmodels.evaluation.keras_metrics import Specificity, default_metrics
+from cxrmodels.metrics import clinical as M
+from cxrmodels.metrics.keras_metrics import Specificity, default_metrics
 
 # Ten hand-made cases. Negatives score 0.1 0.2 0.3 0.6 0.8, positives 0.4 0.6 0.7 0.9 0.95
 # (one tie across classes at 0.6).
@@ -332,7 +332,7 @@ def test_plots_write_pngs(tmp_path):
 
 
 def test_metrics_module_does_not_import_tensorflow():
-    code = "import sys, cxrmodels.evaluation.clinical; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    code = "import sys, cxrmodels.metrics.clinical; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

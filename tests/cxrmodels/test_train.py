@@ -253,7 +253,8 @@ def test_run_killed_after_its_last_epoch_only_finishes(trained_run, converted_da
 _KILLED_CHILD = """
 import os, sys
 from cxrmodels.models import saving
-from cxrmodels.training import run_dir, trainer
+from cxrmodels.runs import run_folder as run_dir
+from cxrmodels.training import trainer
 
 step = sys.argv[3]
 
@@ -392,8 +393,8 @@ def test_mirrored_strategy_trains_on_the_cpu(converted_dataset, tmp_path):
 def test_training_on_phantoms_learns(tmp_path):
     from cxrdata.conversion import convert
     from cxrdata.synthetic import write_tree
-    from cxrmodels.evaluation.clinical import roc_auc
     from cxrmodels.evaluation.evaluator import predict_split
+    from cxrmodels.metrics.clinical import roc_auc
 
     write_tree(tmp_path / "src", per_class=60, image_size=128, seed=11)
     convert(tmp_path / "src", tmp_path / "data", image_size=64, radius=16, workers=1, progress=False)

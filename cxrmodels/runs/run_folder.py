@@ -81,39 +81,6 @@ def write_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
     atomic_write_text(config_path(run_dir), json.dumps(config, indent=2) + "\n")
 
 
-def load_model(run_dir: str | os.PathLike, config: dict[str, Any] | None = None):
-    """Loads a run's `model.keras` (uncompiled), warning when the run did not finish.
-
-    Raises:
-        FileNotFoundError: the run holds no `model.keras`.
-        ValueError: `model.keras` is damaged, or its number of outputs is not
-            the number of classes in `config.json`.
-    """
-    import warnings
-
-    from cxrmodels.models.saving import load_model as load_keras_model
-
-    run_dir = os.fspath(run_dir)
-    config = read_config(run_dir) if config is None else config
-    path = os.path.join(run_dir, MODEL_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Run {run_dir!r} holds no {MODEL_NAME}: its training stopped before the first "
-            f"epoch ended. Rerun the same `cxr train` command to resume it."
-        )
-    if not config.get("finished"):
-        warnings.warn(f"Run {run_dir!r} did not finish: using its best model so far.", stacklevel=3)
-    model = load_keras_model(path, compile=False)
-    outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
-    if outputs != len(config["class_names"]):
-        raise ValueError(
-            f"The model in run {run_dir!r} has {outputs} class outputs but the run's {CONFIG_NAME} names "
-            f"{len(config['class_names'])} classes {config['class_names']}: {MODEL_NAME} does not belong "
-            f"to this run."
-        )
-    return model
-
-
 def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
     """Reads a CSVLogger file into `{column: values}`, one value per epoch.
 

@@ -1,7 +1,7 @@
 """Keras metrics that training compiles with: specificity, and the default metric list.
 
 Backend-agnostic (`keras.ops` only). These are running estimates for training
-logs; the reported clinical numbers come from `cxrmodels.evaluation.clinical` on the saved
+logs; the reported clinical numbers come from `cxrmodels.metrics.clinical` on the saved
 predictions.
 """
 
@@ -103,7 +103,7 @@ def default_metrics(num_classes: int, *, positive_index: int | None = None) -> l
     Args:
         num_classes: The number of classes (>= 2).
         positive_index: The positive class; required for two classes (see
-            `cxrmodels.evaluation.clinical.positive_class_index`), ignored for more.
+            `cxrmodels.metrics.clinical.positive_class_index`), ignored for more.
             Defaults to None.
 
     Returns:
