@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cxrdata.utils.io import atomic_write_text
+from cxrmodels.models.predicting import predict_split
 from cxrmodels.models.saving import load_run_model
 from cxrmodels.runs import run_folder
 
@@ -427,15 +428,3 @@ def predict_splits(
     if labels is not None:
         y = np.asarray(labels, dtype=np.int64)[y]
     return y, probs
-
-
-def predict_split(model, dataset_dir: str, split: str, *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`(labels [N], probabilities [N, K])` of a model on one split, in manifest order."""
-    import cxrdata
-
-    ds = cxrdata.load(dataset_dir, split, batch_size=batch_size, shuffle=False, label_mode="int")
-    labels, probs = [], []
-    for images, y in ds:
-        probs.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
-        labels.append(np.asarray(y))
-    return np.concatenate(labels).astype(np.int64), np.concatenate(probs)

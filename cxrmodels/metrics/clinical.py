@@ -239,6 +239,39 @@ def youden_threshold(y_true, scores) -> float:
     return float(thresholds[1 + int(np.argmax(j[1:]))])  # argmax: the first, i.e. highest, of ties
 
 
+def decision_thresholds(y_true, probs, class_names) -> dict:
+    """The decision thresholds a run stores: Youden's, one-vs-rest per class, on validation data.
+
+    `cxr train` calls this on the "val" split after training and keeps the result
+    in the run's `config.json` (`decision_threshold`); evaluation on any dataset
+    applies it unchanged, so the data it reports never choose it.
+
+    Args:
+        y_true: Integer labels [N].
+        probs: Probabilities [N, K].
+        class_names: The K class names.
+
+    Returns:
+        `{"method": "youden", "per_class": {name: threshold or None},
+        "positive_class": name or None, "value": the positive class's threshold
+        (two classes) or None, "examples": N}`. A class absent from (or alone
+        in) `y_true` gets None: Youden's J needs both.
+    """
+    y, p = _check_predictions(y_true, probs, class_names)
+    per_class = {}
+    for c, name in enumerate(class_names):
+        yc = y == c
+        per_class[str(name)] = None if yc.all() or not yc.any() else youden_threshold(yc, p[:, c])
+    positive = class_names[positive_class_index(class_names)] if len(class_names) == 2 else None
+    return {
+        "method": "youden",
+        "per_class": per_class,
+        "positive_class": positive,
+        "value": per_class[positive] if positive is not None else None,
+        "examples": int(len(y)),
+    }
+
+
 def _ratio(num, den) -> float | None:
     return float(num / den) if den else None
 

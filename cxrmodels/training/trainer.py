@@ -404,6 +404,17 @@ def _callbacks(out: str, opts: dict, resume: _resume.ResumeState) -> list:
     ]
 
 
+def _decision_threshold(net: keras.Model, config: dict) -> dict:
+    """Youden's thresholds on the "val" split, with what they were chosen on (stored in the run)."""
+    from cxrmodels.metrics.clinical import decision_thresholds
+    from cxrmodels.models.predicting import predict_split
+
+    batch_size = config["training"]["batch_size"]
+    y, probs = predict_split(net, config["dataset"]["path"], "val", batch_size=batch_size)
+    chosen = decision_thresholds(y, probs, config["class_names"])
+    return chosen | {"split": "val", "dataset_digest": config["dataset"]["digest"]}
+
+
 def _finish(out: str, net: keras.Model, config: dict, *, resumed_from: int, start: float) -> TrainResult:
     history_path = os.path.join(out, run_folder.HISTORY_NAME)
     history = run_folder.read_history(history_path)
@@ -412,6 +423,7 @@ def _finish(out: str, net: keras.Model, config: dict, *, resumed_from: int, star
     losses = history.get("val_loss", [])
     best = min(range(len(losses)), key=lambda i: (math.isnan(losses[i]), losses[i])) if losses else -1
     save_model(net, os.path.join(out, run_folder.MODEL_NAME))
+    config["decision_threshold"] = _decision_threshold(net, config)
     run_folder.plot_learning_curves(history, os.path.join(out, run_folder.CURVES_NAME))
     seconds = time.perf_counter() - start
     config["results"] = {

@@ -393,8 +393,8 @@ def test_mirrored_strategy_trains_on_the_cpu(converted_dataset, tmp_path):
 def test_training_on_phantoms_learns(tmp_path):
     from cxrdata.conversion import convert
     from cxrdata.synthetic import write_tree
-    from cxrmodels.evaluation.evaluator import predict_split
     from cxrmodels.metrics.clinical import roc_auc
+    from cxrmodels.models.predicting import predict_split
 
     write_tree(tmp_path / "src", per_class=60, image_size=128, seed=11)
     convert(tmp_path / "src", tmp_path / "data", image_size=64, radius=16, workers=1, progress=False)
