@@ -33,7 +33,8 @@ _EXPORTS = {
     "save_model": "cxrmodels.models.saving",
     "ImagePreprocessing": "cxrmodels.models.inputs",
     "train": "cxrmodels.training.trainer",
-    "TrainResult": "cxrmodels.training.trainer",
+    "TrainResult": "cxrmodels.training.lifecycle",
+    "TrainConfig": "cxrmodels.training.config",
     "Specificity": "cxrmodels.metrics.keras_metrics",
     "evaluate_predictions": "cxrmodels.metrics.clinical",
     "evaluate": "cxrmodels.evaluation.evaluator",
@@ -64,7 +65,9 @@ if TYPE_CHECKING:  # what IDEs and type checkers see
     from cxrmodels.models.saving import load_model, save_model
     from cxrmodels.serving.exporting import export
     from cxrmodels.serving.prediction import gradcam, predict
-    from cxrmodels.training.trainer import TrainResult, train
+    from cxrmodels.training.config import TrainConfig
+    from cxrmodels.training.lifecycle import TrainResult
+    from cxrmodels.training.trainer import train
     from cxrmodels.tuning.hypermodel import CXRHyperModel
     from cxrmodels.tuning.searcher import SearchResult, search
 

@@ -90,3 +90,45 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
     return value
+
+
+def standardize_image_size(
+    value: Any,
+    *,
+    name: str = "image_size",
+    minimum: int = 1,
+    maximum: int | None = None,
+    allow_none: bool = False,
+) -> tuple[int, int] | None:
+    """The one rule for image sizes: an int N (N x N) or a (height, width) pair, as a tuple.
+
+    Like Keras' `standardize_tuple`: a list, a tuple or NumPy ints are accepted;
+    a bool, a float or a string is a TypeError; a size outside [minimum, maximum]
+    a ValueError.
+    """
+    if value is None and allow_none:
+        return None
+    expected = f"an int or a (height, width) pair of ints{_bounds(minimum, maximum)}" + (
+        " or None" if allow_none else ""
+    )
+    size = (value, value) if is_int(value) else value
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(is_int(s) for s in size):
+        raise TypeError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+    if any(s < minimum or (maximum is not None and s > maximum) for s in size):
+        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+    return int(size[0]), int(size[1])
+
+
+def check_path(name: str, value: Any, *, allow_none: bool = False) -> str | None:
+    """Returns a path (str or os.PathLike, not empty) as a str, or raises TypeError/ValueError."""
+    import os
+
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        expected = "a path (str or os.PathLike)" + (" or None" if allow_none else "")
+        raise TypeError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"`{name}` must be a non-empty path. Received: {name}={value!r}")
+    return text

@@ -46,18 +46,6 @@ class UsageError(Exception):
     """Raised by a command for bad arguments found after parsing: exit code 2."""
 
 
-def image_size_arg(text: str) -> int | tuple[int, int]:
-    """argparse type for `--image-size`: `N` or `HxW` (also `H,W`)."""
-    parts = text.lower().replace("x", ",").split(",")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
-    if len(values) in (1, 2) and all(v > 0 for v in values):
-        return values[0] if len(values) == 1 else tuple(values)
-    raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
-
-
 def add_command(subparsers, name: str, *, help: str, examples: str, func) -> argparse.ArgumentParser:
     """Adds one subcommand whose `--help` ends with `examples`."""
     p = subparsers.add_parser(

@@ -6,7 +6,8 @@ import sys
 
 
 def register(subparsers) -> None:
-    from cxrmodels.cli import add_command, image_size_arg
+    from cxrdata.utils.config import parse_image_size
+    from cxrmodels.cli import add_command
 
     p = add_command(
         subparsers,
@@ -69,7 +70,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--class-names", nargs="+", metavar="NAME", help="classes in label order (default: sorted)"
     )
-    p.add_argument("--image-size", type=image_size_arg, default=299, metavar="N|HxW", help="default: 299")
+    p.add_argument("--image-size", type=parse_image_size, default=299, metavar="N|HxW", help="default: 299")
     p.add_argument("--aspect", choices=["stretch", "crop", "pad"], default="stretch", help="default: stretch")
     p.add_argument(
         "--equalize", choices=["local", "clahe", "global", "none"], default="local", help="default: local"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 
-# Model options given on the command line only when set (each model has its own defaults).
-_MODEL_OPTIONS = ("filters", "dense_units", "dropout", "pooling", "trainable_blocks", "weights")
-
 
 def register(subparsers) -> None:
-    from cxrmodels.cli import add_command, image_size_arg
+    from cxrdata.utils.config import add_arguments
+    from cxrmodels.cli import add_command
+    from cxrmodels.training.config import TrainConfig
 
     p = add_command(
         subparsers,
@@ -21,79 +20,10 @@ def register(subparsers) -> None:
         "  cxr train data/ --model densenet121 --weights imagenet --trainable-blocks 2 "
         "--out runs/c\n"
         "  cxr train data/ --out runs/d --image-size 224 --resize-in-model --balance oversample\n"
-        "  cxr train data/ --out runs/a              # again: resumes an interrupted run",
+        "  cxr train data/ --out runs/a              # again: resumes an interrupted run\n"
+        "  cxr train --config train.yaml --epochs 5  # options from a file (YAML or JSON), then these",
     )
-    p.add_argument("dataset", help="converted dataset folder (with train and val splits)")
-    p.add_argument("--model", default="seed_cnn", help="registered model name (default: seed_cnn)")
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder (model, history, curves, config)")
-    p.add_argument("--epochs", type=int, default=30, help="default: 30")
-    p.add_argument("--batch-size", type=int, default=32, help="default: 32")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run in RUN")
-    p.add_argument(
-        "--mixed-precision",
-        nargs="?",
-        const="float16",
-        choices=["float16", "bfloat16"],
-        default=None,
-        help="mixed_float16 (GPU; the default when given alone) or mixed_bfloat16; "
-        "put DATASET before this option",
-    )
-    p.add_argument(
-        "--augment",
-        choices=["gpu", "cpu", "none"],
-        default="gpu",
-        help="RandomAffine in the model (gpu), in the input pipeline (cpu), or none (default: gpu)",
-    )
-    p.add_argument(
-        "--augment-strength",
-        type=float,
-        default=1.0,
-        help="scales the rotation/zoom/shift/shear ranges (default: 1.0)",
-    )
-    p.add_argument(
-        "--balance",
-        choices=["none", "oversample", "class-weight"],
-        default="none",
-        help="class balancing (default: none)",
-    )
-    p.add_argument(
-        "--image-size",
-        type=image_size_arg,
-        default=None,
-        metavar="N|HxW",
-        help="model input size (default: the dataset's)",
-    )
-    p.add_argument(
-        "--resize-in-model",
-        action="store_true",
-        help="resize inside the model when --image-size differs from the dataset's",
-    )
-    p.add_argument(
-        "--equalize-in-model",
-        type=int,
-        default=None,
-        metavar="RADIUS",
-        help="equalize inside the model (cxrdata.LocalEqualization(RADIUS), before augmentation, on the "
-        "device); the dataset must be converted with --equalize none",
-    )
-    p.add_argument("--seed", type=int, default=0, help="default: 0")
-    p.add_argument(
-        "--strategy",
-        choices=["mirrored", "multi-worker"],
-        default=None,
-        help="mirrored: this machine's GPUs; multi-worker: the processes or machines in "
-        "TF_CONFIG (run the same command on each)",
-    )
-    p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs (default: 10)")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch output")
-    g = p.add_argument_group("model options (passed only when given; see each model's defaults)")
-    g.add_argument("--filters", type=int, nargs="+", metavar="N", help="conv filters per block (seed_cnn)")
-    g.add_argument("--dense-units", type=int, metavar="N", help="units of the hidden Dense layer (0: none)")
-    g.add_argument("--dropout", type=float, metavar="RATE", help="dropout before the last Dense layer")
-    g.add_argument("--pooling", choices=["max", "avg"], help="pooling of the blocks or the backbone")
-    g.add_argument("--weights", metavar="PATH|imagenet", help="initial weights")
-    g.add_argument("--trainable-blocks", type=int, metavar="N", help="backbone blocks to fine-tune")
+    add_arguments(p, TrainConfig)
 
     p = add_command(
         subparsers,
@@ -154,32 +84,13 @@ def register(subparsers) -> None:
 
 def _train(args) -> int:
     import cxrmodels
+    from cxrdata.utils.config import from_cli
+    from cxrmodels.training.config import TrainConfig
 
-    model_kwargs = {name: getattr(args, name) for name in _MODEL_OPTIONS if getattr(args, name) is not None}
-    verbose = 0 if args.quiet else ("auto" if sys.stdout.isatty() else 2)
-    result = cxrmodels.train(
-        args.dataset,
-        model=args.model,
-        out=args.out,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        mixed_precision=args.mixed_precision or False,
-        augment=args.augment,
-        balance=args.balance,
-        image_size=args.image_size,
-        resize_in_model=args.resize_in_model,
-        equalize_in_model=args.equalize_in_model,
-        seed=args.seed,
-        overwrite=args.overwrite,
-        strategy=args.strategy,
-        model_kwargs=model_kwargs,
-        augment_strength=args.augment_strength,
-        patience=args.patience,
-        verbose=verbose,
-    )
+    config = from_cli(TrainConfig, args)
+    result = cxrmodels.train(config=config)
     # A multi-worker run's other workers return None: the chief wrote the run folder.
-    print(result.summary() if result is not None else f"Worker done; the chief wrote {args.out}.")
+    print(result.summary() if result is not None else f"Worker done; the chief wrote {config.out}.")
     return 0
 
 

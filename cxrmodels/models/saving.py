@@ -121,16 +121,30 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
 def save_model(model: keras.Model, path: str | os.PathLike) -> None:
     """Saves `model` to a `.keras` file atomically: never half-written under `path`.
 
-    Keras wants the `.keras` suffix on the temporary name too.
+    Keras wants the `.keras` suffix on the temporary name too. BatchNormalization
+    layers synchronized for multi-replica training are saved unsynchronized, so
+    the file loads as an ordinary model (under any backend).
     """
     path = os.fspath(path)
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp.keras")
+    synced = [layer for layer in all_layers(model) if getattr(layer, "synchronized", False) is True]
     try:
+        for layer in synced:
+            layer.synchronized = False
         model.save(tmp)
         os.replace(tmp, path)
     finally:
+        for layer in synced:
+            layer.synchronized = True
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def all_layers(layer):
+    """`layer` and every layer nested in it."""
+    yield layer
+    for sub in getattr(layer, "layers", None) or []:
+        yield from all_layers(sub)
 
 
 def load_run_model(run_dir: str | os.PathLike, config: dict[str, Any] | None = None):

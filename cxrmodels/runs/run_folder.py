@@ -181,7 +181,7 @@ def sidecar(config: dict[str, Any]) -> dict[str, Any]:
         "class_names": config["class_names"],
         "positive_class": config.get("positive_class"),
         "preprocessing": config["preprocessing"],
-        "equalize_in_model": config["model"].get("equalize_in_model"),
+        "equalize_radius": config["model"].get("equalize_radius", config["model"].get("equalize_in_model")),
         "dataset_digest": config.get("dataset", {}).get("digest"),
         "library_version": config.get("library_version"),
     }

@@ -8,10 +8,13 @@ from cxrdata.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "train": "cxrmodels.training.trainer",
-    "TrainResult": "cxrmodels.training.trainer",
+    "TrainResult": "cxrmodels.training.lifecycle",
+    "TrainConfig": "cxrmodels.training.config",
 }
 
 if TYPE_CHECKING:
-    from cxrmodels.training.trainer import TrainResult, train
+    from cxrmodels.training.config import TrainConfig
+    from cxrmodels.training.lifecycle import TrainResult
+    from cxrmodels.training.trainer import train
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

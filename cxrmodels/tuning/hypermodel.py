@@ -13,7 +13,7 @@ import keras
 import keras_tuner as kt
 
 from cxrdata.utils.argument_validation import check_bool, is_int
-from cxrmodels.training.options import augmentation_layer
+from cxrmodels.training.config import TrainConfig, augmentation_layer
 from cxrmodels.tuning import space as _tuning_space
 
 METRIC_NAMES = ("loss", "accuracy", "auc", "precision", "recall", "specificity")
@@ -138,10 +138,9 @@ class CXRHyperModel(kt.HyperModel):
         from cxrmodels.metrics.clinical import positive_class_index
         from cxrmodels.models import model_options
         from cxrmodels.models.inputs import check_input_shape, check_num_classes
-        from cxrmodels.training.options import SharedOptions
 
         check_bool("dataset_equalized", dataset_equalized)
-        shared = SharedOptions.check(
+        shared = TrainConfig(
             model=model, batch_size=batch_size, seed=seed, mixed_precision=mixed_precision, augment=augment
         )
         from cxrmodels.models import model_info
@@ -157,7 +156,7 @@ class CXRHyperModel(kt.HyperModel):
         super().__init__(name=name or f"cxr_{model}")
         self.model_name, self.input_shape, self.num_classes = model, tuple(input_shape), num_classes
         self.class_names = None if class_names is None else [str(c) for c in class_names]
-        self.policy = shared.policy
+        self.policy = shared.mixed_precision
         self.augment, self.batch_size, self.seed = shared.augment, shared.batch_size, shared.seed
         self.positive_index = (
             (positive_class_index(class_names) if class_names is not None else 1)
@@ -341,9 +340,7 @@ class CXRHyperModel(kt.HyperModel):
 
     def _augmentation(self, values: dict[str, Any]):
         return augmentation_layer(
-            {
-                "augment": self.augment,
-                "seed": self.seed,
-                "augment_strength": float(values["augment_strength"]),
-            }
+            TrainConfig(
+                augment=self.augment, seed=self.seed, augment_strength=float(values["augment_strength"])
+            )
         )

@@ -341,11 +341,10 @@ def _check_args(
     worker_timeout,
     verbose,
 ) -> None:
-    from cxrmodels.training.options import SharedOptions
+    from cxrmodels.training.config import TrainConfig
 
-    SharedOptions.check(
-        model=model, batch_size=batch_size, seed=seed, augment=augment, patience=patience, verbose=verbose
-    )
+    TrainConfig(model=model, batch_size=batch_size, seed=seed, augment=augment, verbose=verbose)
+    check_int("patience", patience, minimum=0, allow_none=True)
     check_choice("tuner", tuner, TUNERS)
     check_int("max_trials", max_trials, minimum=1)
     check_int("max_epochs", max_epochs, minimum=1)

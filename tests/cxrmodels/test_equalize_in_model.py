@@ -52,7 +52,7 @@ def eq_run(raw_dataset, tmp_path_factory):
 @pytest.mark.slow
 def test_the_run_records_it_and_its_model_equalizes_first(eq_run, raw_dataset):
     config = json.loads((eq_run / "config.json").read_text())
-    assert config["model"]["equalize_in_model"] == RADIUS and config["preprocessing"]["equalize"] == "none"
+    assert config["model"]["equalize_radius"] == RADIUS and config["preprocessing"]["equalize"] == "none"
     model = keras.saving.load_model(os.path.join(eq_run, "model.keras"), compile=False)
     front = model.get_layer("equalize_augment")
     assert [type(layer).__name__ for layer in front.layers] == ["LocalEqualization", "RandomAffine"]
@@ -91,7 +91,7 @@ def test_evaluate_predict_and_export_follow_it(eq_run, raw_dataset, tmp_path):
     served = serve(image_bytes=tf.constant([p.read_bytes() for p in sources]))["probabilities"].numpy()
     expected = np.array([[r["probabilities"][c] for c in ("COVID", "Normal")] for r in results])
     np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
-    assert json.loads((tmp_path / "sm" / "cxr.json").read_text())["equalize_in_model"] == RADIUS
+    assert json.loads((tmp_path / "sm" / "cxr.json").read_text())["equalize_radius"] == RADIUS
 
 
 def test_equalize_in_model_is_refused_on_an_equalized_dataset_or_with_cpu_augmentation(

@@ -19,6 +19,7 @@ import pytest
 import cxrdata
 from cxrdata.layers.random_affine import RandomAffine
 from cxrmodels.cli import main
+from cxrmodels.training.config import TrainConfig
 from cxrmodels.training.trainer import train
 
 TINY = {"filters": (4, 8, 8), "dense_units": 8}
@@ -79,7 +80,7 @@ def test_config_has_everything_needed_to_rebuild(trained_run, converted_dataset)
         "image_size": [64, 64],
         "resize_in_model": False,
         "num_classes": 2,
-        "equalize_in_model": None,
+        "equalize_radius": None,
     }
     assert config["class_names"] == ["COVID", "Normal"] and config["positive_class"] == "COVID"
     assert config["dataset"]["digest"] == manifest.digest()
@@ -203,7 +204,7 @@ def test_run_killed_mid_training_resumes_where_it_stopped(converted_dataset, tmp
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metadata = run / "backup" / "training_metadata.json"
+    metadata = run / "backup" / "state.json"
     deadline = time.monotonic() + 240
     try:
         while not _backup_epoch(metadata) and proc.poll() is None and time.monotonic() < deadline:
@@ -228,13 +229,24 @@ def test_run_killed_mid_training_resumes_where_it_stopped(converted_dataset, tmp
     assert not (run / "backup").exists()
 
 
-def test_run_killed_after_its_last_epoch_only_finishes(trained_run, converted_dataset, tmp_path):
-    run = _unfinished_copy(trained_run, tmp_path)
-    (run / "learning_curves.png").unlink()
-    (run / "backup").mkdir()
+class _Killed(BaseException):
+    """Stands for a kill: raised at one step, it skips every later write (as a kill would)."""
+
+
+def test_run_killed_after_its_last_epoch_only_finishes(converted_dataset, tmp_path, monkeypatch):
+    from cxrmodels.training import trainer
+
+    run = tmp_path / "run"
+
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "finish", killed)
+        with pytest.raises(_Killed):
+            train(converted_dataset, out=run, epochs=2, batch_size=16, verbose=0, model_kwargs=TINY)
+    assert not _config(run)["finished"]
     saved = keras.saving.load_model(run / "model.keras", compile=False)
-    saved.save_weights(run / "backup" / "latest.weights.h5")
-    (run / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 2, "batch": 0}))
     before = _history_rows(run)
 
     result = train(converted_dataset, out=run, epochs=2, batch_size=16, verbose=0, model_kwargs=TINY)
@@ -266,12 +278,13 @@ def die_after(function, when=lambda *a, **k: True):
         return result
     return wrapped
 
+from cxrmodels.training import lifecycle
 if step == "fit_returned":
-    trainer._finish = lambda *args, **kwargs: os._exit(9)
+    trainer.finish = lambda *args, **kwargs: os._exit(9)
 elif step == "history_written":
-    run_dir.write_history = die_after(run_dir.write_history)
+    run_dir.write_history = die_after(run_dir.write_history, lambda path, history: len(history.get("epoch", [])) == 2)
 elif step == "model_written":
-    trainer.save_model = die_after(trainer.save_model)
+    lifecycle.save_model = die_after(lifecycle.save_model)
 elif step == "curves_written":
     run_dir.plot_learning_curves = die_after(run_dir.plot_learning_curves)
 elif step == "config_finished":
@@ -326,7 +339,13 @@ def test_run_killed_while_finishing_is_finished_by_a_rerun_not_retrained(
 
 
 def test_resumed_early_stopping_state_stops_only_after_an_epoch_that_did_not_improve():
-    from cxrmodels.training.resume import resume_state
+    from cxrmodels.training.run_state import RunState
+
+    def resume_state(history, patience):
+        state = RunState()
+        for loss in history["val_loss"]:
+            state.record({"val_loss": loss}, patience)
+        return state
 
     # Keras' EarlyStopping stops only after an epoch that did not improve: with patience 0,
     # right after the first such epoch, never after an improving one.
@@ -499,12 +518,25 @@ def test_cli_passes_model_options_only_when_given(monkeypatch, converted_dataset
         )
         == 0
     )
-    first, second = calls[0][1], calls[1][1]
-    assert first["model_kwargs"] == {"filters": [16, 32], "dense_units": 8}
-    assert (first["mixed_precision"], first["learning_rate"], first["verbose"]) == ("float16", 0.01, 0)
-    assert second["model_kwargs"] == {}
-    assert (second["mixed_precision"], second["balance"]) == ("bfloat16", "class-weight")
-    assert (second["image_size"], second["resize_in_model"]) == (72, True)
+    # The CLI passes one TrainConfig: the one these keywords make.
+    first, second = calls[0][1]["config"], calls[1][1]["config"]
+    common = {"dataset": str(converted_dataset), "out": "r"}
+    assert first == TrainConfig(
+        **common,
+        model_kwargs={"filters": [16, 32], "dense_units": 8},
+        mixed_precision="float16",
+        learning_rate=0.01,
+        verbose=0,
+    )
+    assert second == TrainConfig(
+        **common,
+        model_kwargs={},
+        mixed_precision="bfloat16",
+        balance="class-weight",
+        image_size=72,
+        resize_in_model=True,
+        verbose=0,
+    )
 
 
 def test_training_on_a_damaged_shard_names_it(converted_dataset, tmp_path):

@@ -28,7 +28,7 @@ def test_types_and_ranges():
     [
         lambda: check_seed(1.5),
         lambda: __import__("cxrdata").RandomAffine(seed=1.5),
-        lambda: __import__("cxrmodels.training.options", fromlist=["_"]).SharedOptions.check(
+        lambda: __import__("cxrmodels.training.config", fromlist=["_"]).TrainConfig(
             model="seed_cnn", batch_size=8, seed="1"
         ),
         lambda: __import__("cxrdata").synthetic.write_tree("unused", seed=1.5),
