@@ -40,7 +40,7 @@ class Loop:
         self.shape, self.num_classes = tuple(plan.data_shape), k
         self.records = [s.records for s in plan.manifest.splits["train"].shards]
         self.loss_fn = keras.losses.CategoricalCrossentropy(reduction=None)
-        self._step = tf.function(self._train_step, reduce_retracing=True)
+        self._step = None  # traced once, for the input's element spec (see `_train_epoch`)
         self._predict = tf.function(
             lambda x: tf.cast(self.net(x, training=False), tf.float32), reduce_retracing=True
         )
@@ -153,7 +153,12 @@ class Loop:
     def _train_epoch(self, epoch: int, calls) -> dict[str, float]:
         for m in self.train_metrics:
             m.reset_state()
-        for step, (x, y) in enumerate(self._distributed(epoch)):
+        batches = self._distributed(epoch)
+        if self._step is None:
+            # One trace for every batch size, the empty batches included: a worker that traced again
+            # for a new shape would number its collectives differently from the others.
+            self._step = tf.function(self._train_step, input_signature=batches.element_spec)
+        for step, (x, y) in enumerate(batches):
             calls.on_train_batch_begin(step)
             y_all, pred, losses, weights = self._step(x, y)
             self._update(self.train_metrics, y_all, pred, losses, weights)

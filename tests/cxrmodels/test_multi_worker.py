@@ -210,9 +210,15 @@ def test_too_few_shards_or_a_bad_tf_config_are_refused(converted_dataset, monkey
     assert not cluster_from_env().is_chief and cluster_from_env().num_workers == 2
 
 
+def _committed_history(run) -> list[dict]:
+    """The rows of the epochs committed to the backup, as history.csv writes them."""
+    history = json.loads((run / "backup" / "state.json").read_text())["history"]
+    return [{k: str(v[i]) for k, v in history.items()} for i in range(len(history["epoch"]))]
+
+
 def _saved_epoch(run) -> int:
     try:
-        return json.loads((run / "backup" / "training_metadata.json").read_text())["epoch"]
+        return json.loads((run / "backup" / "state.json").read_text())["epoch"]
     except (OSError, ValueError, KeyError):  # not there yet, or being written
         return 0
 
@@ -231,7 +237,7 @@ def test_a_killed_worker_resumes_from_the_last_epoch_when_all_rerun(converted_da
         _kill(procs)
     saved = _saved_epoch(chief)
     assert 1 <= saved < 4 and not json.loads((chief / "config.json").read_text())["finished"]
-    before = _history(chief)
+    before = _committed_history(chief)  # history.csv is derived from it, maybe not written yet
 
     procs = _start_workers(converted_dataset, [chief, other], epochs=4, logs=tmp_path)
     try:
