@@ -19,9 +19,9 @@ from cxrdata.utils.argument_validation import (
     check_choice,
     check_int,
     check_number,
-    is_number,
     check_path,
     check_seed,
+    is_number,
     standardize_image_size,
 )
 from cxrdata.utils.config import Config, Option, option, parse_image_size
