@@ -26,18 +26,19 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from cxrdata import __version__
 from cxrdata._pool import printable
 from cxrdata._shards import _Item, _write_shards
-from cxrdata.dicom import DICOM_WINDOWS, MULTI_FRAME_POLICY
+from cxrdata.conversion_config import ConvertConfig, effective_workers
+from cxrdata.dicom import MULTI_FRAME_POLICY
 from cxrdata.manifest import MANIFEST_NAME, REJECTS_NAME, Manifest, ShardInfo, SplitInfo, shard_name
 from cxrdata.preprocess import PreprocessConfig
 from cxrdata.sources import Source, discover
-from cxrdata.splits import assign_splits, describe_overlaps, find_overlaps, parse_ratios
-from cxrdata.utils.argument_validation import check_choice
+from cxrdata.splits import assign_splits, describe_overlaps, find_overlaps
 from cxrdata.utils.io import atomic_write_text, sha256_file
 from cxrdata.utils.output_dir import (
     FINISHED,
@@ -48,8 +49,6 @@ from cxrdata.utils.output_dir import (
 )
 
 PARTIAL_DIR = ".cxr-partial"
-ENCODINGS = ("raw", "png")
-RUNNERS = ("local", "beam")
 
 
 @dataclass(frozen=True)
@@ -89,8 +88,6 @@ class ConversionResult:
 
 def _check_out(out: str, *, overwrite: bool, resume: bool) -> str:
     """The output folder rule (`cxrdata.utils.output_dir`) for a dataset; returns what to do."""
-    if overwrite and resume:
-        raise ValueError("Pass at most one of `overwrite` and `resume`.")
     return check_output_dir(
         out,
         what="dataset",
@@ -146,94 +143,53 @@ def _plan_shards(
 
 
 def convert(
-    src: str | os.PathLike,
-    out: str | os.PathLike,
+    src: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
     *,
-    labels: str | os.PathLike | None = None,
-    group_by: str | None = None,
-    group_pattern: str | None = None,
-    class_names: Sequence[str] | None = None,
-    image_size: int | tuple[int, int] = 299,
-    aspect: str = "stretch",
-    equalize: str = "local",
-    radius: int = 70,
-    clip_limit: float = 0.01,
-    interpolation: str = "bilinear",
-    splits: str | Sequence[float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
-    encoding: str = "raw",
-    shard_size: float = 100,
-    workers: int | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-    progress: bool = True,
-    dicom_window: str = "auto",
-    runner: str = "local",
-    beam_options: Sequence[str] | None = None,
-    masks: str | os.PathLike | None = None,
-    test_groups: Sequence[str] | str | None = None,
-    allow_outside_src: bool = False,
-    strict_splits: bool = False,
+    config: ConvertConfig | None = None,
+    **options: Any,
 ) -> ConversionResult:
     """Converts a chest X-ray folder tree or CSV into equalized, sharded TFRecords.
 
     Each image is decoded, turned to grayscale, resized to `image_size` and
     equalized, in parallel over `workers` processes, then written to shards
     `{split}-{index:05d}-of-{count:05d}.tfrecord` in `out`, beside a manifest
-    (`dataset.json`) and `rejects.csv` (every input not converted, with its reason).
+    (`dataset.json`, which records the `ConvertConfig` options that shape the
+    data) and `rejects.csv` (every input not converted, with its reason).
 
     Args:
         src: a class-folder tree, a tree of `train/ val/ test/` folders (honoured
             as given), or the folder that the relative paths of `labels` start from.
         out: output folder.
-        labels: optional CSV with columns `path`, `label` (and `group_by`, `split`).
-        group_by: CSV column with the patient id: no patient is in two splits.
-        group_pattern: for folder trees, a regex on file names whose first group
-            is the patient id.
-        class_names: classes in label order. Defaults to sorted names found.
-        image_size: output size, int or (height, width). Defaults to 299.
-        aspect: "stretch", "crop" or "pad". Defaults to "stretch".
-        equalize: "local", "clahe", "global" or "none". Defaults to "local".
-        radius: disk radius for local equalization. Defaults to 70.
-        clip_limit: CLAHE clip limit. Defaults to 0.01.
-        interpolation: resize filter. Defaults to "bilinear".
-        splits: `(train, val, test)` ratios adding up to 1, stratified by class.
-            Ignored for trees with split folders. `(0, 0, 1)` makes a test-only
-            dataset, such as an external test set. Defaults to (0.7, 0.15, 0.15).
-        seed: seeds the split and the order of records. Defaults to 0.
-        encoding: "raw" (uint8 pixels) or "png". Defaults to "raw".
-        shard_size: target shard size in megabytes. Defaults to 100.
-        workers: processes. Defaults to all cores.
-        overwrite: replace a dataset already in `out`.
-        resume: finish an interrupted conversion in `out` (or keep a finished one).
-        progress: show a progress bar. Defaults to True.
-        dicom_window: how DICOM stored values become 8 bits: "auto" (Rescale
-            Slope/Intercept, then the file's VOI LUT or first window, else the
-            0.5th-99.5th percentile range; 8-bit data without a window as is),
-            "minmax" (always that range) or "none" (the full BitsStored range,
-            as cxrdata 0.1 did). Recorded in the manifest's `preprocessing`.
-            Defaults to "auto".
-        runner: "local" (a process pool on this machine) or "beam" (an Apache
-            Beam pipeline; needs `pip install cxr[beam]`). Both write the same
-            bytes. Defaults to "local".
-        beam_options: Beam pipeline flags for `runner="beam"`, e.g.
-            `["--runner=DataflowRunner", "--project=...", "--region=..."]`.
-            Defaults to the DirectRunner with `workers` processes.
-        masks: a folder of lung masks mirroring `src`. Without it, masks are
-            found in the Kaggle layout (`CLASS/masks/` beside `CLASS/images/`)
-            or a CSV's `mask` column. Each record gets its mask (resized by
-            nearest neighbour like its image); the manifest counts them per
-            split. A mask that cannot be read goes to `rejects.csv` and its
-            image is kept without one. Defaults to None.
-        test_groups: group ids (`group_by` or `group_pattern`; a list or a
-            comma-separated string) whose images all go to the test split,
-            such as the sources (hospitals) held out; the other images are
-            split by `splits`. Defaults to None.
-        allow_outside_src: accept `labels` paths that lead outside `src`.
-            Defaults to False.
-        strict_splits: given splits (split folders, a `split` column) in which
-            a group or a byte-identical file is in more than one split are an
-            error rather than a warning. Defaults to False.
+        config: a `ConvertConfig` with every option. Defaults to None: the
+            defaults, with `options` on top.
+        **options: any `ConvertConfig` field, on top of `config`:
+            `labels` (a CSV with columns `path`, `label` and optionally
+            `group_by`, `split`, `mask`), `group_by` (the CSV's patient column:
+            no patient in two splits), `group_pattern` (for folder trees, a regex
+            on file names whose first group is the patient id), `class_names`
+            (label order; default sorted), `image_size` (299; int or (height,
+            width)), `aspect` ("stretch", "crop", "pad"), `equalize` ("local",
+            "clahe", "global", "none"), `equalize_radius` (70; the disk radius
+            of local equalization, formerly `radius`), `clip_limit` (0.01, CLAHE),
+            `interpolation` ("bilinear"), `splits` ((0.7, 0.15, 0.15): train, val,
+            test ratios, stratified by class; ignored for split folders;
+            (0, 0, 1) makes a test-only dataset), `seed` (0: the split and the
+            order of records), `encoding` ("raw" uint8 or "png"), `shard_size`
+            (100 MB), `workers` (None: all cores), `overwrite`, `resume` (finish
+            an interrupted conversion, or keep a finished one), `progress`
+            (True), `dicom_window` ("auto": Rescale Slope/Intercept, then the
+            file's VOI LUT or first window, else the 0.5th-99.5th percentile
+            range; "minmax"; "none": the full BitsStored range, as cxrdata 0.1),
+            `runner` ("local" or "beam", the same bytes), `beam_options` (Beam
+            pipeline flags for runner "beam", e.g. `["--runner=DataflowRunner"]`),
+            `masks` (a folder of lung masks mirroring `src`; without it the
+            Kaggle layout `CLASS/masks/` or a CSV `mask` column; a mask that
+            cannot be read goes to `rejects.csv`, its image is kept),
+            `test_groups` (group ids sent entirely to the test split, such as
+            held-out hospitals), `allow_outside_src` (accept CSV paths leading
+            outside `src`) and `strict_splits` (given splits that share a group
+            or a byte-identical file are an error, not a warning).
 
     Returns:
         A `ConversionResult`.
@@ -243,121 +199,95 @@ def convert(
         FileExistsError: `out` holds a dataset and neither flag is given.
         OutputFolderBusyError: another process is writing `out` (a FileExistsError).
         ValueError: bad arguments, or inputs with nothing usable.
+        TypeError: an argument of the wrong type, or an unknown option.
         ImportError: `runner="beam"` without Apache Beam installed.
 
     Example:
         >>> result = convert("covid-radiography/", "data/", image_size=299)  # doctest: +SKIP
         >>> print(result.summary("data/"))  # doctest: +SKIP
+        >>> result = convert(config=ConvertConfig.from_file("convert.yaml"))  # doctest: +SKIP
     """
     start = time.perf_counter()
-    config = PreprocessConfig(
-        image_size=image_size if not isinstance(image_size, int) else (image_size, image_size),
-        aspect=aspect,
-        equalize=equalize,
-        radius=radius,
-        clip_limit=clip_limit,
-        interpolation=interpolation,
-    )
-    ratios = parse_ratios(splits)
-    check_choice("dicom_window", dicom_window, DICOM_WINDOWS)
-    if encoding not in ENCODINGS:
-        raise ValueError(f"`encoding` must be one of {', '.join(ENCODINGS)}. Received: encoding={encoding!r}")
-    if not shard_size > 0:
-        raise ValueError(
-            f"`shard_size` must be a positive number of megabytes. Received: shard_size={shard_size!r}"
-        )
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`workers` must be a positive int. Received: workers={workers!r}")
-    _check_runner(runner, beam_options)
-    if isinstance(test_groups, str):
-        test_groups = [g.strip() for g in test_groups.split(",") if g.strip()]
-    test_groups = sorted(set(test_groups)) if test_groups else None
-    if test_groups and not (group_by or group_pattern):
-        raise ValueError(
-            "`test_groups` names groups, which need `group_by` (a CSV column) or `group_pattern`. "
-            f"Received: test_groups={test_groups}"
-        )
-    out = os.fspath(out)
-    _check_out(out, overwrite=overwrite, resume=resume)
+    given = {k: v for k, v in (("src", src), ("out", out)) if v is not None}
+    config = ConvertConfig.from_kwargs(config, **given, **options)
+    config.require_paths()
+    _check_runner(config.runner)
+    _check_out(config.out, overwrite=config.overwrite, resume=config.resume)
     listing = discover(
-        src,
-        labels=labels,
-        group_by=group_by,
-        group_pattern=group_pattern,
-        class_names=class_names,
-        masks=masks,
-        allow_outside_src=allow_outside_src,
+        config.src,
+        labels=config.labels,
+        group_by=config.group_by,
+        group_pattern=config.group_pattern,
+        class_names=config.class_names,
+        masks=config.masks,
+        allow_outside_src=config.allow_outside_src,
     )
-    if test_groups:
-        known = {s.group for s in listing.sources}
-        unknown = [g for g in test_groups if g not in known]
-        if unknown:
-            raise ValueError(
-                f"`test_groups` names group(s) no image has: {', '.join(map(repr, unknown))}. "
-                f"Groups found: {', '.join(map(repr, sorted(known - {''})[:20])) or '(none)'}"
-            )
-    with lock_output_dir(out, what="dataset folder"):  # a second writer is refused, not raced
-        return _convert_locked(
-            src,
-            out,
-            listing,
-            labels=labels,
-            group_by=group_by,
-            group_pattern=group_pattern,
-            config=config,
-            ratios=ratios,
-            seed=seed,
-            encoding=encoding,
-            shard_size=shard_size,
-            workers=workers,
-            overwrite=overwrite,
-            resume=resume,
-            progress=progress,
-            dicom_window=dicom_window,
-            strict_splits=strict_splits,
-            start=start,
-            runner=runner,
-            beam_options=beam_options,
-            masks=masks,
-            test_groups=test_groups,
+    if config.test_groups:
+        _check_test_groups(config.test_groups, listing)
+    with lock_output_dir(config.out, what="dataset folder"):  # a second writer is refused, not raced
+        return _convert_locked(config, listing, start)
+
+
+def _check_test_groups(test_groups, listing) -> None:
+    known = {s.group for s in listing.sources}
+    unknown = [g for g in test_groups if g not in known]
+    if unknown:
+        raise ValueError(
+            f"`test_groups` names group(s) no image has: {', '.join(map(repr, unknown))}. "
+            f"Groups found: {', '.join(map(repr, sorted(known - {''})[:20])) or '(none)'}"
         )
 
 
-def _convert_locked(
-    src,
-    out,
-    listing,
-    *,
-    labels,
-    group_by,
-    group_pattern,
-    config,
-    ratios,
-    seed,
-    encoding,
-    shard_size,
-    workers,
-    overwrite,
-    resume,
-    progress,
-    dicom_window,
-    strict_splits,
-    start,
-    runner,
-    beam_options,
-    masks,
-    test_groups,
-) -> ConversionResult:
-    state = _check_out(out, overwrite=overwrite, resume=resume)
+def _convert_locked(config: ConvertConfig, listing, start: float) -> ConversionResult:
+    out = config.out
+    state = _check_out(out, overwrite=config.overwrite, resume=config.resume)
     if state == FINISHED:
         return _already_done(out, start)
     if state == OVERWRITE:
         _clear_dataset(out)
+    workers = effective_workers(config.workers)
+    items, rejects = _hashed_items(config, listing, workers)
+    split_of = _split_items(
+        items, listing.layout, config.splits, config.seed, len(listing.class_names), config.test_groups
+    )
+    overlaps = find_overlaps(items, split_of)
+    if overlaps and config.strict_splits:
+        raise ValueError(
+            "The given splits overlap (--strict-splits): " + "; ".join(describe_overlaps(overlaps))
+        )
+    pixels = config.preprocess_config()
+    plan = _plan(items, split_of, config, pixels)
+    options = _source_options(config, listing)
+    preprocessing = _preprocessing(pixels, config.dicom_window)
+    fingerprint = _fingerprint(options, preprocessing, listing.class_names, plan)
+    if any(it.source.split is not None for it in items):  # given splits: say what straddles them
+        options["split_overlaps"] = overlaps
+    partial = os.path.join(out, PARTIAL_DIR)
+    os.makedirs(partial, exist_ok=True)
+    _check_plan(partial, fingerprint, config)
+    _write(config, partial, plan, listing.class_names, preprocessing, workers)
+    grouped = bool(config.group_by or config.group_pattern)
+    result = _finish(
+        out,
+        partial,
+        plan,
+        listing,
+        pixels,
+        preprocessing,
+        config.encoding,
+        options,
+        rejects,
+        start,
+        grouped=grouped,
+    )
+    return dataclasses.replace(result, split_overlaps=overlaps)
 
+
+def _hashed_items(config: ConvertConfig, listing, workers: int) -> tuple[list[_Item], list[Reject]]:
+    """The listed files that can be read and named, with their digests; and rejects for the others."""
     index = {c: i for i, c in enumerate(listing.class_names)}
     named, rejects = _reject_undecodable_names(listing.sources)
-    digests = _hash_all(named, workers, progress)
+    digests = _hash_all(named, workers, config.progress)
     rejects += [
         Reject(s.relpath, f"unreadable: {d.strerror or d}" if isinstance(d, OSError) else str(d))
         for s, d in zip(named, digests)
@@ -365,67 +295,55 @@ def _convert_locked(
     ]
     items = [_Item(s, index[s.label], d) for s, d in zip(named, digests) if not isinstance(d, Exception)]
     if not items:
-        raise ValueError(f"No readable image under {os.fspath(src)!r}.")
+        raise ValueError(f"No readable image under {config.src!r}.")
+    return items, rejects
 
-    split_of = _split_items(items, listing.layout, ratios, seed, len(index), test_groups)
-    overlaps = find_overlaps(items, split_of)
-    if overlaps and strict_splits:
-        raise ValueError(
-            "The given splits overlap (--strict-splits): " + "; ".join(describe_overlaps(overlaps))
-        )
+
+def _plan(items, split_of, config: ConvertConfig, pixels: PreprocessConfig) -> dict[str, list[list[_Item]]]:
+    """Which record goes to which split, shard and position: fixed before any pixel is touched."""
     plan: dict[str, list[list[_Item]]] = {}
     for n, split in enumerate(("train", "val", "test")):
         members = [it for it, s in zip(items, split_of) if s == split]
         if not members:
             continue
-        order = np.random.default_rng([seed, n]).permutation(len(members))
-        plan[split] = _plan_shards([members[i] for i in order], config, encoding, shard_size)
+        order = np.random.default_rng([config.seed, n]).permutation(len(members))
+        plan[split] = _plan_shards([members[i] for i in order], pixels, config.encoding, config.shard_size)
+    return plan
 
+
+def _source_options(config: ConvertConfig, listing) -> dict:
+    """The manifest's `source`: the options that shape the data, and what the listing found."""
     options = {
-        "src": os.path.abspath(os.fspath(src)),
-        "labels": os.fspath(labels) if labels else None,
-        "group_by": group_by,
-        "group_pattern": group_pattern,
+        "src": config.src,
+        "labels": config.labels,
+        "group_by": config.group_by,
+        "group_pattern": config.group_pattern,
         "layout": listing.layout,
-        "splits": list(ratios),
-        "seed": seed,
-        "encoding": encoding,
-        "shard_size_mb": shard_size,
+        "splits": list(config.splits),
+        "seed": config.seed,
+        "encoding": config.encoding,
+        "shard_size_mb": config.shard_size,
     }
-    if masks is not None:
-        options["masks"] = os.path.abspath(os.fspath(masks))
-    if test_groups:
-        options["test_groups"] = test_groups
-    preprocessing = _preprocessing(config, dicom_window)
-    fingerprint = _fingerprint(options, preprocessing, listing.class_names, plan)
-    if any(it.source.split is not None for it in items):  # given splits: say what straddles them
-        options["split_overlaps"] = overlaps
-    partial = os.path.join(out, PARTIAL_DIR)
-    os.makedirs(partial, exist_ok=True)
-    _check_plan(partial, fingerprint, resume)
+    if config.masks is not None:
+        options["masks"] = config.masks
+    if config.test_groups:
+        options["test_groups"] = list(config.test_groups)
+    options["config"] = config.dataset_options()
+    return options
 
-    if runner == "beam":
-        from cxrdata.beam_conversion import write_shards_beam
 
+def _write(config: ConvertConfig, partial, plan, class_names, preprocessing, workers: int) -> None:
+    if config.runner == "beam":
+        from cxrdata.beam_conversion import write_shards_beam  # deferred: Apache Beam is an extra
+
+        beam_options = list(config.beam_options) if config.beam_options is not None else None
         write_shards_beam(
-            out, partial, plan, listing.class_names, preprocessing, encoding, workers, beam_options
+            config.out, partial, plan, class_names, preprocessing, config.encoding, workers, beam_options
         )
     else:
-        _write_shards(out, partial, plan, listing.class_names, preprocessing, encoding, workers, progress)
-    result = _finish(
-        out,
-        partial,
-        plan,
-        listing,
-        config,
-        preprocessing,
-        encoding,
-        options,
-        rejects,
-        start,
-        grouped=bool(group_by or group_pattern),
-    )
-    return dataclasses.replace(result, split_overlaps=overlaps)
+        _write_shards(
+            config.out, partial, plan, class_names, preprocessing, config.encoding, workers, config.progress
+        )
 
 
 def _reject_undecodable_names(sources: Sequence[Source]) -> tuple[list[Source], list[Reject]]:
@@ -445,20 +363,7 @@ def _preprocessing(config: PreprocessConfig, dicom_window: str) -> dict:
     return {**config.to_dict(), "dicom_window": dicom_window, "dicom_frames": MULTI_FRAME_POLICY}
 
 
-def _check_runner(runner, beam_options) -> None:
-    if runner not in RUNNERS:
-        raise ValueError(f"`runner` must be one of {', '.join(RUNNERS)}. Received: runner={runner!r}")
-    if beam_options is not None:
-        if runner != "beam":
-            raise ValueError(
-                f"`beam_options` apply to runner='beam' only. Received: runner={runner!r}, "
-                f"beam_options={beam_options!r}"
-            )
-        if isinstance(beam_options, str) or not all(isinstance(o, str) for o in beam_options):
-            raise TypeError(
-                f"`beam_options` must be a list of strings such as ['--runner=DirectRunner']. "
-                f"Received: beam_options={beam_options!r}"
-            )
+def _check_runner(runner: str) -> None:
     if runner == "beam":
         import importlib.util
 
@@ -506,14 +411,20 @@ def _fingerprint(options, preprocessing, class_names, plan) -> str:
     return h.hexdigest()
 
 
-def _check_plan(partial: str, fingerprint: str, resume: bool) -> None:
+def _check_plan(partial: str, fingerprint: str, config: ConvertConfig) -> None:
+    """Refuses to resume a partial conversion planned with other options (naming each) or inputs."""
     path = os.path.join(partial, "plan.json")
     if os.path.exists(path):
         with open(path) as f:
-            previous = json.load(f).get("fingerprint")
-        if previous != fingerprint:
-            refuse_other_options(os.path.dirname(partial), "conversion", ["its inputs or options"])
-    atomic_write_text(path, json.dumps({"fingerprint": fingerprint}) + "\n")
+            previous = json.load(f)
+        if previous.get("fingerprint") != fingerprint:
+            before = previous.get("config")
+            differences = ConvertConfig.from_dict(before).differences(config) if before else []
+            refuse_other_options(
+                os.path.dirname(partial), "conversion", differences or ["its inputs or options"]
+            )
+    text = json.dumps({"fingerprint": fingerprint, "config": config.to_dict()}) + "\n"
+    atomic_write_text(path, text)
 
 
 def _finish(

@@ -48,16 +48,18 @@ class Option:
         flags: Command-line spellings, canonical first (`("--lr", "--learning-rate")`);
             empty: `--` + the field name with dashes. `()` with `cli="positional"`: the field name.
         cli: "option", "flag" (a `store_true` switch for a bool), "positional",
-            or "none" (not on the command line).
+            "switch" (only the `switches` below), or "none" (not on the command line).
         parse: argparse `type` for the text given on the command line.
         nargs, const, metavar: as in argparse.
-        switches: extra `store_const` flags for the same field, e.g. `(("--quiet", 0),)`.
+        switches: extra `store_const` flags for the same field, `(flag, value)` or
+            `(flag, value, help)`, e.g. `(("--quiet", 0),)`.
         aliases: older keyword names `from_kwargs` accepts for this field.
         compare: False for options a resumed run may change (epochs, verbose):
             `differences` skips them.
         group: The argparse group title (None: the command's own options).
         cli_help_default: what `--help` says the default is, when it is not the
             field's default (e.g. "all cores" for None).
+        action: an argparse action for an "option" ("append": repeatable).
         members: for a dict field, `(key, Option)` pairs: each is a command-line
             option of its own whose value, when given, goes into the dict under
             `key` (the model's options inside `model_kwargs`).
@@ -72,12 +74,13 @@ class Option:
     nargs: str | int | None = None
     const: Any = None
     metavar: str | None = None
-    switches: tuple[tuple[str, Any], ...] = ()
+    switches: tuple[tuple, ...] = ()
     aliases: tuple[str, ...] = ()
     compare: bool = True
     group: str | None = None
     cli_help_default: str | None = None
     members: tuple[tuple[str, Option], ...] = ()
+    action: str | None = None
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, **kwargs) -> Any:
@@ -262,7 +265,7 @@ def cli_flags(field: dataclasses.Field) -> tuple[str, ...]:
 def _help(field: dataclasses.Field, opt: Option) -> str:
     if opt.cli_help_default is not None:
         default = opt.cli_help_default
-    elif field.default is dataclasses.MISSING or opt.cli in ("flag", "positional"):
+    elif field.default is dataclasses.MISSING or field.default is None or opt.cli in ("flag", "positional"):
         default = None
     else:
         value = _jsonable(field.default)
@@ -290,6 +293,9 @@ def add_arguments(
         if opt.group not in groups:
             groups[opt.group] = parser.add_argument_group(opt.group)
         target = groups[opt.group]
+        if opt.cli == "switch":
+            _add_switches(target, field, opt)
+            continue
         kwargs: dict[str, Any] = {"help": _help(field, opt), "default": argparse.SUPPRESS}
         if opt.cli == "positional":
             kwargs["nargs"] = "?"
@@ -297,7 +303,7 @@ def add_arguments(
             kwargs["action"] = "store_true"
         else:
             kwargs["dest"] = field.name
-            for key in ("nargs", "const", "metavar"):
+            for key in ("nargs", "const", "metavar", "action"):
                 if getattr(opt, key) is not None:
                     kwargs[key] = getattr(opt, key)
             parse = opt.parse or _parse_of(field)
@@ -311,15 +317,7 @@ def add_arguments(
             _add_members(parser, field, opt)
             continue
         target.add_argument(*cli_flags(field), **kwargs)
-        for flag, value in opt.switches:
-            target.add_argument(
-                flag,
-                dest=field.name,
-                action="store_const",
-                const=value,
-                default=argparse.SUPPRESS,
-                help=f"same as {cli_flags(field)[0]} {value}",
-            )
+        _add_switches(target, field, opt)
     if config_file:
         parser.add_argument(
             "--config",
@@ -327,6 +325,14 @@ def add_arguments(
             default=None,
             help="a YAML or JSON file of these options (keys as in Python: batch_size, learning_rate, "
             "...); options given here override it",
+        )
+
+
+def _add_switches(target, field: dataclasses.Field, opt: Option) -> None:
+    for flag, value, *said in opt.switches:
+        said = said[0] if said else f"same as {cli_flags(field)[0]} {value}"
+        target.add_argument(
+            flag, dest=field.name, action="store_const", const=value, default=argparse.SUPPRESS, help=said
         )
 
 

@@ -6,7 +6,8 @@ import sys
 
 
 def register(subparsers) -> None:
-    from cxrdata.utils.config import parse_image_size
+    from cxrdata.conversion_config import ConvertConfig
+    from cxrdata.utils.config import add_arguments
     from cxrmodels.cli import add_command
 
     p = add_command(
@@ -56,85 +57,10 @@ def register(subparsers) -> None:
         "  cxr convert images/ data/ --labels labels.csv --group-by source --test-groups A,B\n"
         "  cxr convert external/ external-data/ --splits 0,0,1   # a test-only dataset\n"
         "  cxr convert images/ data/               # again: finishes an interrupted run\n"
-        "  cxr convert images/ data/ --runner beam --beam-option=--direct_num_workers=8",
+        "  cxr convert images/ data/ --runner beam --beam-option=--direct_num_workers=8\n"
+        "  cxr convert --config convert.yaml --workers 4   # options from a file, then these",
     )
-    p.add_argument("src", help="class-folder tree, train/val/test tree, or root of the CSV's paths")
-    p.add_argument("out", help="output folder (shards, dataset.json, rejects.csv)")
-    p.add_argument("--labels", metavar="CSV", help="CSV with columns path,label[,GROUP][,split]")
-    p.add_argument("--group-by", metavar="NAME", help="CSV column of patient ids: no patient in two splits")
-    p.add_argument(
-        "--group-pattern",
-        metavar="REGEX",
-        help="for folder trees: regex whose first group in the file name is the patient id",
-    )
-    p.add_argument(
-        "--class-names", nargs="+", metavar="NAME", help="classes in label order (default: sorted)"
-    )
-    p.add_argument("--image-size", type=parse_image_size, default=299, metavar="N|HxW", help="default: 299")
-    p.add_argument("--aspect", choices=["stretch", "crop", "pad"], default="stretch", help="default: stretch")
-    p.add_argument(
-        "--equalize", choices=["local", "clahe", "global", "none"], default="local", help="default: local"
-    )
-    p.add_argument("--radius", type=int, default=70, help="disk radius of local equalization (default: 70)")
-    p.add_argument(
-        "--interpolation", choices=["bilinear", "nearest", "bicubic", "lanczos"], default="bilinear"
-    )
-    p.add_argument("--splits", default="0.7,0.15,0.15", help="train,val,test ratios (default: 0.7,0.15,0.15)")
-    p.add_argument("--seed", type=int, default=0, help="seeds splits and record order (default: 0)")
-    p.add_argument("--encoding", choices=["raw", "png"], default="raw", help="default: raw uint8")
-    p.add_argument(
-        "--shard-size", type=float, default=100, metavar="MB", help="target shard size (default: 100)"
-    )
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.add_argument(
-        "--runner",
-        choices=["local", "beam"],
-        default="local",
-        help="local process pool, or an Apache Beam pipeline (pip install 'cxr[beam]'); "
-        "same bytes either way (default: local)",
-    )
-    p.add_argument(
-        "--beam-option",
-        action="append",
-        dest="beam_options",
-        metavar="FLAG",
-        help="a Beam pipeline flag for --runner beam, written with '=': "
-        "--beam-option=--runner=DataflowRunner (repeatable; default: DirectRunner, --workers processes)",
-    )
-    p.add_argument(
-        "--dicom-window",
-        choices=["auto", "minmax", "none"],
-        default="auto",
-        help="DICOM to 8 bits: auto = rescale, then the file's VOI LUT or first window, else "
-        "the 0.5-99.5th percentile range; minmax = always that range; none = full "
-        "BitsStored range, as cxr 0.1 (default: auto)",
-    )
-    p.add_argument(
-        "--allow-outside-src",
-        action="store_true",
-        help="accept CSV paths that lead outside SRC (../x.png, absolute paths)",
-    )
-    p.add_argument(
-        "--strict-splits",
-        action="store_true",
-        help="given splits (folders, CSV split column) that share a patient or a byte-identical "
-        "file are an error, not a warning",
-    )
-    p.add_argument(
-        "--masks",
-        metavar="DIR",
-        help="lung masks in a tree mirroring SRC (default: Kaggle masks/ beside images/, or the "
-        "CSV's mask column)",
-    )
-    p.add_argument(
-        "--test-groups",
-        metavar="A,B",
-        help="groups (--group-by/--group-pattern ids, e.g. sources) sent entirely to the test split",
-    )
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
-    mode.add_argument("--resume", action="store_true", help="finish an interrupted conversion in OUT")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(p, ConvertConfig)
 
     p = add_command(
         subparsers,
@@ -180,36 +106,14 @@ def _synth(args) -> int:
 
 def _convert(args) -> int:
     from cxrdata.conversion import convert
+    from cxrdata.conversion_config import ConvertConfig
+    from cxrdata.utils.config import from_cli
 
-    result = convert(
-        args.src,
-        args.out,
-        labels=args.labels,
-        group_by=args.group_by,
-        group_pattern=args.group_pattern,
-        class_names=args.class_names,
-        image_size=args.image_size,
-        aspect=args.aspect,
-        equalize=args.equalize,
-        radius=args.radius,
-        interpolation=args.interpolation,
-        splits=args.splits,
-        seed=args.seed,
-        encoding=args.encoding,
-        shard_size=args.shard_size,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.quiet and sys.stderr.isatty(),
-        dicom_window=args.dicom_window,
-        allow_outside_src=args.allow_outside_src,
-        strict_splits=args.strict_splits,
-        runner=args.runner,
-        beam_options=args.beam_options,
-        masks=args.masks,
-        test_groups=args.test_groups,
-    )
-    print(result.summary(args.out))
+    config = from_cli(ConvertConfig, args)
+    if not sys.stderr.isatty():
+        config = config.replace(progress=False)  # no bar in a log file
+    result = convert(config=config)
+    print(result.summary(config.out))
     return 0
 
 
