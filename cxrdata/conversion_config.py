@@ -237,6 +237,23 @@ class ConvertConfig(Config):
             )
         self.preprocess_config()  # its own rules (clip limit, interpolation with the resampler...)
 
+    @classmethod
+    def from_dataset(cls, dataset_dir) -> ConvertConfig:
+        """The options a dataset was converted with (`dataset.json`'s `source.config`; paths not kept).
+
+        Raises:
+            FileNotFoundError: not a converted dataset.
+            ValueError: a dataset converted by a cxr older than `ConvertConfig`.
+        """
+        from cxrdata.manifest import read_manifest
+
+        saved = read_manifest(dataset_dir).source.get("config")
+        if saved is None:
+            raise ValueError(
+                f"The dataset {os.fspath(dataset_dir)!r} was converted by an older cxr: no options kept."
+            )
+        return cls.from_dict(saved, source=f"The dataset.json of {os.fspath(dataset_dir)!r}")
+
     def require_paths(self) -> None:
         """Raises ValueError unless `src` and `out` are given (a config file may leave them to the CLI)."""
         if self.src is None:

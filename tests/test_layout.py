@@ -138,3 +138,55 @@ def test_the_readme_layout_names_only_folders_and_modules_that_exist():
     ):
         for name in names.split():
             assert (ROOT / folder / f"{name}.py").is_file(), f"{folder}/{name}.py"
+
+
+def _functions():
+    import ast
+
+    for package in ("cxrdata", "cxrmodels"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    yield path.relative_to(ROOT), node
+
+
+def _body_lines(node) -> int:
+    """Lines of a function, its docstring excluded."""
+    import ast
+
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0] if node.body else None
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
+def test_no_library_function_is_over_100_lines():
+    # Functions are kept under about 80 lines (docstring excluded); 100 is the hard line.
+    long = [f"{path}:{node.lineno} {node.name} ({_body_lines(node)} lines)" for path, node in _functions()]
+    long = [entry for entry, (_, node) in zip(long, _functions()) if _body_lines(node) > 100]
+    assert long == []
+
+
+def test_imports_inside_functions_say_why():
+    # An import inside a function is there only to defer a heavy dependency (TensorFlow, Beam, ...) or
+    # to break no cycle: the layers are import-linter contracts (`make lint`), so a deferred import of
+    # a project module must say why in a comment on its line or the line above.
+    import ast
+
+    silent = []
+    for path, node in _functions():
+        source = (ROOT / path).read_text().splitlines()
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith(
+                ("cxrdata", "cxrmodels")
+            ):
+                line = source[inner.lineno - 1]
+                above = source[inner.lineno - 2] if inner.lineno > 1 else ""
+                if "#" not in line and not above.strip().startswith("#"):
+                    silent.append(f"{path}:{inner.lineno} {line.strip()}")
+    assert len(silent) <= 200, silent  # ratchet: lowered as modules are cleaned (see README Layout)

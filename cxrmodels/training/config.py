@@ -25,6 +25,7 @@ from cxrdata.utils.argument_validation import (
     standardize_image_size,
 )
 from cxrdata.utils.config import Config, Option, option, parse_image_size
+from cxrmodels.runs import run_folder
 
 AUGMENT_MODES = ("gpu", "cpu", "none")
 BALANCE_MODES = ("none", "oversample", "class-weight")
@@ -279,6 +280,21 @@ class TrainConfig(Config):
                 "`equalize_radius` equalizes inside the model, so augmentation must run there too, after "
                 "it: pass augment='gpu' (--augment gpu) or 'none'. Received: augment='cpu'"
             )
+
+    @classmethod
+    def from_run(cls, run_dir) -> TrainConfig:
+        """The config a run was trained with (the `"config"` of its `config.json`).
+
+        Raises:
+            FileNotFoundError: not a run folder.
+            ValueError: a run written by a cxr older than `TrainConfig`.
+        """
+        saved = run_folder.read_config(run_dir)
+        if "config" not in saved:
+            raise ValueError(
+                f"The run {os.fspath(run_dir)!r} was written by an older cxr: its config.json has no 'config'."
+            )
+        return cls.from_dict(saved["config"], source=f"The config.json of {os.fspath(run_dir)!r}")
 
     def require_paths(self) -> None:
         """Raises ValueError unless `dataset` and `out` are given (a config may leave them to the CLI)."""

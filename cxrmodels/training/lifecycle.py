@@ -118,6 +118,18 @@ def _differences(previous: dict, config: TrainConfig, run_config: dict) -> list[
     return out
 
 
+def _set_backup_aside(out: str) -> None:
+    """Renames `backup/` aside: one atomic step, after which what is left is garbage a rerun removes."""
+    backup, deleting = os.path.join(out, run_folder.BACKUP_DIR), os.path.join(out, _DELETING)
+    shutil.rmtree(deleting, ignore_errors=True)
+    if os.path.isdir(backup):
+        os.replace(backup, deleting)
+
+
+def _delete_set_aside(out: str) -> None:
+    shutil.rmtree(os.path.join(out, _DELETING), ignore_errors=True)
+
+
 def _clear_run(out: str) -> None:
     for name in os.listdir(out):
         path = os.path.join(out, name)
@@ -178,11 +190,8 @@ def finish(
     run_config["finished_at"] = datetime.datetime.now().isoformat(timespec="seconds")
     run_config["finished"] = True
     run_folder.write_config(out, run_config)  # the commit: a run is finished only once this is written
-    backup, deleting = os.path.join(out, run_folder.BACKUP_DIR), os.path.join(out, _DELETING)
-    shutil.rmtree(deleting, ignore_errors=True)
-    if os.path.isdir(backup):
-        os.replace(backup, deleting)  # one atomic step; what is left is garbage a rerun removes
-    shutil.rmtree(deleting, ignore_errors=True)
+    _set_backup_aside(out)
+    _delete_set_aside(out)
     return TrainResult(
         run_dir=out,
         model=net,
