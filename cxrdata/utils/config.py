@@ -51,6 +51,8 @@ class Option:
             or "none" (not on the command line).
         parse: argparse `type` for the text given on the command line.
         nargs, const, metavar: as in argparse.
+        action: an argparse action for an option ("append" for a repeatable one,
+            `argparse.BooleanOptionalAction` for `--x`/`--no-x`); None: store the value.
         switches: extra `store_const` flags for the same field, e.g. `(("--quiet", 0),)`.
         aliases: older keyword names `from_kwargs` accepts for this field.
         compare: False for options a resumed run may change (epochs, verbose):
@@ -72,6 +74,7 @@ class Option:
     nargs: str | int | None = None
     const: Any = None
     metavar: str | None = None
+    action: Any = None
     switches: tuple[tuple[str, Any], ...] = ()
     aliases: tuple[str, ...] = ()
     compare: bool = True
@@ -297,7 +300,7 @@ def add_arguments(
             kwargs["action"] = "store_true"
         else:
             kwargs["dest"] = field.name
-            for key in ("nargs", "const", "metavar"):
+            for key in ("nargs", "const", "metavar", "action"):
                 if getattr(opt, key) is not None:
                     kwargs[key] = getattr(opt, key)
             parse = opt.parse or _parse_of(field)
