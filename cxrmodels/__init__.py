@@ -45,6 +45,7 @@ _EXPORTS = {
     "CXRHyperModel": "cxrmodels.tuning.hypermodel",
     "search": "cxrmodels.tuning.searcher",
     "SearchResult": "cxrmodels.tuning.searcher",
+    "SearchConfig": "cxrmodels.tuning.config",
 }
 _SUBMODULES = ("models", "training", "evaluation", "serving", "tuning")
 
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see
     from cxrmodels.training.config import TrainConfig
     from cxrmodels.training.lifecycle import TrainResult
     from cxrmodels.training.trainer import train
+    from cxrmodels.tuning.config import SearchConfig
     from cxrmodels.tuning.hypermodel import CXRHyperModel
     from cxrmodels.tuning.searcher import SearchResult, search
 

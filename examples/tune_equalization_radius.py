@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     print(json.dumps(result.best_hyperparameters, indent=2))
     with open(result.files["best_hyperparameters.json"], encoding="utf-8") as f:
         best = json.load(f)
-    print(f"equalize_in_model for cxrmodels.train: {best['train_kwargs']['equalize_in_model']}")
+    print(f"equalize_radius for cxrmodels.train: {best['train_kwargs']['equalize_radius']}")
     print(f"\nOutputs in {out}:")
     for name, path in sorted(result.files.items()):
         print(f"  {name:28s} {path}")

@@ -51,6 +51,8 @@ class Option:
             "switch" (only the `switches` below), or "none" (not on the command line).
         parse: argparse `type` for the text given on the command line.
         nargs, const, metavar: as in argparse.
+        action: an argparse action for an option ("append" for a repeatable one,
+            `argparse.BooleanOptionalAction` for `--x`/`--no-x`); None: store the value.
         switches: extra `store_const` flags for the same field, `(flag, value)` or
             `(flag, value, help)`, e.g. `(("--quiet", 0),)`.
         aliases: older keyword names `from_kwargs` accepts for this field.
@@ -59,7 +61,6 @@ class Option:
         group: The argparse group title (None: the command's own options).
         cli_help_default: what `--help` says the default is, when it is not the
             field's default (e.g. "all cores" for None).
-        action: an argparse action for an "option" ("append": repeatable).
         members: for a dict field, `(key, Option)` pairs: each is a command-line
             option of its own whose value, when given, goes into the dict under
             `key` (the model's options inside `model_kwargs`).
@@ -74,13 +75,13 @@ class Option:
     nargs: str | int | None = None
     const: Any = None
     metavar: str | None = None
+    action: Any = None
     switches: tuple[tuple, ...] = ()
     aliases: tuple[str, ...] = ()
     compare: bool = True
     group: str | None = None
     cli_help_default: str | None = None
     members: tuple[tuple[str, Option], ...] = ()
-    action: str | None = None
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, **kwargs) -> Any:

@@ -1,9 +1,10 @@
-"""keras-tuner searches: `search`, `CXRHyperModel`, the space, tuners, distributed mode, the search folder.
+"""keras-tuner searches: `search`, `SearchConfig`, `CXRHyperModel`, the space, tuners, distributed mode.
 
-As keras-tuner keeps `engine/`, `tuners/` and `distribute/` apart: `hypermodel`
-(what a trial builds and fits), `space` (the hyperparameters), `tuners` (the
-oracles), `distribute` (chief and workers), `search_folder` (the search folder: its state, tables and figures) and
-`searcher` (the `search` entry point).
+As keras-tuner keeps `engine/`, `tuners/` and `distribute/` apart: `config`
+(`SearchConfig`, every option of a search), `hypermodel` (what a trial builds
+and fits: a `TrainConfig`), `space` (the hyperparameters), `tuners` (the
+oracles), `distribute` (chief and workers), `search_folder` (the search folder:
+its state, tables and figures) and `searcher` (the `search` entry point).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ _EXPORTS = {
     "search": "cxrmodels.tuning.searcher",
     "SearchResult": "cxrmodels.tuning.searcher",
     "CXRHyperModel": "cxrmodels.tuning.hypermodel",
+    "SearchConfig": "cxrmodels.tuning.config",
 }
 
 if TYPE_CHECKING:
+    from cxrmodels.tuning.config import SearchConfig
     from cxrmodels.tuning.hypermodel import CXRHyperModel
     from cxrmodels.tuning.searcher import SearchResult, search
 

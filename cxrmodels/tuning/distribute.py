@@ -9,7 +9,9 @@ stopped, so a search survives a lost machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import socket
 import threading
 import time
@@ -18,6 +20,7 @@ import uuid
 from cxrdata.utils import compat
 from cxrdata.utils.io import atomic_write_text
 
+ENV_VARS = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 HEARTBEAT_DIR = "cxr_heartbeats"
 HEARTBEAT_SECONDS = 2.0
 # Addresses that listen on every interface, public ones included.
@@ -26,6 +29,39 @@ UNAUTHENTICATED = (
     "keras-tuner's oracle server has no authentication: any process that reaches it can "
     "report trials (a fake best one too)"
 )
+
+
+def launch_role(distributed: bool) -> str:
+    """ "local", or for a distributed launch "chief" or "worker", after checking its environment."""
+    if not distributed:
+        return "local"
+    missing = [v for v in ENV_VARS if not os.environ.get(v)]
+    if missing:
+        raise ValueError(
+            f"A distributed search needs the environment variables {', '.join(ENV_VARS)}; missing: "
+            f"{', '.join(missing)}. Set KERASTUNER_TUNER_ID=chief for the process that serves the oracle "
+            "and tuner0, tuner1, ... for the workers, and KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT "
+            "to the chief's address and port (see examples/distributed_tuning.md)."
+        )
+    port, tuner_id = os.environ["KERASTUNER_ORACLE_PORT"], os.environ["KERASTUNER_TUNER_ID"]
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"KERASTUNER_ORACLE_PORT must be a port number (1 to 65535). Received: {port!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", tuner_id):
+        raise ValueError(
+            "KERASTUNER_TUNER_ID must be a name of letters, digits, '_', '-' or '.' "
+            f"('chief', 'tuner0', ...). Received: {tuner_id!r}"
+        )
+    return "chief" if "chief" in tuner_id else "worker"  # keras-tuner's own rule
+
+
+@contextlib.contextmanager
+def kerastuner_env(distributed: bool):
+    """Hides the KERASTUNER_* variables from a local search: keras-tuner would go distributed."""
+    saved = {} if distributed else {v: os.environ.pop(v) for v in ENV_VARS if v in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def wait_for_chief() -> None:

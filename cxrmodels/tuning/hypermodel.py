@@ -1,7 +1,11 @@
 """`CXRHyperModel`: a registered model as a keras-tuner search space (used by `cxrmodels.search`).
 
-The space itself, its reference values and the checks of a user's overrides
-live in `cxrmodels.tuning.space`.
+Each trial is a `TrainConfig`: the search's fixed training options with the
+trial's hyperparameters on top (`train_config`). The model and its input
+stack come from `cxrmodels.models.input_stack.build_model` and are compiled by
+`cxrmodels.training.session.compile_model`, as `cxrmodels.train` builds and
+compiles them. The space itself, its reference values and the checks of a
+user's overrides live in `cxrmodels.tuning.space`.
 """
 
 from __future__ import annotations
@@ -12,36 +16,18 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from cxrdata.utils.argument_validation import check_bool, is_int
+from cxrdata.utils.argument_validation import check_bool
+from cxrmodels.models.input_stack import build_model
 from cxrmodels.training.config import TrainConfig, augmentation_layer
+from cxrmodels.training.plan import RunPlan
+from cxrmodels.training.session import compile_model, dtype_policy
 from cxrmodels.tuning import space as _tuning_space
 
-METRIC_NAMES = ("loss", "accuracy", "auc", "precision", "recall", "specificity")
-_RESERVED = ("input_shape", "num_classes", "augment")
-
-
-_is_int = is_int
-
-
-def objective_names(num_classes: int) -> list[str]:
-    """The metrics a trial logs (specificity for two classes only), and their `val_` versions."""
-    names = [n for n in METRIC_NAMES if n != "specificity" or num_classes == 2]
-    return names + [f"val_{n}" for n in names]
-
-
-def check_objective(objective, num_classes: int) -> tuple[str, str]:
-    """Returns `(name, direction)`: "min" for a loss, "max" otherwise.
-
-    Raises:
-        ValueError: The model does not log `objective`; the message lists what it logs.
-    """
-    valid = objective_names(num_classes)
-    if not isinstance(objective, str) or objective not in valid:
-        raise ValueError(
-            f"`objective` must be a metric the model logs: {', '.join(valid)}. "
-            f"Received: objective={objective!r}"
-        )
-    return objective, "min" if objective.endswith("loss") else "max"
+# TrainConfig fields a trial's hyperparameters decide, and those a search does not offer (yet).
+_DECIDED = ("learning_rate", "augment_strength", "equalize_radius")
+_UNSUPPORTED = ("balance", "image_size", "resize_in_model", "strategy")
+# TrainConfig fields of one run, not of the trained model: left out of `train_kwargs`.
+RUN_FIELDS = ("dataset", "out", "epochs", "patience", "verbose", "overwrite")
 
 
 class CXRHyperModel(kt.HyperModel):
@@ -61,17 +47,21 @@ class CXRHyperModel(kt.HyperModel):
     On a dataset converted with `equalize="none"` (`dataset_equalized=False`)
     the space also holds `equalize_radius`: a trial with radius r > 0 puts
     `cxrdata.LocalEqualization(r)` first in its model (as `cxrmodels.train`'s
-    `equalize_in_model`), 0 leaves the images unequalized. Its choices are 0,
+    `equalize_radius`), 0 leaves the images unequalized. Its choices are 0,
     35, 70 and 100; the default, 70, is the study's `disk(70)`, so trial 0 is
     still the reference.
 
-    Models are compiled with Adam, categorical cross-entropy and
-    `cxrmodels.metrics.keras_metrics.default_metrics`, as `cxrmodels.train` does.
-    `fit` takes a converted dataset folder and builds its train and val
-    pipelines once per trial with `cxrdata.load`.
+    Each trial's training options are a `TrainConfig` (`train_config(values)`):
+    the fixed options (`config`, or the keywords) with the trial's learning
+    rate, augmentation strength, radius and model options on top. Its model
+    is built and compiled as `cxrmodels.train` builds and compiles a run's
+    (Adam, categorical cross-entropy, `default_metrics`), and `fit` takes a
+    converted dataset folder and builds its train and val pipelines once per
+    trial with `cxrdata.load`.
 
     Args:
-        model: A name from `cxrmodels.list_models()`. Defaults to "seed_cnn".
+        model: A name from `cxrmodels.list_models()`. Defaults to None:
+            `config.model` ("seed_cnn").
         input_shape: `(height, width, channels)` of the dataset's images.
         num_classes: Number of classes.
         class_names: The class names, to find the positive class of two
@@ -80,30 +70,32 @@ class CXRHyperModel(kt.HyperModel):
         hyperparameters: Fixes or narrows entries of the space: a
             `keras_tuner.HyperParameters` holding `hp.Fixed`, `hp.Choice`,
             `hp.Int` or `hp.Float` entries named as above, or a dict
-            `{name: value | (low, high) | [choices]}`. Pass the checked copy,
+            `{name: value | (low, high) | {"min": low, "max": high} | [choices]}`
+            (as `SearchConfig` keeps them). Pass the checked copy,
             `hypermodel.hyperparameters`, to a tuner with `tune_new_entries`:
             True searches the other entries too, False keeps them at their
             reference values. Give a narrowed range a `default=` to keep the
             reference value first. Defaults to None.
-        mixed_precision: False, True or "float16" (`mixed_float16`), or
-            "bfloat16", as in `cxrmodels.train`. Defaults to False.
-        augment: "gpu" (`RandomAffine` inside the model), "cpu" (in the input
-            pipeline) or "none". Defaults to "gpu".
-        batch_size: Examples per batch. Defaults to 32.
-        seed: Seeds Keras, the pipeline's shuffling and the augmentation. Defaults to 0.
-        model_kwargs: Fixed options of the model that are not tuned, such as
-            `weights` or `freeze_batchnorm`. Defaults to None.
         dataset_equalized: False for a dataset converted with
-            `equalize="none"` (`search` sets it from the manifest): then
+            `equalize="none"` (`search` sets it with
+            `cxrmodels.models.input_stack.dataset_is_equalized`): then
             `equalize_radius` is searched. Defaults to True.
-        name: The hypermodel's name. Defaults to "cxr_" + `model`.
+        name: The hypermodel's name. Defaults to "cxr_" + the model's name.
+        config: The fixed training options of every trial, a `TrainConfig`
+            (its `learning_rate`, `augment_strength` and `equalize_radius` are
+            hyperparameters: leave them at their defaults). Defaults to None.
+        **train_options: `TrainConfig` fields on top of `config`, such as
+            `mixed_precision` (False; True/"float16" or "bfloat16"), `augment`
+            ("gpu", "cpu" or "none"), `batch_size` (32), `seed` (0) and
+            `model_kwargs` (fixed options of the model that are not tuned,
+            such as `weights` or `freeze_batchnorm`).
 
     Raises:
         ValueError: An unknown model, objective or hyperparameter name, or a
             value out of range (a learning rate <= 0, min > max, ...);
             `equalize_radius` given for an equalized dataset, or a radius > 0
             possible with `augment="cpu"` (the warp would come before the
-            equalization).
+            equalization: `TrainConfig`'s rule).
         TypeError: An argument of the wrong type.
 
     Example:
@@ -121,30 +113,26 @@ class CXRHyperModel(kt.HyperModel):
 
     def __init__(
         self,
-        model: str = "seed_cnn",
+        model: str | None = None,
         *,
         input_shape,
         num_classes: int,
         class_names=None,
         hyperparameters=None,
-        mixed_precision: bool | str = False,
-        augment: str = "gpu",
-        batch_size: int = 32,
-        seed: int = 0,
-        model_kwargs: dict[str, Any] | None = None,
-        name: str | None = None,
         dataset_equalized: bool = True,
+        name: str | None = None,
+        config: TrainConfig | None = None,
+        **train_options: Any,
     ):
         from cxrmodels.metrics.clinical import positive_class_index
-        from cxrmodels.models import model_options
+        from cxrmodels.models import model_info, model_options
         from cxrmodels.models.inputs import check_input_shape, check_num_classes
 
         check_bool("dataset_equalized", dataset_equalized)
-        shared = TrainConfig(
-            model=model, batch_size=batch_size, seed=seed, mixed_precision=mixed_precision, augment=augment
-        )
-        from cxrmodels.models import model_info
-
+        if model is not None:
+            train_options["model"] = model
+        self.config = _check_base(TrainConfig.from_kwargs(config, **train_options))
+        model = self.config.model
         options = model_options(model)  # an unknown name lists the known ones
         self._family = model_info(model).family
         input_shape = check_input_shape(input_shape, min_size=1, model=model)
@@ -156,51 +144,41 @@ class CXRHyperModel(kt.HyperModel):
         super().__init__(name=name or f"cxr_{model}")
         self.model_name, self.input_shape, self.num_classes = model, tuple(input_shape), num_classes
         self.class_names = None if class_names is None else [str(c) for c in class_names]
-        self.policy = shared.mixed_precision
-        self.augment, self.batch_size, self.seed = shared.augment, shared.batch_size, shared.seed
-        self.positive_index = (
-            (positive_class_index(class_names) if class_names is not None else 1)
-            if num_classes == 2
-            else None
-        )
+        self.positive_index = None
+        if num_classes == 2:
+            self.positive_index = positive_class_index(class_names) if class_names is not None else 1
         self.dataset_equalized = dataset_equalized
         self.space = _tuning_space.space_for(
             model, options, self.input_shape, dataset_equalized=dataset_equalized
         )
-        self.model_kwargs = self._check_model_kwargs(model_kwargs, options)
+        self.model_kwargs = self._check_model_kwargs(self.config.model_kwargs, options)
         self._overrides = _tuning_space.normalize_overrides(hyperparameters, self.space)
         _tuning_space.check_input_size(self.space, self._overrides, self.input_shape)
-        self._check_equalize_with_cpu_augment()
+        self._check_equalize_with_augment()
 
-    def _check_equalize_with_cpu_augment(self) -> None:
-        if self.augment != "cpu" or "equalize_radius" not in self.space.names:
+    def _check_equalize_with_augment(self) -> None:
+        """`TrainConfig`'s rule (no `augment="cpu"` with a radius) for every radius the search may try."""
+        if "equalize_radius" not in self.space.names:
             return
         entry = next((e for e in self._overrides.space if e.name == "equalize_radius"), None)
         if isinstance(entry, kt.engine.hyperparameters.Fixed) and entry.value == 0:
             return
-        raise ValueError(
-            "`equalize_radius` equalizes inside the model, so augmentation must run there too, after it: "
-            "pass augment='gpu' (--augment gpu) or 'none', or keep the images unequalized with "
-            "hyperparameters={'equalize_radius': 0}. Received: augment='cpu'"
-        )
+        try:
+            self.config.replace(equalize_radius=self.space.reference["equalize_radius"])
+        except ValueError as err:
+            raise ValueError(
+                f"{err}. In a search, hyperparameters={{'equalize_radius': 0}} (--hp equalize_radius=0) "
+                "keeps the images unequalized instead."
+            ) from None
 
-    def _check_model_kwargs(self, model_kwargs, options) -> dict[str, Any]:
-        if model_kwargs is None:
-            return {}
-        if not isinstance(model_kwargs, dict):
-            raise TypeError(f"`model_kwargs` must be a dict or None. Received: model_kwargs={model_kwargs!r}")
+    def _check_model_kwargs(self, model_kwargs: dict[str, Any], options) -> dict[str, Any]:
         tuned = set(self.space.names) | ({"filters"} if self._family == "cnn" else set())
         for key in model_kwargs:
-            if key in _RESERVED or key in tuned:
+            if key in tuned:
                 raise ValueError(
-                    f"`model_kwargs` must not set {key!r}: "
-                    + (
-                        "the search sets it."
-                        if key in _RESERVED
-                        else "it is a hyperparameter; fix it with `hyperparameters` instead "
-                        "(hp.Fixed, or {name: value})."
-                    )
-                    + f" Received: model_kwargs={model_kwargs!r}"
+                    f"`model_kwargs` must not set {key!r}: it is a hyperparameter; fix it with "
+                    f"`hyperparameters` instead (hp.Fixed, or {{name: value}}). Received: "
+                    f"model_kwargs={model_kwargs!r}"
                 )
             if key not in options and key != "weights":
                 raise TypeError(
@@ -238,31 +216,33 @@ class CXRHyperModel(kt.HyperModel):
         return self._compiled_model(values)
 
     def _compiled_model(self, values: dict[str, Any]) -> keras.Model:
-        from cxrmodels.metrics.keras_metrics import default_metrics
-        from cxrmodels.models import create_model
-
-        previous = keras.config.dtype_policy()
-        try:
-            if self.policy:
-                keras.config.set_dtype_policy(self.policy)
-            keras.utils.set_random_seed(self.seed)
-            aug = self._augmentation(values) if self.augment == "gpu" else None
-            net = create_model(
-                self.model_name,
-                input_shape=self.input_shape,
+        """The trial's model with its input stack, compiled as `cxrmodels.train` compiles a run's."""
+        config = self.train_config(values)
+        with dtype_policy(config.mixed_precision):
+            keras.utils.set_random_seed(config.seed)
+            aug = augmentation_layer(config) if config.augment == "gpu" else None
+            net = build_model(
+                config.model,
+                data_shape=self.input_shape,
+                model_shape=self.input_shape,
                 num_classes=self.num_classes,
+                equalize_radius=config.equalize_radius,
                 augment=aug,
-                equalize=self._equalization(values),
-                **self._model_args(values),
+                model_kwargs=config.model_kwargs,
             )
-            net.compile(
-                optimizer=keras.optimizers.Adam(values["learning_rate"]),
-                loss=keras.losses.CategoricalCrossentropy(),
-                metrics=default_metrics(self.num_classes, positive_index=self.positive_index),
-            )
-        finally:
-            keras.config.set_dtype_policy(previous)
+            compile_model(net, self._plan(config))
         return net
+
+    def _plan(self, config: TrainConfig) -> RunPlan:
+        # What `compile_model` reads of a run: its config, the classes and the positive one.
+        return RunPlan(
+            config=config,
+            manifest=None,
+            data_shape=self.input_shape,
+            model_shape=self.input_shape,
+            num_classes=self.num_classes,
+            positive=self.positive_index,
+        )
 
     def fit(self, hp, model, *args, **kwargs):
         """Trains `model`; a dataset folder as first argument is read with `cxrdata.load`.
@@ -274,13 +254,18 @@ class CXRHyperModel(kt.HyperModel):
         if args and isinstance(args[0], (str, os.PathLike)):
             import cxrdata
 
-            dataset_dir, args = os.fspath(args[0]), args[1:]
-            aug = self._augmentation(self.resolve(hp)) if self.augment == "cpu" else None
+            config = self.train_config(self.resolve(hp), dataset=os.fspath(args[0]))
+            args = args[1:]
             train_ds = cxrdata.load(
-                dataset_dir, "train", batch_size=self.batch_size, shuffle=True, seed=self.seed, augment=aug
+                config.dataset,
+                "train",
+                batch_size=config.batch_size,
+                shuffle=True,
+                seed=config.seed,
+                augment=augmentation_layer(config) if config.augment == "cpu" else None,
             )
             kwargs["validation_data"] = cxrdata.load(
-                dataset_dir, "val", batch_size=self.batch_size, shuffle=False
+                config.dataset, "val", batch_size=config.batch_size, shuffle=False
             )
             kwargs.setdefault("shuffle", False)  # the pipeline shuffles; Keras would warn
             return model.fit(train_ds, *args, **kwargs)
@@ -298,39 +283,35 @@ class CXRHyperModel(kt.HyperModel):
             for name in self.space.names
         }
 
-    def train_kwargs(self, values: dict[str, Any]) -> dict[str, Any]:
-        """`cxrmodels.train` arguments that train the model of `values` (from `resolve`)."""
-        model_kwargs = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in self._model_args(values).items()
-        }
-        kwargs = {
-            "model": self.model_name,
+    def train_config(self, values: dict[str, Any], **changes: Any) -> TrainConfig:
+        """The `TrainConfig` of the trial with hyperparameter `values` (from `resolve`).
+
+        Args:
+            values: Every hyperparameter's value.
+            **changes: Other `TrainConfig` fields on top, such as `dataset` and `out`.
+
+        Example:
+            >>> config = hypermodel.train_config(hypermodel.resolve(hp), dataset="data/",
+            ...                                  out="runs/best")  # doctest: +SKIP
+            >>> cxrmodels.train(config=config, epochs=30)  # doctest: +SKIP
+        """
+        decided: dict[str, Any] = {
             "learning_rate": float(values["learning_rate"]),
             "augment_strength": float(values["augment_strength"]),
-            "augment": self.augment,
-            "mixed_precision": self.policy or False,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "model_kwargs": model_kwargs,
+            "model_kwargs": self._model_args(values),
         }
         if "equalize_radius" in self.space.names:
-            radius = int(values["equalize_radius"])
-            kwargs["equalize_in_model"] = radius if radius > 0 else None
-        return kwargs
+            decided["equalize_radius"] = int(values["equalize_radius"]) or None  # 0: none
+        return self.config.replace(**decided, **changes)
 
-    def _equalization(self, values: dict[str, Any]):
-        """`LocalEqualization(radius)` for a radius > 0 (named as `cxrmodels.train` names it), else None."""
-        radius = int(values.get("equalize_radius") or 0)
-        if radius <= 0:
-            return None
-        from cxrdata.layers.local_equalization import LocalEqualization
-
-        return LocalEqualization(radius, name="local_equalization")
+    def train_kwargs(self, values: dict[str, Any]) -> dict[str, Any]:
+        """`cxrmodels.train` keywords that train the model of `values`: `train_config` less `RUN_FIELDS`."""
+        return {k: v for k, v in self.train_config(values).to_dict().items() if k not in RUN_FIELDS}
 
     def _model_args(self, values: dict[str, Any]) -> dict[str, Any]:
         args = dict(self.model_kwargs)
         if self._family == "cnn":
-            args["filters"] = tuple(int(values["base_filters"]) * 2**i for i in range(int(values["blocks"])))
+            args["filters"] = [int(values["base_filters"]) * 2**i for i in range(int(values["blocks"]))]
         for name in ("dense_units", "dropout", "pooling", "trainable_blocks"):
             if name in values:
                 args[name] = values[name]
@@ -338,9 +319,20 @@ class CXRHyperModel(kt.HyperModel):
             args["dropout"] = round(float(args["dropout"]), 6)  # 0.30000000000000004 from a stepped Float
         return args
 
-    def _augmentation(self, values: dict[str, Any]):
-        return augmentation_layer(
-            TrainConfig(
-                augment=self.augment, seed=self.seed, augment_strength=float(values["augment_strength"])
+
+def _check_base(config: TrainConfig) -> TrainConfig:
+    """Refuses fixed options that a trial's hyperparameters decide, or that a search does not offer."""
+    defaults = TrainConfig()
+    for name in _DECIDED + _UNSUPPORTED:
+        value = getattr(config, name)
+        if value != getattr(defaults, name):
+            why = (
+                "it is a hyperparameter; fix or narrow it with `hyperparameters`"
+                if name in _DECIDED
+                else "a search does not offer it"
             )
-        )
+            raise ValueError(
+                f"`{name}` must keep its default in a search's fixed training options: {why}. "
+                f"Received: {name}={value!r}"
+            )
+    return config

@@ -4,7 +4,7 @@ A search folder (`cxr tune DATA --out DIR`) holds:
 
 | file                        | written                                                |
 |-----------------------------|--------------------------------------------------------|
-| `search.json`               | at the start: the model, dataset digest and settings   |
+| `search.json`               | at the start: the options (`SearchConfig`), dataset digest |
 | `cxr_tune/`                 | keras-tuner's project: oracle state, one folder per trial |
 | `trials.csv`                | at the end: one row per trial                          |
 | `best_hyperparameters.json` | at the end: the best trial's values and `train` kwargs |
@@ -25,6 +25,7 @@ from typing import Any
 from cxrdata.utils.figures import save_figure
 from cxrdata.utils.io import atomic_write_text
 from cxrdata.utils.output_dir import OVERWRITE, RESUME, check_output_dir, refuse_other_options
+from cxrmodels.tuning.config import SearchConfig
 
 SEARCH_NAME = "search.json"
 TRIALS_NAME = "trials.csv"
@@ -32,25 +33,35 @@ BEST_NAME = "best_hyperparameters.json"
 MODEL_NAME = "best_model.keras"
 PLOT_NAME = "search_plot.png"
 OUTPUT_NAMES = (TRIALS_NAME, BEST_NAME, MODEL_NAME, PLOT_NAME)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the options are `SearchConfig.to_dict()`
 _TUNER_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
-# Settings a resumed search must share with the one in the folder; others (max_trials,
-# patience, verbose, the distributed launch) may change between runs.
-IDENTITY = (
-    "model",
-    "model_kwargs",
+# What `search.json` holds beside the search's options: facts about the dataset and the space.
+# A resumed search must have the same dataset (digest) and the same compared options
+# (`SearchConfig.differences`: not max_trials, patience, verbose or the distributed launch).
+FACTS = (
+    "format_version",
+    "library_version",
     "dataset_digest",
-    "tuner",
-    "objective",
-    "max_epochs",
-    "batch_size",
-    "seed",
-    "mixed_precision",
-    "augment",
-    "hyperparameters",
-    "tune_new_entries",
-    "project_name",
+    "dataset_equalize",
+    "class_names",
+    "image_shape",
+    "hyperparameter_names",
+    "direction",
+    "started",
 )
+
+
+def search_record(config: SearchConfig, facts: dict[str, Any]) -> dict[str, Any]:
+    """What `search.json` holds: the options (`config.to_dict()`) and the `FACTS`."""
+    unknown = sorted(set(facts) - set(FACTS))
+    if unknown:
+        raise ValueError(f"`facts` must be among {FACTS}. Received: {unknown}")
+    return {"format_version": FORMAT_VERSION, **config.to_dict(), **facts}
+
+
+def config_of(record: dict[str, Any], *, source: str = "") -> SearchConfig:
+    """The `SearchConfig` a `search.json` record was written from."""
+    return SearchConfig.from_dict({k: v for k, v in record.items() if k not in FACTS}, source=source)
 
 
 def read_search(out: str) -> dict[str, Any]:
@@ -62,24 +73,22 @@ def read_search(out: str) -> dict[str, Any]:
         raise ValueError(f"{path!r} is not a valid search file: {err}") from err
 
 
-def differences(previous: dict, config: dict) -> list[str]:
-    """What differs between the search in a folder and the one asked for, in words."""
+def differences(previous: dict, record: dict, *, source: str = "") -> list[str]:
+    """What differs between the search in a folder (`previous`) and the one asked for, in words."""
+    if previous.get("format_version") != FORMAT_VERSION:
+        return [
+            f"format_version: {previous.get('format_version')!r} then, {FORMAT_VERSION} now "
+            "(written by another version of cxr)"
+        ]
     out = []
-    for key in IDENTITY:
-        old, new = previous.get(key), config.get(key)
-        if old == new:
-            continue
-        if key == "dataset_digest":
-            out.append(f"another dataset (manifest digest {str(old)[:12]}... then, {str(new)[:12]}... now)")
-        elif key == "hyperparameters":
-            out.append("other `hyperparameters` overrides")
-        else:
-            out.append(f"{key}: {old!r} then, {new!r} now")
-    return out
+    old, new = previous.get("dataset_digest"), record.get("dataset_digest")
+    if old != new:
+        out.append(f"another dataset (manifest digest {str(old)[:12]}... then, {str(new)[:12]}... now)")
+    return out + config_of(previous, source=source).differences(config_of(record))
 
 
-def prepare(out: str, config: dict, *, overwrite: bool) -> bool:
-    """Readies `out` for a fresh or resumed search and writes `search.json`; True when resuming.
+def prepare(out: str, record: dict, *, overwrite: bool) -> bool:
+    """Readies `out` for a fresh or resumed search and writes `record` to `search.json`; True when resuming.
 
     Raises:
         NotADirectoryError: `out` is a file.
@@ -104,24 +113,27 @@ def prepare(out: str, config: dict, *, overwrite: bool) -> bool:
         if overwrite:
             clear(out, previous.get("project_name"))
         else:
+            source = f"The search file {os.path.join(out, SEARCH_NAME)!r}"
             refuse_other_options(
-                out, f"search of model {previous.get('model')!r}", differences(previous, config)
+                out,
+                f"search of model {previous.get('model')!r}",
+                differences(previous, record, source=source),
             )
             resumed = True
-            config = {**previous, **config, "started": previous.get("started", config.get("started"))}
+            record = {**record, "started": previous.get("started", record.get("started"))}
     os.makedirs(out, exist_ok=True)
-    atomic_write_text(os.path.join(out, SEARCH_NAME), json.dumps(config, indent=2) + "\n")
+    atomic_write_text(os.path.join(out, SEARCH_NAME), json.dumps(record, indent=2) + "\n")
     return resumed
 
 
-def check_worker(out: str, config: dict) -> None:
+def check_worker(out: str, record: dict) -> None:
     """Raises ValueError unless the chief's `search.json` in the shared `out` matches this worker."""
     if not os.path.isfile(os.path.join(out, SEARCH_NAME)):
         raise ValueError(
             f"{os.path.join(out, SEARCH_NAME)!r} not found, though the chief serves: every "
             "process must see the same `directory` (one machine, or a shared filesystem)."
         )
-    changed = differences(read_search(out), config)
+    changed = differences(read_search(out), record, source=f"The chief's {SEARCH_NAME}")
     if changed:
         raise ValueError(
             f"The chief's search in {out!r} has other settings than this worker "

@@ -15,26 +15,28 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.util
-import numbers
 import os
-import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import keras_tuner as kt
 
-from cxrdata.utils.argument_validation import check_bool, check_choice, check_int
+import cxrdata
 from cxrdata.utils.output_dir import lock_output_dir
+from cxrmodels.models.input_stack import check_equalization, dataset_is_equalized
 from cxrmodels.models.saving import save_model
+from cxrmodels.training.config import TrainConfig
 from cxrmodels.tuning import search_folder
-from cxrmodels.tuning.hypermodel import CXRHyperModel, check_objective, objective_names
+from cxrmodels.tuning.config import TUNERS, SearchConfig, check_objective, objective_names
+from cxrmodels.tuning.distribute import ENV_VARS, launch_role, wait_for_chief
+from cxrmodels.tuning.distribute import kerastuner_env as _kerastuner_env
+from cxrmodels.tuning.hypermodel import CXRHyperModel
+from cxrmodels.tuning.tuners import make_tuner, read_sidecar
 
-TUNERS = ("hyperband", "random", "bayesian")
-ENV_VARS = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
-_MIN_WORKER_TIMEOUT = 5.0  # seconds; workers beat every 2
-
-__all__ = ["CXRHyperModel", "SearchResult", "objective_names", "search"]
+__all__ = ["ENV_VARS", "CXRHyperModel", "SearchConfig", "SearchResult", "TUNERS", "objective_names", "search"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,89 +90,68 @@ def _fmt(value) -> str:
 
 
 def search(
-    dataset_dir: str | os.PathLike,
-    *,
-    model: str = "seed_cnn",
-    tuner: str = "hyperband",
-    objective: str = "val_auc",
-    max_trials: int = 10,
-    max_epochs: int = 10,
-    batch_size: int = 32,
-    directory: str | os.PathLike,
-    project_name: str = "cxr_tune",
-    overwrite: bool = False,
-    seed: int = 0,
-    hyperparameters=None,
-    tune_new_entries: bool = True,
-    mixed_precision: bool | str = False,
-    augment: str = "gpu",
-    patience: int | None = 3,
-    distributed: bool = False,
-    worker_timeout: float = 120.0,
-    model_kwargs: dict[str, Any] | None = None,
-    verbose: str | int = "auto",
+    dataset: str | os.PathLike | None = None, *, config: SearchConfig | None = None, **options: Any
 ) -> SearchResult:
     """Searches a model's hyperparameters on a converted dataset with keras-tuner.
 
-    Each trial builds a `CXRHyperModel` model, reads the dataset's "train" and
-    "val" splits once with `cxrdata.load`, and trains with EarlyStopping on
-    the objective. Mixed precision and the augmentation placement work as in
-    `cxrmodels.train`. A rerun on the same `directory` resumes the search
-    (keras-tuner's reload): finished trials are kept, an interrupted one is
-    rerun, and `max_trials` may grow. `directory/search.json` records the
-    model, the dataset's manifest digest and equalization, the
-    hyperparameters' names and the settings, and a folder holding another
-    search is refused unless `overwrite`.
+    Each trial is a `TrainConfig` (`CXRHyperModel.train_config`): it builds the
+    model and its input stack as `cxrmodels.train` does, reads the dataset's
+    "train" and "val" splits once with `cxrdata.load`, and trains with
+    EarlyStopping on the objective. Mixed precision and the augmentation
+    placement work as in `cxrmodels.train`. A rerun on the same `directory`
+    resumes the search (keras-tuner's reload): finished trials are kept, an
+    interrupted one is rerun, and `max_trials` may grow. `directory/search.json`
+    holds the options (`SearchConfig.to_dict()`), the dataset's manifest digest
+    and equalization and the hyperparameters' names; a folder holding a search
+    of another dataset or other options (`SearchConfig.differences`) is refused
+    unless `overwrite`.
 
     On a dataset converted with `equalize="none"` the radius of
     `cxrdata.LocalEqualization` inside the model, `equalize_radius` (0, 35,
     70 or 100; 0: none; trial 0 uses the study's 70), is searched too (see
-    `CXRHyperModel`); `best_hyperparameters.json`'s `train_kwargs` then carry
-    the best radius as `equalize_in_model`, so `cxrmodels.train(**train_kwargs)`
-    trains and `export` exports that model as any `equalize_in_model` run.
+    `CXRHyperModel`); `best_hyperparameters.json` then records the best radius
+    as the `TrainConfig`'s `equalize_radius`, so `cxrmodels.train(**train_kwargs)`
+    trains and `export` exports that model as any `equalize_radius` run.
 
     Args:
-        dataset_dir: A folder written by `cxrdata.convert`, with "train" and "val" splits.
-        model: A name from `cxrmodels.list_models()`. Defaults to "seed_cnn".
-        tuner: "hyperband", "random" or "bayesian" (needs scikit-learn).
-            Defaults to "hyperband".
-        objective: A metric the model logs: loss, accuracy, auc, precision,
-            recall, specificity (two classes) or their `val_` versions;
-            minimized for a loss, maximized otherwise. Defaults to "val_auc".
-        max_trials: Trials in all, counting those of a resumed search (for
-            Hyperband a cap on its own schedule). Defaults to 10.
-        max_epochs: Epochs per trial (Hyperband's largest budget). Defaults to 10.
-        batch_size: Examples per batch. Defaults to 32.
-        directory: The search folder.
-        project_name: keras-tuner's project folder inside it. Defaults to "cxr_tune".
-        overwrite: Replace the search in `directory`. Defaults to False.
-        seed: Seeds the oracle, Keras, the shuffling and the augmentation. Defaults to 0.
-        hyperparameters: Fixes or narrows hyperparameters: a
-            `keras_tuner.HyperParameters` or `{name: value | (low, high) |
-            [choices]}` (see `CXRHyperModel`); `equalize_radius` only for a
-            dataset converted with `equalize="none"`. Defaults to None.
-        tune_new_entries: Also search the hyperparameters that
-            `hyperparameters` does not name (False: they keep their
-            reference values). Defaults to True.
-        mixed_precision: False, True or "float16", or "bfloat16". Defaults to False.
-        augment: "gpu", "cpu" or "none", as in `cxrmodels.train`. Defaults to "gpu".
-        patience: EarlyStopping's patience in epochs on the objective (None:
-            no early stopping). Defaults to 3.
-        distributed: Run as keras-tuner's chief or worker, as the
-            KERASTUNER_TUNER_ID ("chief", or "tuner0", "tuner1", ...),
-            KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT environment
-            variables say. The chief checks and prepares `directory`, serves
-            the oracle and, when every worker is done, writes the results. A
-            worker waits for the chief, checks that the chief's `search.json`
-            matches its own options, then runs trials; it never clears or
-            writes the results (it ignores `overwrite`). Without
-            `distributed` those variables are ignored. Defaults to False.
-        worker_timeout: (chief) Seconds without a worker's heartbeat before
-            its trial ends as FAILED and the search goes on without it.
-            Defaults to 120.
-        model_kwargs: Fixed model options, such as `weights`. Defaults to None.
-        verbose: Progress output of keras-tuner and `Model.fit`: "auto", 0, 1
-            or 2. Defaults to "auto".
+        dataset: A folder written by `cxrdata.convert`, with "train" and "val"
+            splits (or `config.dataset`).
+        config: A `SearchConfig` with every option. Defaults to None: the
+            defaults, with `options` on top.
+        **options: Any `SearchConfig` field, on top of `config`:
+            `directory` (the search folder, required), `model` ("seed_cnn"),
+            `tuner` ("hyperband", "random" or "bayesian", which needs
+            scikit-learn), `objective` ("val_auc": loss, accuracy, auc,
+            precision, recall, specificity (two classes) or their `val_`
+            versions; minimized for a loss, maximized otherwise), `max_trials`
+            (10; trials in all, counting those of a resumed search; for
+            Hyperband a cap on its own schedule), `max_epochs` (10; per trial,
+            Hyperband's largest budget), `batch_size` (32), `project_name`
+            ("cxr_tune", keras-tuner's folder inside `directory`), `overwrite`
+            (False), `seed` (0; the oracle, Keras, the shuffling and the
+            augmentation), `hyperparameters` (None; fixes or narrows
+            hyperparameters: a `keras_tuner.HyperParameters`, `{name: value |
+            (low, high) | [choices]}` or `["NAME=SPEC", ...]`; see
+            `CXRHyperModel`; `equalize_radius` only for a dataset converted
+            with `equalize="none"`), `tune_new_entries` (True: also search the
+            hyperparameters `hyperparameters` does not name; False: they keep
+            their reference values), `mixed_precision` (False, True or
+            "float16", or "bfloat16"), `augment` ("gpu", "cpu" or "none"),
+            `patience` (3; EarlyStopping's patience on the objective, None: no
+            early stopping), `distributed` (False; see below), `worker_timeout`
+            (120; the chief's seconds without a worker's heartbeat before its
+            trial ends as FAILED), `model_kwargs` (fixed model options, such as
+            `weights`) and `verbose` ("auto", 0, 1 or 2). Older names are
+            accepted: `dataset_dir`, `out` (for `directory`).
+
+    With `distributed=True` the process runs as keras-tuner's chief or
+    worker, as the KERASTUNER_TUNER_ID ("chief", or "tuner0", "tuner1", ...),
+    KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT environment variables say.
+    The chief checks and prepares `directory`, serves the oracle and, when
+    every worker is done, writes the results. A worker waits for the chief,
+    checks that the chief's `search.json` matches its own options, then runs
+    trials; it never clears or writes the results (it ignores `overwrite`).
+    Without `distributed` those variables are ignored.
 
     Returns:
         A `SearchResult`.
@@ -194,188 +175,39 @@ def search(
     >>> result = search("data/", tuner="random", max_trials=8, max_epochs=5,
     ...                 directory="tune/a", hyperparameters=hp)  # doctest: +SKIP
     >>> print(result.summary())  # doctest: +SKIP
+    >>> config = SearchConfig.from_file("tune.yaml")  # doctest: +SKIP
+    >>> result = search(config=config, max_trials=20)  # doctest: +SKIP
     """
     start = time.perf_counter()
-    _check_args(
-        model=model,
-        tuner=tuner,
-        max_trials=max_trials,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        directory=directory,
-        project_name=project_name,
-        overwrite=overwrite,
-        seed=seed,
-        tune_new_entries=tune_new_entries,
-        augment=augment,
-        patience=patience,
-        distributed=distributed,
-        worker_timeout=worker_timeout,
-        verbose=verbose,
+    if dataset is not None:
+        options["dataset"] = dataset
+    config = SearchConfig.from_kwargs(config, **options)
+    config.require_paths()
+    _check_tuner_installed(config.tuner)
+    role = launch_role(config.distributed)
+    manifest, direction = _read_dataset(config)
+    hypermodel = _hypermodel(config, manifest)
+    record = search_folder.search_record(
+        config.replace(dataset=os.path.abspath(config.dataset)), _facts(manifest, hypermodel, direction)
     )
-    role = _role(distributed)
-    import cxrdata
-
-    dataset_dir, out = os.fspath(dataset_dir), os.fspath(directory)
-    manifest = cxrdata.read_manifest(dataset_dir)
-    for split in ("train", "val"):
-        if not manifest.splits.get(split) or not manifest.splits[split].num_examples:
-            raise ValueError(
-                f"The dataset {dataset_dir!r} has no {split!r} split (it has: "
-                f"{', '.join(manifest.splits) or 'none'}). A search trains on train and "
-                "validates on val: convert with `--splits 0.7,0.15,0.15`."
-            )
-    objective, direction = check_objective(objective, manifest.num_classes)
-    hypermodel = CXRHyperModel(
-        model,
-        input_shape=manifest.image_shape,
-        num_classes=manifest.num_classes,
-        class_names=manifest.class_names,
-        hyperparameters=hyperparameters,
-        mixed_precision=mixed_precision,
-        augment=augment,
-        batch_size=batch_size,
-        seed=seed,
-        model_kwargs=model_kwargs,
-        dataset_equalized=manifest.preprocessing.get("equalize") != "none",
-    )
-    overrides = hypermodel.hyperparameters
-    if not tune_new_entries and not overrides.space:
-        raise ValueError(
-            "`tune_new_entries=False` searches only the entries of `hyperparameters`, "
-            f"so give some. Received: hyperparameters={hyperparameters!r}"
-        )
-    config = {
-        "format_version": search_folder.FORMAT_VERSION,
-        "model": model,
-        "model_kwargs": {k: str(v) for k, v in hypermodel.model_kwargs.items()},
-        "dataset_digest": manifest.digest(),
-        "dataset": os.path.abspath(dataset_dir),
-        "class_names": list(manifest.class_names),
-        "image_shape": list(manifest.image_shape),
-        "dataset_equalize": manifest.preprocessing.get("equalize"),
-        "hyperparameter_names": list(hypermodel.space.names),
-        "tuner": tuner,
-        "objective": objective,
-        "direction": direction,
-        "max_epochs": max_epochs,
-        "batch_size": batch_size,
-        "seed": seed,
-        "mixed_precision": hypermodel.policy,
-        "augment": augment,
-        "hyperparameters": overrides.get_config()["space"] or None,
-        "tune_new_entries": tune_new_entries,
-        "project_name": project_name,
-        "max_trials": max_trials,
-        "patience": patience,
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
-    lock = contextlib.ExitStack()  # one writer of DIR: the chief (or a local search); workers share it
-    if role != "worker":
-        lock.enter_context(lock_output_dir(out, what="search folder"))
-    with lock, _kerastuner_env(distributed):
-        from cxrmodels.tuning.distribute import wait_for_chief
-        from cxrmodels.tuning.tuners import make_tuner
-
-        if role == "worker":
-            wait_for_chief()  # the chief writes search.json before it serves
-            search_folder.check_worker(out, config)
-        else:
-            search_folder.prepare(out, config, overwrite=overwrite)
-
+    with _search_folder(config, role, record):
         kt_tuner = make_tuner(
-            tuner,
-            hypermodel=hypermodel,
-            objective=_kt_objective(objective, direction),
-            max_trials=max_trials,
-            max_epochs=max_epochs,
-            seed=seed,
-            hyperparameters=overrides if overrides.space else None,
-            tune_new_entries=tune_new_entries,
-            directory=out,
-            project_name=project_name,
-            overwrite=False,
-            worker_timeout=worker_timeout,
+            config, hypermodel=hypermodel, objective=kt.Objective(config.objective, direction)
         )
-        callbacks = (
-            []
-            if patience is None
-            else [keras.callbacks.EarlyStopping(monitor=objective, mode=direction, patience=patience)]
-        )
-        kt_tuner.search(dataset_dir, epochs=max_epochs, callbacks=callbacks, verbose=verbose)
+        callbacks = []
+        if config.patience is not None:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor=config.objective, mode=direction, patience=config.patience
+                )
+            )
+        kt_tuner.search(config.dataset, epochs=config.max_epochs, callbacks=callbacks, verbose=config.verbose)
         if role == "worker":
-            return _worker_result(kt_tuner, out, objective, direction, start)
-        return _finish(
-            kt_tuner,
-            hypermodel,
-            out,
-            role=role,
-            tuner=tuner,
-            objective=objective,
-            direction=direction,
-            start=start,
-        )
+            return _worker_result(kt_tuner, config, direction, start)
+        return _finish(kt_tuner, hypermodel, config, role=role, direction=direction, start=start)
 
 
-def _kt_objective(name: str, direction: str):
-    import keras_tuner as kt
-
-    return kt.Objective(name, direction)
-
-
-def _check_args(
-    *,
-    model,
-    tuner,
-    max_trials,
-    max_epochs,
-    batch_size,
-    directory,
-    project_name,
-    overwrite,
-    seed,
-    tune_new_entries,
-    augment,
-    patience,
-    distributed,
-    worker_timeout,
-    verbose,
-) -> None:
-    from cxrmodels.training.config import TrainConfig
-
-    TrainConfig(model=model, batch_size=batch_size, seed=seed, augment=augment, verbose=verbose)
-    check_int("patience", patience, minimum=0, allow_none=True)
-    check_choice("tuner", tuner, TUNERS)
-    check_int("max_trials", max_trials, minimum=1)
-    check_int("max_epochs", max_epochs, minimum=1)
-    if directory is None or not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
-        raise ValueError(
-            f"`directory` must be the path of the search folder. Received: directory={directory!r}"
-        )
-    if (
-        not isinstance(project_name, str)
-        or not re.fullmatch(r"[A-Za-z0-9_.-]+", project_name)
-        or project_name in (".", "..")
-    ):
-        raise ValueError(
-            "`project_name` must be a folder name (letters, digits, '_', '-', '.'). "
-            f"Received: project_name={project_name!r}"
-        )
-    for name, value in (
-        ("overwrite", overwrite),
-        ("tune_new_entries", tune_new_entries),
-        ("distributed", distributed),
-    ):
-        check_bool(name, value)
-    if (
-        isinstance(worker_timeout, bool)
-        or not isinstance(worker_timeout, numbers.Real)
-        or not worker_timeout >= _MIN_WORKER_TIMEOUT
-    ):
-        raise ValueError(
-            f"`worker_timeout` must be a number of seconds >= {_MIN_WORKER_TIMEOUT:g} "
-            f"(workers beat every 2 s). Received: worker_timeout={worker_timeout!r}"
-        )
+def _check_tuner_installed(tuner: str) -> None:
     if tuner == "bayesian" and importlib.util.find_spec("sklearn") is None:
         raise ImportError(
             "tuner='bayesian' needs scikit-learn (keras-tuner's Gaussian process): "
@@ -383,64 +215,85 @@ def _check_args(
         )
 
 
-def _role(distributed: bool) -> str:
-    """ "local", or for a distributed launch "chief" or "worker", after checking its environment."""
-    if not distributed:
-        return "local"
-    missing = [v for v in ENV_VARS if not os.environ.get(v)]
-    if missing:
-        raise ValueError(
-            f"A distributed search needs the environment variables {', '.join(ENV_VARS)}; missing: "
-            f"{', '.join(missing)}. Set KERASTUNER_TUNER_ID=chief for the process that serves the oracle "
-            "and tuner0, tuner1, ... for the workers, and KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT "
-            "to the chief's address and port (see examples/distributed_tuning.md)."
-        )
-    port, tuner_id = os.environ["KERASTUNER_ORACLE_PORT"], os.environ["KERASTUNER_TUNER_ID"]
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"KERASTUNER_ORACLE_PORT must be a port number (1 to 65535). Received: {port!r}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", tuner_id):
-        raise ValueError(
-            "KERASTUNER_TUNER_ID must be a name of letters, digits, '_', '-' or '.' "
-            f"('chief', 'tuner0', ...). Received: {tuner_id!r}"
-        )
-    return "chief" if "chief" in tuner_id else "worker"  # keras-tuner's own rule
+def _read_dataset(config: SearchConfig) -> tuple[Any, str]:
+    """The dataset's manifest and the objective's direction, checked against the options."""
+    manifest = cxrdata.read_manifest(config.dataset)
+    for split in ("train", "val"):
+        if not manifest.splits.get(split) or not manifest.splits[split].num_examples:
+            raise ValueError(
+                f"The dataset {config.dataset!r} has no {split!r} split (it has: "
+                f"{', '.join(manifest.splits) or 'none'}). A search trains on train and "
+                "validates on val: convert with `--splits 0.7,0.15,0.15`."
+            )
+    _, direction = check_objective(config.objective, manifest.num_classes)
+    radius = (config.hyperparameters or {}).get("equalize_radius")
+    if radius not in (None, 0):  # 0: none, which the space refuses by name on an equalized dataset
+        check_equalization(manifest.preprocessing, radius, dataset=config.dataset)
+    return manifest, direction
+
+
+def _hypermodel(config: SearchConfig, manifest) -> CXRHyperModel:
+    """The search space on this dataset; every trial trains these fixed options."""
+    fixed = TrainConfig(
+        dataset=config.dataset,
+        model=config.model,
+        epochs=config.max_epochs,
+        batch_size=config.batch_size,
+        mixed_precision=config.mixed_precision,
+        augment=config.augment,
+        seed=config.seed,
+        model_kwargs=config.model_kwargs,
+        verbose=config.verbose,
+    )
+    return CXRHyperModel(
+        input_shape=manifest.image_shape,
+        num_classes=manifest.num_classes,
+        class_names=manifest.class_names,
+        hyperparameters=config.hyperparameters,
+        dataset_equalized=dataset_is_equalized(manifest.preprocessing),
+        config=fixed,
+    )
+
+
+def _facts(manifest, hypermodel: CXRHyperModel, direction: str) -> dict[str, Any]:
+    return {
+        "library_version": cxrdata.__version__,
+        "dataset_digest": manifest.digest(),
+        "dataset_equalize": manifest.preprocessing.get("equalize"),
+        "class_names": list(manifest.class_names),
+        "image_shape": list(manifest.image_shape),
+        "hyperparameter_names": list(hypermodel.space.names),
+        "direction": direction,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 @contextlib.contextmanager
-def _kerastuner_env(distributed: bool):
-    """Hides the KERASTUNER_* variables from a local search: keras-tuner would go distributed."""
-    saved = {} if distributed else {v: os.environ.pop(v) for v in ENV_VARS if v in os.environ}
-    try:
+def _search_folder(config: SearchConfig, role: str, record: dict[str, Any]) -> Iterator[None]:
+    """The search folder, ready: locked and prepared by the chief (or a local search), checked by a worker."""
+    out = config.directory
+    with contextlib.ExitStack() as stack:
+        if role != "worker":  # one writer of DIR: the chief (or a local search); workers share it
+            stack.enter_context(lock_output_dir(out, what="search folder"))
+        stack.enter_context(_kerastuner_env(config.distributed))
+        if role == "worker":
+            wait_for_chief()  # the chief writes search.json before it serves
+            search_folder.check_worker(out, record)
+        else:
+            search_folder.prepare(out, record, overwrite=config.overwrite)
         yield
-    finally:
-        os.environ.update(saved)
 
 
 def _finish(
-    kt_tuner, hypermodel, out: str, *, role: str, tuner: str, objective: str, direction: str, start: float
+    kt_tuner, hypermodel: CXRHyperModel, config: SearchConfig, *, role: str, direction: str, start: float
 ) -> SearchResult:
     """Writes trials.csv, the plot, best_hyperparameters.json and best_model.keras."""
-    import keras_tuner as kt
-
+    out, objective = config.directory, config.objective
     rows = search_folder.trial_rows(kt_tuner, hypermodel, objective)
-    files = {}
-    files[search_folder.TRIALS_NAME] = os.path.join(out, search_folder.TRIALS_NAME)
+    files = {name: os.path.join(out, name) for name in search_folder.OUTPUT_NAMES}
     search_folder.write_trials_csv(files[search_folder.TRIALS_NAME], rows)
-    names = hypermodel.space.names
-    second = next(
-        n
-        for n in ("base_filters", "trainable_blocks", "dense_units", "dropout", "learning_rate")
-        if n in names
-    )
-    files[search_folder.PLOT_NAME] = search_folder.plot(
-        rows,
-        os.path.join(out, search_folder.PLOT_NAME),
-        objective=objective,
-        direction=direction,
-        second=second,
-        title=f"{hypermodel.model_name}, {tuner} search",
-        defaults=hypermodel.resolve(kt.HyperParameters()),
-        extra=("equalize_radius",) if "equalize_radius" in names else (),
+    files[search_folder.PLOT_NAME] = _plot(
+        rows, hypermodel, config, direction, files[search_folder.PLOT_NAME]
     )
     best = search_folder.best_row(rows, objective, direction)
     if best is None:
@@ -449,11 +302,10 @@ def _finish(
             f"No trial of the search in {out!r} completed ({len(rows)} trials). "
             f"Reasons: {'; '.join(notes) or 'none recorded'}. See {files[search_folder.TRIALS_NAME]}."
         )
-    values = {n: best[n] for n in names}
+    values = {n: best[n] for n in hypermodel.space.names}
     net = kt_tuner.load_model(kt_tuner.oracle.get_trial(best["trial_id"]))
-    files[search_folder.MODEL_NAME] = os.path.join(out, search_folder.MODEL_NAME)
     save_model(net, files[search_folder.MODEL_NAME])
-    files[search_folder.BEST_NAME] = os.path.join(out, search_folder.BEST_NAME)
+    trial = hypermodel.train_config(values, dataset=os.path.abspath(config.dataset))
     search_folder.write_json(
         files[search_folder.BEST_NAME],
         {
@@ -463,6 +315,7 @@ def _finish(
             "trial_id": best["trial_id"],
             "model": hypermodel.model_name,
             "hyperparameters": values,
+            "train_config": trial.to_dict(),
             "train_kwargs": hypermodel.train_kwargs(values),
             "trials": len(rows),
             "completed_trials": sum(r["status"] == "COMPLETED" for r in rows),
@@ -483,17 +336,35 @@ def _finish(
     )
 
 
-def _worker_result(kt_tuner, out: str, objective: str, direction: str, start: float) -> SearchResult:
-    from cxrmodels.tuning.tuners import read_sidecar
+def _plot(rows, hypermodel: CXRHyperModel, config: SearchConfig, direction: str, path: str) -> str:
+    """The objective against the learning rate, the model's main size (and the radius)."""
+    names = hypermodel.space.names
+    second = next(
+        n
+        for n in ("base_filters", "trainable_blocks", "dense_units", "dropout", "learning_rate")
+        if n in names
+    )
+    return search_folder.plot(
+        rows,
+        path,
+        objective=config.objective,
+        direction=direction,
+        second=second,
+        title=f"{hypermodel.model_name}, {config.tuner} search",
+        defaults=hypermodel.resolve(kt.HyperParameters()),
+        extra=("equalize_radius",) if "equalize_radius" in names else (),
+    )
 
+
+def _worker_result(kt_tuner, config: SearchConfig, direction: str, start: float) -> SearchResult:
     ran = [
         read_sidecar(os.path.join(kt_tuner.project_dir, f"trial_{trial_id}"))
         for trial_id in kt_tuner.trial_started
     ]
     return SearchResult(
-        directory=out,
+        directory=config.directory,
         role="worker",
-        objective=objective,
+        objective=config.objective,
         direction=direction,
         best_trial_id=None,
         best_value=None,

@@ -17,15 +17,24 @@ from typing import Any
 from keras_tuner.engine import hyperparameters as hpt
 
 from cxrdata.utils.argument_validation import is_int
+from cxrmodels.training.config import MAX_AUGMENT_STRENGTH
 
 REFERENCE_LEARNING_RATE = 1e-3  # Adam's default, as in the reference training
 REFERENCE_AUGMENT_STRENGTH = 1.0  # the ImageDataGenerator ranges of the reference training
-MAX_AUGMENT_STRENGTH = 4.0  # as `cxrmodels.train` accepts
 REFERENCE_EQUALIZE_RADIUS = 70  # skimage.filters.rank.equalize(image, disk(70)) of the study
 EQUALIZE_RADII = (0, 35, 70, 100)  # 0: no equalization
-
-
-_is_int = is_int
+# Every hyperparameter, in the column order of trials.csv.
+ORDER = (
+    "learning_rate",
+    "base_filters",
+    "blocks",
+    "dense_units",
+    "dropout",
+    "pooling",
+    "augment_strength",
+    "trainable_blocks",
+    "equalize_radius",
+)
 
 
 def _is_real(v) -> bool:
@@ -49,88 +58,93 @@ def _choices(base, reference):
 
 
 def _params(num_blocks: int | None, max_blocks: int) -> dict[str, _Param]:
-    return {
-        p.name: p
-        for p in (
-            _Param(
-                "learning_rate",
-                "float",
-                "a positive number",
-                lambda v: _is_real(v) and v > 0,
-                lambda hp, ref: hp.Float("learning_rate", 1e-5, 1e-2, sampling="log", default=ref),
-                "Adam's learning rate; log scale from 1e-5 to 1e-2",
-            ),
-            _Param(
-                "base_filters",
-                "int",
-                "an int >= 1",
-                lambda v: _is_int(v) and v >= 1,
-                lambda hp, ref: hp.Choice("base_filters", _choices((8, 16, 32, 64), ref), default=ref),
-                "filters of the first conv block; each later block doubles them",
-            ),
-            _Param(
-                "blocks",
-                "int",
-                f"an int from 1 to {max_blocks} (the input size allows no more)",
-                lambda v: _is_int(v) and 1 <= v <= max_blocks,
-                lambda hp, ref: hp.Int("blocks", 1, max_blocks, default=ref),
-                "conv blocks (not tuned unless given)",
-            ),
-            _Param(
-                "dense_units",
-                "int",
-                "an int >= 0",
-                lambda v: _is_int(v) and v >= 0,
-                lambda hp, ref: hp.Choice(
-                    "dense_units",
-                    _choices((32, 64, 128, 256, 512) if num_blocks is None else (0, 64, 128, 256), ref),
-                    default=ref,
-                ),
-                "units of the hidden Dense layer (0: none)",
-            ),
-            _Param(
-                "dropout",
-                "float",
-                "a number in [0, 1)",
-                lambda v: _is_real(v) and 0 <= v < 1,
-                lambda hp, ref: hp.Float("dropout", 0.0, 0.5, step=0.1, default=ref),
-                "dropout before the last Dense layer",
-            ),
-            _Param(
-                "pooling",
-                "str",
-                "'max' or 'avg'",
-                lambda v: v in ("max", "avg"),
-                lambda hp, ref: hp.Choice("pooling", ["max", "avg"], default=ref),
-                "pooling of each conv block",
-            ),
-            _Param(
-                "augment_strength",
-                "float",
-                f"a number from 0 to {MAX_AUGMENT_STRENGTH:g}",
-                lambda v: _is_real(v) and 0 <= v <= MAX_AUGMENT_STRENGTH,
-                lambda hp, ref: hp.Float("augment_strength", 0.0, 2.0, step=0.5, default=ref),
-                "scale on RandomAffine's reference ranges (0: no augmentation)",
-            ),
-            _Param(
-                "trainable_blocks",
-                "int",
-                "an int >= 0" if num_blocks is None else f"an int from 0 to {num_blocks}",
-                lambda v: _is_int(v) and 0 <= v <= (num_blocks if num_blocks is not None else 10**6),
-                lambda hp, ref: hp.Int("trainable_blocks", 0, num_blocks, default=ref),
-                "backbone blocks unfrozen for fine-tuning",
-            ),
-            _Param(
-                "equalize_radius",
-                "int",
-                "an int >= 0 (a LocalEqualization disk radius; 0: none)",
-                lambda v: _is_int(v) and v >= 0,
-                lambda hp, ref: hp.Choice("equalize_radius", _choices(EQUALIZE_RADII, ref), default=ref),
-                "radius of cxrdata.LocalEqualization at the model's input (0: none); "
-                "only for a dataset converted with --equalize none",
-            ),
-        )
-    }
+    """Every hyperparameter, in column order; `num_blocks`: a transfer model's backbone blocks."""
+    by_name = {p.name: p for p in (*_training_params(), *_model_params(num_blocks, max_blocks))}
+    return {name: by_name[name] for name in ORDER}
+
+
+def _training_params() -> tuple[_Param, ...]:
+    return (
+        _Param(
+            "learning_rate",
+            "float",
+            "a positive number",
+            lambda v: _is_real(v) and v > 0,
+            lambda hp, ref: hp.Float("learning_rate", 1e-5, 1e-2, sampling="log", default=ref),
+            "Adam's learning rate; log scale from 1e-5 to 1e-2",
+        ),
+        _Param(
+            "augment_strength",
+            "float",
+            f"a number from 0 to {MAX_AUGMENT_STRENGTH:g}",
+            lambda v: _is_real(v) and 0 <= v <= MAX_AUGMENT_STRENGTH,
+            lambda hp, ref: hp.Float("augment_strength", 0.0, 2.0, step=0.5, default=ref),
+            "scale on RandomAffine's reference ranges (0: no augmentation)",
+        ),
+        _Param(
+            "equalize_radius",
+            "int",
+            "an int >= 0 (a LocalEqualization disk radius; 0: none)",
+            lambda v: is_int(v) and v >= 0,
+            lambda hp, ref: hp.Choice("equalize_radius", _choices(EQUALIZE_RADII, ref), default=ref),
+            "radius of cxrdata.LocalEqualization at the model's input (0: none); "
+            "only for a dataset converted with --equalize none",
+        ),
+    )
+
+
+def _model_params(num_blocks: int | None, max_blocks: int) -> tuple[_Param, ...]:
+    dense_choices = (32, 64, 128, 256, 512) if num_blocks is None else (0, 64, 128, 256)
+    return (
+        _Param(
+            "base_filters",
+            "int",
+            "an int >= 1",
+            lambda v: is_int(v) and v >= 1,
+            lambda hp, ref: hp.Choice("base_filters", _choices((8, 16, 32, 64), ref), default=ref),
+            "filters of the first conv block; each later block doubles them",
+        ),
+        _Param(
+            "blocks",
+            "int",
+            f"an int from 1 to {max_blocks} (the input size allows no more)",
+            lambda v: is_int(v) and 1 <= v <= max_blocks,
+            lambda hp, ref: hp.Int("blocks", 1, max_blocks, default=ref),
+            "conv blocks (not tuned unless given)",
+        ),
+        _Param(
+            "dense_units",
+            "int",
+            "an int >= 0",
+            lambda v: is_int(v) and v >= 0,
+            lambda hp, ref: hp.Choice("dense_units", _choices(dense_choices, ref), default=ref),
+            "units of the hidden Dense layer (0: none)",
+        ),
+        _Param(
+            "dropout",
+            "float",
+            "a number in [0, 1)",
+            lambda v: _is_real(v) and 0 <= v < 1,
+            lambda hp, ref: hp.Float("dropout", 0.0, 0.5, step=0.1, default=ref),
+            "dropout before the last Dense layer",
+        ),
+        _Param(
+            "pooling",
+            "str",
+            "'max' or 'avg'",
+            lambda v: v in ("max", "avg"),
+            lambda hp, ref: hp.Choice("pooling", ["max", "avg"], default=ref),
+            "pooling of each conv block",
+        ),
+        _Param(
+            "trainable_blocks",
+            "int",
+            "an int >= 0" if num_blocks is None else f"an int from 0 to {num_blocks}",
+            lambda v: is_int(v) and 0 <= v <= (num_blocks if num_blocks is not None else 10**6),
+            lambda hp, ref: hp.Int("trainable_blocks", 0, num_blocks, default=ref),
+            "backbone blocks unfrozen for fine-tuning",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -280,9 +294,30 @@ def _check_entry(entry, param: _Param) -> None:
         bad(invalid)
 
 
+def _keras_tuner_entry(name: str, spec: dict, param: _Param):
+    """A keras-tuner entry as `keras_tuner` serializes it (how `SearchConfig` keeps a HyperParameters)."""
+    try:
+        entry = hpt.deserialize(spec)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"`hyperparameters[{name!r}]` must be a keras-tuner entry ({{'class_name': 'Float', 'config': "
+            f"{{...}}}}): {err}. Received: {spec!r}"
+        ) from None
+    if not isinstance(entry, hpt.HyperParameter) or entry.name != name:
+        raise ValueError(
+            f"`hyperparameters[{name!r}]` must be a keras-tuner entry named {name!r}. Received: {spec!r}"
+        )
+    _check_entry(entry, param)
+    return entry
+
+
 def _from_dict_entry(name, spec, space: Space):
     _check_name(name, space)
     param, ref = space.params[name], space.reference[name]
+    if isinstance(spec, dict) and set(spec) == {"class_name", "config"}:
+        return _keras_tuner_entry(name, spec, param)
+    if isinstance(spec, dict) and set(spec) == {"min", "max"}:  # a range, as SearchConfig keeps it
+        spec = (spec["min"], spec["max"])
     if isinstance(spec, tuple):
         if param.kind == "str":
             raise ValueError(

@@ -29,6 +29,7 @@ import keras_tuner as kt
 
 from cxrdata.utils import compat
 from cxrdata.utils.io import atomic_write_text
+from cxrmodels.tuning.config import SearchConfig
 from cxrmodels.tuning.distribute import HEARTBEAT_DIR, Heartbeat, serve
 
 _KT = compat.keras_tuner_private()
@@ -168,42 +169,36 @@ class _HyperbandTuner(_TunerMixin, kt.Hyperband):
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
 
 
-def make_tuner(
-    kind: str,
-    *,
-    hypermodel,
-    objective,
-    max_trials: int,
-    max_epochs: int,
-    seed: int,
-    hyperparameters,
-    tune_new_entries: bool,
-    directory: str,
-    project_name: str,
-    overwrite: bool,
-    worker_timeout: float,
-):
-    """Builds the tuner of `kind` ("hyperband", "random" or "bayesian") with our oracle."""
+def make_tuner(config: SearchConfig, *, hypermodel, objective):
+    """The tuner of `config.tuner` ("hyperband", "random" or "bayesian") with our oracle.
+
+    It searches `hypermodel` with its checked overrides (`hypermodel.hyperparameters`) in
+    `config.directory`, which `search` has prepared (keras-tuner never overwrites it).
+    """
+    overrides = hypermodel.hyperparameters
     # keras-tuner reads seed 0 as "no seed" (a random one); shift it so every seed counts.
     common = dict(
-        objective=objective, seed=seed + 1, hyperparameters=hyperparameters, tune_new_entries=tune_new_entries
+        objective=objective,
+        seed=config.seed + 1,
+        hyperparameters=overrides if overrides.space else None,
+        tune_new_entries=config.tune_new_entries,
     )
-    if kind == "hyperband":
-        oracle = _HyperbandOracle(max_epochs=max_epochs, factor=3, **common)
-        oracle.max_trials = max_trials  # Hyperband has no cap of its own; the base Oracle honors it
+    if config.tuner == "hyperband":
+        oracle = _HyperbandOracle(max_epochs=config.max_epochs, factor=3, **common)
+        oracle.max_trials = config.max_trials  # Hyperband has no cap of its own; the base Oracle honors it
         tuner_class = _HyperbandTuner
-    elif kind == "random":
-        oracle, tuner_class = _RandomOracle(max_trials=max_trials, **common), _Tuner
+    elif config.tuner == "random":
+        oracle, tuner_class = _RandomOracle(max_trials=config.max_trials, **common), _Tuner
     else:
-        oracle, tuner_class = _BayesianOracle(max_trials=max_trials, **common), _Tuner
+        oracle, tuner_class = _BayesianOracle(max_trials=config.max_trials, **common), _Tuner
     tuner = tuner_class(
         oracle=oracle,
         hypermodel=hypermodel,
-        directory=directory,
-        project_name=project_name,
-        overwrite=overwrite,
+        directory=config.directory,
+        project_name=config.project_name,
+        overwrite=False,
     )
-    tuner.worker_timeout, tuner.trial_epochs, tuner.trial_started = worker_timeout, {}, {}
+    tuner.worker_timeout, tuner.trial_epochs, tuner.trial_started = config.worker_timeout, {}, {}
     return tuner
 
 

@@ -168,8 +168,9 @@ def test_tune_equalization_radius_example(tmp_path):
     assert len(rows) == 2 and all(int(radius) in (0, 12) for _, _, radius in rows)
     best = json.loads((out / "search" / "best_hyperparameters.json").read_text())
     radius = best["hyperparameters"]["equalize_radius"]
-    assert best["train_kwargs"]["equalize_in_model"] == (radius or None)
-    assert f"equalize_in_model for cxrmodels.train: {radius or None}" in stdout
+    assert best["train_kwargs"]["equalize_radius"] == (radius or None)
+    assert best["train_config"]["equalize_radius"] == (radius or None)
+    assert f"equalize_radius for cxrmodels.train: {radius or None}" in stdout
     search = json.loads((out / "search" / "search.json").read_text())
     assert search["dataset_equalize"] == "none"
 

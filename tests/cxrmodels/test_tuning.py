@@ -14,6 +14,7 @@ import pytest
 
 from cxrmodels.cli import main
 from cxrmodels.models import create_model
+from cxrmodels.training.config import TrainConfig
 from cxrmodels.tuning.searcher import CXRHyperModel, SearchResult, objective_names, search
 
 # Tiny trials: 48x48 images, filters (4, 8, 16), 8 dense units, batches of 8.
@@ -79,6 +80,10 @@ def _check_outputs(
     assert scores[best["trial_id"]] == pytest.approx(best["best_value"])
     assert best["train_kwargs"]["model_kwargs"]["filters"] == [4, 8, 16]
     assert result.best_trial_id == best["trial_id"]
+    # The best trial's TrainConfig, and `cxrmodels.train` keywords that are a part of it.
+    trial = TrainConfig.from_dict(best["train_config"])
+    assert trial.learning_rate == pytest.approx(float(best["hyperparameters"]["learning_rate"]))
+    assert trial.to_dict() | best["train_kwargs"] == trial.to_dict()
     return rows
 
 

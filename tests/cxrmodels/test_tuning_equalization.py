@@ -42,7 +42,7 @@ def test_the_radius_is_searched_only_on_an_unequalized_dataset():
     hp = kt.HyperParameters()
     model = _hypermodel(True).build(hp)
     assert "equalize_radius" not in hp.values and _equalizers(model) == []
-    assert "equalize_in_model" not in _hypermodel(True).train_kwargs(_hypermodel(True).resolve(hp))
+    assert _hypermodel(True).train_kwargs(_hypermodel(True).resolve(hp))["equalize_radius"] is None
 
     hypermodel = _hypermodel(False)
     hp = kt.HyperParameters()
@@ -56,18 +56,18 @@ def test_the_radius_is_searched_only_on_an_unequalized_dataset():
     front = model.get_layer("equalize_augment")
     assert [type(layer).__name__ for layer in front.layers] == ["LocalEqualization", "RandomAffine"]
     assert hypermodel.reference_values["equalize_radius"] == 70
-    assert hypermodel.train_kwargs(hypermodel.resolve(hp))["equalize_in_model"] == 70
+    assert hypermodel.train_kwargs(hypermodel.resolve(hp))["equalize_radius"] == 70
 
 
-@pytest.mark.parametrize("radius, layers, equalize_in_model", [(0, [], None), (35, [35], 35)])
-def test_a_trial_radius_builds_the_matching_model(radius, layers, equalize_in_model):
+@pytest.mark.parametrize("radius, layers, equalize_radius", [(0, [], None), (35, [35], 35)])
+def test_a_trial_radius_builds_the_matching_model(radius, layers, equalize_radius):
     hypermodel = _hypermodel(False)
     hp = kt.HyperParameters()
     hp.Fixed("equalize_radius", radius)
     model = hypermodel.build(hp)
     assert [layer.radius for layer in _equalizers(model)] == layers
-    assert hypermodel.train_kwargs(hypermodel.resolve(hp))["equalize_in_model"] == equalize_in_model
-    # The layer is the bit-exact one of `cxrmodels.train(equalize_in_model=...)`, saved with its radius.
+    assert hypermodel.train_kwargs(hypermodel.resolve(hp))["equalize_radius"] == equalize_radius
+    # The layer is the bit-exact one of `cxrmodels.train(equalize_radius=...)`, saved with its radius.
     if layers:
         config = _equalizers(model)[0].get_config()
         assert config["radius"] == 35 and config["name"] == "local_equalization"
@@ -129,7 +129,7 @@ def test_a_random_search_on_an_unequalized_dataset_records_the_radius(raw_datase
     radius = best["hyperparameters"]["equalize_radius"]
     assert radius == int(next(r for r in rows if r["trial_id"] == best["trial_id"])["equalize_radius"])
     assert result.best_hyperparameters["equalize_radius"] == radius
-    assert best["train_kwargs"]["equalize_in_model"] == (radius or None)
+    assert best["train_kwargs"]["equalize_radius"] == (radius or None)
 
     model = keras.saving.load_model(os.path.join(out, "best_model.keras"), compile=False)
     assert [layer.radius for layer in _equalizers(model)] == ([radius] if radius else [])
