@@ -78,12 +78,15 @@ def dtype_policy(policy: str | None) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def compile_model(net: keras.Model, plan: RunPlan) -> None:
-    """Adam, categorical cross-entropy and the run's metrics (a LossScaleOptimizer under mixed_float16)."""
+def compile_model(net: keras.Model, *, learning_rate: float, num_classes: int, positive: int | None) -> None:
+    """Adam, categorical cross-entropy and the run's metrics (a LossScaleOptimizer under mixed_float16).
+
+    Training and every trial of a search compile their models here.
+    """
     net.compile(
-        optimizer=keras.optimizers.Adam(plan.config.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.CategoricalCrossentropy(),
-        metrics=default_metrics(plan.num_classes, positive_index=plan.positive),
+        metrics=default_metrics(num_classes, positive_index=positive),
     )
     net.optimizer.build(net.trainable_variables)  # its variables exist before a restore loads them
 
@@ -115,7 +118,9 @@ def open_session(plan: RunPlan, *, strategy, state: RunState | None, writer: boo
             augment=aug if config.augment == "gpu" else None,
             model_kwargs=config.model_kwargs,
         )
-        compile_model(net, plan)
+        compile_model(
+            net, learning_rate=config.learning_rate, num_classes=plan.num_classes, positive=plan.positive
+        )
     best = None
     if state is not None:
         state, best = run_state.restore(config.out, net, state, config.patience)

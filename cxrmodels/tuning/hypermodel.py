@@ -19,7 +19,6 @@ import keras_tuner as kt
 from cxrdata.utils.argument_validation import check_bool
 from cxrmodels.models.input_stack import build_model
 from cxrmodels.training.config import TrainConfig, augmentation_layer
-from cxrmodels.training.plan import RunPlan
 from cxrmodels.training.session import compile_model, dtype_policy
 from cxrmodels.tuning import space as _tuning_space
 
@@ -230,19 +229,13 @@ class CXRHyperModel(kt.HyperModel):
                 augment=aug,
                 model_kwargs=config.model_kwargs,
             )
-            compile_model(net, self._plan(config))
+            compile_model(
+                net,
+                learning_rate=config.learning_rate,
+                num_classes=self.num_classes,
+                positive=self.positive_index,
+            )
         return net
-
-    def _plan(self, config: TrainConfig) -> RunPlan:
-        # What `compile_model` reads of a run: its config, the classes and the positive one.
-        return RunPlan(
-            config=config,
-            manifest=None,
-            data_shape=self.input_shape,
-            model_shape=self.input_shape,
-            num_classes=self.num_classes,
-            positive=self.positive_index,
-        )
 
     def fit(self, hp, model, *args, **kwargs):
         """Trains `model`; a dataset folder as first argument is read with `cxrdata.load`.
