@@ -343,3 +343,55 @@ def test_every_report_holds_calibration_and_a_reliability_diagram(trained_run, c
     assert sum(b["n"] for b in calibration["bins"]) == len(scores)
     assert (run / "reliability.png").read_bytes()[:8] == PNG_SIGNATURE
     assert metrics["files"]["reliability"] == os.path.join(run, "reliability.png")
+
+
+def test_run_threshold_names_what_is_missing_and_keeps_argmax_runs_evaluable():
+    from cxrmodels.evaluation.evaluator import run_threshold
+
+    binary = {"class_names": ["COVID", "Normal"]}
+    one_class_val = {
+        **binary,
+        "decision_threshold": {"per_class": {"COVID": None, "Normal": None}, "value": None, "examples": 3},
+    }
+    with pytest.raises(
+        ValueError, match=r"no usable decision threshold.*3 examples, did not hold both classes"
+    ):
+        run_threshold(one_class_val, "runs/a")
+    given = run_threshold(one_class_val, "runs/a", 0.25)
+    assert given["per_class"] == {"COVID": 0.25, "Normal": None} and given["source"] == "given"
+    three = {"class_names": ["a", "b", "c"]}
+    with pytest.raises(ValueError, match=r"`threshold` applies to two-class runs.*3 classes"):
+        run_threshold(three, "runs/b", 0.5)
+    assert run_threshold(three, "runs/b")["per_class"] is None  # the argmax decision needs none
+
+
+def test_threshold_and_by_are_checked_before_anything_is_read(tmp_path):
+    missing = tmp_path / "nothing-here"
+    with pytest.raises(ValueError, match=r"`threshold` must be a probability in \(0, 1\) or None"):
+        evaluate(missing, missing, threshold=1.5)
+    with pytest.raises(TypeError, match="`threshold` must be a number or None"):
+        evaluate(missing, missing, threshold="0.3")
+
+
+def test_cli_reports_by_group_at_a_given_threshold(trained_run, two_site_dataset, tmp_path, capsys):
+    run = _run_copy(trained_run, tmp_path)
+    _edit_config(run, lambda c: c.pop("decision_threshold"))
+    args = [
+        "evaluate",
+        str(run),
+        str(two_site_dataset),
+        "--split",
+        "all",
+        "--by",
+        "group",
+        "--n-bootstrap",
+        "20",
+    ]
+    assert main(args) == 2  # refused before the dataset is read
+    assert "stores no decision threshold" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="external set"):
+        assert main(args + ["--threshold", "0.4"]) == 0
+    out = capsys.readouterr().out
+    assert "by group (COVID called at probability >= 0.400)" in out
+    assert any(line.split()[:3] == ["north", "10", "5"] for line in out.splitlines())
+    assert "decision threshold: given: 0.4" in out and "by_group.png" in out
