@@ -95,6 +95,41 @@ def register(subparsers) -> None:
     g.add_argument("--weights", metavar="PATH|imagenet", help="initial weights")
     g.add_argument("--trainable-blocks", type=int, metavar="N", help="backbone blocks to fine-tune")
 
+    _register_evaluate(subparsers)
+
+    p = add_command(
+        subparsers,
+        "predict",
+        func=_predict,
+        help="Predict class probabilities for PNG, JPEG or DICOM files "
+        "(exit 1 if some file could not be read).",
+        examples="  cxr predict runs/a case1.dcm case2.png\n"
+        "  cxr predict runs/a scans/*.dcm --gradcam heatmaps/",
+    )
+    p.add_argument("run", help="run folder written by cxr train")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or DICOM files")
+    p.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
+    p.add_argument("--batch-size", type=int, default=32, help="default: 32")
+
+    p = add_command(
+        subparsers,
+        "export",
+        func=_export,
+        help="Export a run's model as a TF SavedModel (serving image bytes) or a .keras file.",
+        examples="  cxr export runs/a --format savedmodel --out serving/cxr/1\n"
+        "  cxr export runs/a --format keras --out deploy/",
+    )
+    p.add_argument("run", help="run folder written by cxr train")
+    p.add_argument(
+        "--format", choices=["savedmodel", "keras"], default="savedmodel", help="default: savedmodel"
+    )
+    p.add_argument("--out", required=True, metavar="PATH", help="folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace what PATH holds")
+
+
+def _register_evaluate(subparsers) -> None:
+    from cxrmodels.cli import add_command
+
     p = add_command(
         subparsers,
         "evaluate",
@@ -136,35 +171,6 @@ def register(subparsers) -> None:
         help="also report each group (the dataset's --group-by/--group-pattern ids: hospital, source) "
         "on its own: AUC, sensitivity, specificity with CIs, and by_group.png",
     )
-
-    p = add_command(
-        subparsers,
-        "predict",
-        func=_predict,
-        help="Predict class probabilities for PNG, JPEG or DICOM files "
-        "(exit 1 if some file could not be read).",
-        examples="  cxr predict runs/a case1.dcm case2.png\n"
-        "  cxr predict runs/a scans/*.dcm --gradcam heatmaps/",
-    )
-    p.add_argument("run", help="run folder written by cxr train")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or DICOM files")
-    p.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
-    p.add_argument("--batch-size", type=int, default=32, help="default: 32")
-
-    p = add_command(
-        subparsers,
-        "export",
-        func=_export,
-        help="Export a run's model as a TF SavedModel (serving image bytes) or a .keras file.",
-        examples="  cxr export runs/a --format savedmodel --out serving/cxr/1\n"
-        "  cxr export runs/a --format keras --out deploy/",
-    )
-    p.add_argument("run", help="run folder written by cxr train")
-    p.add_argument(
-        "--format", choices=["savedmodel", "keras"], default="savedmodel", help="default: savedmodel"
-    )
-    p.add_argument("--out", required=True, metavar="PATH", help="folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace what PATH holds")
 
 
 def _train(args) -> int:

@@ -34,7 +34,8 @@ from cxrmodels.evaluation.dataset_checks import (
     parse_class_map,
     split_names,
 )
-from cxrmodels.metrics.clinical import evaluate_predictions, positive_class_index
+from cxrmodels.evaluation.stored_threshold import in_sample_notes, run_threshold
+from cxrmodels.metrics.clinical import evaluate_predictions
 from cxrmodels.metrics.groups import metrics_by_group
 from cxrmodels.metrics.tables import group_rows
 from cxrmodels.models.predicting import predict_split, split_groups
@@ -146,7 +147,7 @@ def evaluate(
 
     y, probs = predict_splits(model, dataset_dir, splits, batch_size=batch_size, labels=labels)
     metrics = _metrics(y, probs, config, chosen, n_bootstrap)
-    metrics["warnings"] = notes + _in_sample_notes(chosen, manifest, splits) + metrics["warnings"]
+    metrics["warnings"] = notes + in_sample_notes(chosen, manifest, splits) + metrics["warnings"]
     metrics.update(
         {
             "split": split,
@@ -189,80 +190,6 @@ def _check_args(split, batch_size, n_bootstrap, allow_preprocessing_mismatch, th
         raise ValueError(f"`by` must be None or 'group'. Received: by={by!r}")
 
 
-def run_threshold(config: dict, run_dir: str, threshold: float | None = None) -> dict:
-    """The decision thresholds an evaluation applies: `threshold` if given, else the run's stored ones.
-
-    Returns:
-        `{"per_class": {class name: threshold or None}, "source": "given" | "run" |
-        None, "method", "description", "split", "dataset_digest"}` (the last two
-        say what a stored threshold was chosen on).
-
-    Raises:
-        ValueError: `threshold` for a run of more than two classes, or a
-            two-class run that stores no usable threshold while none is given.
-    """
-    names = [str(c) for c in config["class_names"]]
-    stored = config.get("decision_threshold") or {}
-    if threshold is not None:
-        if len(names) != 2:
-            raise ValueError(
-                f"`threshold` applies to two-class runs; {run_dir!r} has {len(names)} classes {names}, "
-                f"called by the argmax. Received: threshold={threshold!r}"
-            )
-        positive = names[positive_class_index(names)]
-        return {
-            "per_class": {n: (float(threshold) if n == positive else None) for n in names},
-            "source": "given",
-            "method": "given",
-            "description": f"given: {threshold} (`threshold`), not chosen on the evaluated data by cxr",
-            "split": None,
-            "dataset_digest": None,
-        }
-    if len(names) == 2 and (not stored.get("per_class") or stored.get("value") is None):
-        raise ValueError(_missing_threshold_message(run_dir, stored))
-    if not stored.get("per_class"):
-        return {
-            "per_class": None,
-            "source": None,
-            "method": None,
-            "split": None,
-            "dataset_digest": None,
-            "description": "none stored in the run (trained before cxr stored thresholds); the argmax "
-            "decision needs none",
-        }
-    return {
-        "per_class": dict(stored["per_class"]),
-        "source": "run",
-        "method": stored.get("method", "youden"),
-        "description": (
-            f"stored in the run: {stored.get('method', 'youden')} on the {stored.get('split', 'val')!r} split of "
-            f"its training dataset ({stored.get('examples', '?')} examples, manifest digest "
-            f"{str(stored.get('dataset_digest'))[:12]})"
-        ),
-        "split": stored.get("split", "val"),
-        "dataset_digest": stored.get("dataset_digest"),
-    }
-
-
-def _missing_threshold_message(run_dir: str, stored: dict) -> str:
-    if not stored:
-        what = (
-            "stores no decision threshold (its config.json has no 'decision_threshold': it was trained "
-            "before cxr stored one)"
-        )
-    else:
-        what = (
-            f"stores no usable decision threshold (its 'decision_threshold' has value None: the "
-            f"{stored.get('split', 'val')!r} split it was chosen on, {stored.get('examples')} examples, "
-            "did not hold both classes)"
-        )
-    return (
-        f"The run {run_dir!r} {what}. Evaluation never chooses a threshold on the data it reports: "
-        "train it again (`cxr train` chooses one on the validation split), or give one with "
-        "`threshold` (`--threshold T`), chosen on data other than those evaluated."
-    )
-
-
 def _metrics(y, probs, config, chosen, n_bootstrap) -> dict:
     metrics = evaluate_predictions(
         y,
@@ -276,20 +203,6 @@ def _metrics(y, probs, config, chosen, n_bootstrap) -> dict:
     metrics["threshold_method"] = chosen["method"]
     metrics["threshold_data"] = chosen["description"]
     return metrics
-
-
-def _in_sample_notes(chosen: dict, manifest, splits: list[str]) -> list[str]:
-    """A warning when the stored threshold was chosen on (part of) the very data evaluated."""
-    if (
-        chosen["source"] != "run"
-        or chosen["dataset_digest"] != manifest.digest()
-        or chosen["split"] not in splits
-    ):
-        return []
-    return [
-        f"the stored decision threshold was chosen on the {chosen['split']!r} split evaluated here: "
-        "the metrics at it are optimistic (report the test split, or an external set)"
-    ]
 
 
 def _by_group(y, probs, groups, config, chosen, n_bootstrap) -> dict:

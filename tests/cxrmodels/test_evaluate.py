@@ -353,7 +353,7 @@ def test_every_report_holds_calibration_and_a_reliability_diagram(trained_run, c
 
 
 def test_run_threshold_names_what_is_missing_and_keeps_argmax_runs_evaluable():
-    from cxrmodels.evaluation.evaluator import run_threshold
+    from cxrmodels.evaluation.stored_threshold import run_threshold
 
     binary = {"class_names": ["COVID", "Normal"]}
     one_class_val = {
