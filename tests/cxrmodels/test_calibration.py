@@ -64,11 +64,11 @@ def test_calibration_report_intervals_hold_the_scores_and_are_seeded():
 
 
 def test_the_calibrated_reference_false_alarm_and_detection_rates():
-    # The instrument's error rates on simulated models of known calibration, 40 samples of 150 cases each:
+    # The instrument's error rates on simulated models of known calibration, 100 samples of 150 cases:
     # a calibrated model (outcomes drawn from its probabilities) is called miscalibrated (ECE above the
-    # reference) in about 5% of samples; one whose probabilities are 0.25 too high, in nearly all.
+    # reference) in about 5% of samples (8 of these 100); one whose probabilities are 0.25 too high, in all.
     alarms = detections = 0
-    for seed in range(40):
+    for seed in range(100):
         rng = np.random.default_rng(seed)
         p = rng.uniform(0.05, 0.75, 150)
         y = rng.random(150) < p
@@ -76,8 +76,8 @@ def test_the_calibrated_reference_false_alarm_and_detection_rates():
         shifted = C.calibration_report(y, p + 0.25, n_bootstrap=300, seed=seed)
         alarms += calibrated["ece"] > calibrated["ece_if_calibrated"]
         detections += shifted["ece"] > shifted["ece_if_calibrated"]
-    assert alarms <= 6  # 2 expected; P(more than 6 of 40 at a 5% rate) < 1%
-    assert detections == 40
+    assert alarms <= 12  # 5 expected; more than 12 of 100 at a 5% rate has a probability of 0.1%
+    assert detections >= 95
 
 
 def test_calibration_rejects_bad_inputs():
