@@ -267,12 +267,14 @@ def plot_forest(rows, *, path, title: str = "ROC AUC by group", overall=None) ->
             continue
         if r["auc_ci"]:
             ax.plot(r["auc_ci"], [y, y], c="k", lw=1.2)
-        ax.plot(r["auc"], y, marker="s", ls="none", c="C0", ms=4 + 8 * np.sqrt(r["n"] / largest))
+        ax.plot(
+            r["auc"], y, marker="s", ls="none", c="C0", ms=4 + 8 * np.sqrt(r["n"] / largest), clip_on=False
+        )
         ax.text(1.04, y, _auc_text(r["auc"], r["auc_ci"]), va="center", fontsize=7)
     if overall is not None and overall[0] is not None:
         labels.append((0, "all"))
         auc, ci = overall
-        ax.plot(auc, 0, marker="D", ls="none", c="C3", ms=8)
+        ax.plot(auc, 0, marker="D", ls="none", c="C3", ms=8, clip_on=False)
         if ci:
             ax.plot(ci, [0, 0], c="C3", lw=1.2)
         ax.text(1.04, 0, _auc_text(auc, ci), va="center", fontsize=7)

@@ -142,14 +142,15 @@ def format_by_group(by_group: dict) -> list[str]:
     shown = sorted(rows, key=lambda row: -row[1]["n"])[:_MAX_GROUP_ROWS]
     shown = [row for row in rows if row in shown]
     w = max(8, *(len(label) + 2 for label, _ in shown)) if shown else 8
+    aucs = [_auc_text(r["auc"], r["auc_ci"]) for _, r in shown]
+    wa = max([30] + [len(a) + 2 for a in aucs])
     lines = [
         f"by {by_group.get('key', 'group')} ({by_group['decision']})",
-        f"{'':<{w}}{'n':>5}{'pos':>5}  {'AUC (95% CI)':<30}{'Sensitivity':<20}Specificity",
+        f"{'':<{w}}{'n':>5}{'pos':>5}  {'AUC (95% CI)':<{wa}}{'Sensitivity':<20}Specificity",
     ]
-    for label, r in shown:
+    for (label, r), auc in zip(shown, aucs):
         sens, spec = (_f(r[k], 2) + _short_ci(r[f"{k}_ci"]) for k in ("sensitivity", "specificity"))
-        auc = _auc_text(r["auc"], r["auc_ci"])
-        lines.append(f"{label:<{w}}{r['n']:>5}{r['n_positive']:>5}  {auc:<30}{sens:<20}{spec}")
+        lines.append(f"{label:<{w}}{r['n']:>5}{r['n_positive']:>5}  {auc:<{wa}}{sens:<20}{spec}")
     if len(shown) < len(rows):
         lines.append(f"... {len(rows) - len(shown)} smaller rows in metrics.json")
     return lines
