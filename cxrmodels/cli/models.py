@@ -25,32 +25,7 @@ def register(subparsers) -> None:
     )
     add_arguments(p, TrainConfig)
 
-    p = add_command(
-        subparsers,
-        "evaluate",
-        func=_evaluate,
-        help="Evaluate a run on a dataset split: AUC with a bootstrap CI, sensitivity, specificity.",
-        examples="  cxr evaluate runs/a data/ --split test\n"
-        "  cxr evaluate runs/a external-data/ --split test --n-bootstrap 2000\n"
-        "  cxr evaluate runs/a external-data/ --split all --class-map pneumonia=COVID",
-    )
-    p.add_argument("run", help="run folder written by cxr train")
-    p.add_argument("dataset", help="converted dataset (the run's, or one preprocessed the same way)")
-    p.add_argument("--split", default="test", help="a split, or all (an external set); default: test")
-    p.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    p.add_argument(
-        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC CI (default: 1000)"
-    )
-    p.add_argument(
-        "--class-map",
-        metavar="THEIRS=OURS,...",
-        help="map the dataset's class names to the run's, e.g. pneumonia=COVID,healthy=Normal",
-    )
-    p.add_argument(
-        "--allow-preprocessing-mismatch",
-        action="store_true",
-        help="evaluate a dataset preprocessed differently (radius, equalization) anyway, with a warning",
-    )
+    _register_evaluate(subparsers)
 
     p = add_command(
         subparsers,
@@ -82,6 +57,52 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace what PATH holds")
 
 
+def _register_evaluate(subparsers) -> None:
+    from cxrmodels.cli import add_command
+
+    p = add_command(
+        subparsers,
+        "evaluate",
+        func=_evaluate,
+        help="Evaluate a run on a dataset split: AUC, sensitivity, specificity and calibration with CIs, "
+        "at the run's stored threshold.",
+        examples="  cxr evaluate runs/a data/ --split test\n"
+        "  cxr evaluate runs/a external-data/ --split test --n-bootstrap 2000\n"
+        "  cxr evaluate runs/a external-data/ --split all --class-map pneumonia=COVID\n"
+        "  cxr evaluate runs/a multi-site/ --split all --by group",
+    )
+    p.add_argument("run", help="run folder written by cxr train")
+    p.add_argument("dataset", help="converted dataset (the run's, or one preprocessed the same way)")
+    p.add_argument("--split", default="test", help="a split, or all (an external set); default: test")
+    p.add_argument("--batch-size", type=int, default=64, help="default: 64")
+    p.add_argument(
+        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples for each CI (default: 1000)"
+    )
+    p.add_argument(
+        "--class-map",
+        metavar="THEIRS=OURS,...",
+        help="map the dataset's class names to the run's, e.g. pneumonia=COVID,healthy=Normal",
+    )
+    p.add_argument(
+        "--allow-preprocessing-mismatch",
+        action="store_true",
+        help="evaluate a dataset preprocessed differently (radius, equalization) anyway, with a warning",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="decision threshold of the positive class (two classes), replacing the one stored in the run "
+        "(for runs that store none); choose it on other data than DATASET",
+    )
+    p.add_argument(
+        "--by",
+        choices=["group"],
+        help="also report each group (the dataset's --group-by/--group-pattern ids: hospital, source) "
+        "on its own: AUC, sensitivity, specificity with CIs, and by_group.png",
+    )
+
+
 def _train(args) -> int:
     import cxrmodels
     from cxrdata.utils.config import from_cli
@@ -96,7 +117,9 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     import cxrmodels
-    from cxrmodels.evaluation import format_metrics_table
+    from cxrmodels.evaluation.evaluator import _headline
+    from cxrmodels.metrics.clinical import _auc_text
+    from cxrmodels.metrics.tables import format_metrics_table
 
     metrics = cxrmodels.evaluate(
         args.run,
@@ -106,17 +129,16 @@ def _evaluate(args) -> int:
         n_bootstrap=args.n_bootstrap,
         class_map=args.class_map,
         allow_preprocessing_mismatch=args.allow_preprocessing_mismatch,
+        threshold=args.threshold,
+        by=args.by,
     )
     print(format_metrics_table(metrics))
     if metrics.get("internal"):
-        from cxrmodels.evaluation.evaluator import _headline
-        from cxrmodels.metrics.clinical import _auc_text
-
         print(
             f"\nAUC internal test: {_auc_text(*_headline(metrics['internal']))}; "
             f"external: {_auc_text(*_headline(metrics))}"
         )
-    print(f"\nthreshold chosen on: {metrics['threshold_data']}")
+    print(f"\ndecision threshold: {metrics['threshold_data']}")
     print("wrote: " + ", ".join(metrics["files"].values()))
     return 0
 

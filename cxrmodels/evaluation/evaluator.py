@@ -1,32 +1,50 @@
 """`evaluate`: a trained run on one split of a converted dataset, with clinical metrics.
 
-The decision threshold is chosen on validation predictions (Youden's J), so
-the test metrics at that threshold are not tuned on the test data: always the
-run's own validation split (the "val" split of the dataset it was trained on),
-never one of an external dataset, whose threshold would be tuned on the very
-population the external evaluation means to test.
+The decision threshold is part of the run: `cxr train` chooses it on the run's
+own validation split (Youden's J) and stores it in `config.json`
+(`decision_threshold`); evaluation applies it unchanged to any dataset and
+never chooses one on the data it reports. A run without one (trained before
+thresholds were stored) is refused for two classes unless a threshold is
+given (`threshold=`, `--threshold`).
 
 An external dataset (another manifest digest) is reported in its own folder,
-`RUN/external/<dataset>-<split>/`, beside the run's internal test figures:
-the internal `metrics.json`, `roc.png` and `confusion_matrix.png` are never
-overwritten by it.
+`RUN/external/<dataset folder name>-<manifest digest[:8]>-<split>/`, so two
+datasets never share one, beside the run's internal test figures: the
+internal `metrics.json` and figures are never overwritten by it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from typing import Any
 
 import numpy as np
 
+import cxrdata
+from cxrdata.utils.argument_validation import check_bool, check_int, check_number
 from cxrdata.utils.io import atomic_write_text
-from cxrmodels.models.predicting import predict_split
+from cxrmodels.evaluation import plots
+
+# The shortcut audit reaches these through this module too (`evaluator.check_dataset`, ...).
+from cxrmodels.evaluation.dataset_checks import (
+    check_dataset,
+    check_groups,
+    label_mapping,
+    parse_class_map,
+    split_names,
+)
+from cxrmodels.evaluation.stored_threshold import in_sample_notes, run_threshold
+from cxrmodels.metrics.clinical import evaluate_predictions
+from cxrmodels.metrics.groups import metrics_by_group
+from cxrmodels.metrics.tables import group_rows
+from cxrmodels.models.predicting import predict_split, split_groups
 from cxrmodels.models.saving import load_run_model
 from cxrmodels.runs import run_folder
 
 EXTERNAL_DIR = "external"
+BY_CHOICES = ("group",)
+_FIGURES = ("roc", "confusion_matrix", "reliability", "by_group", "comparison")
 
 
 def evaluate(
@@ -38,22 +56,31 @@ def evaluate(
     n_bootstrap: int = 1000,
     class_map: dict[str, str] | str | None = None,
     allow_preprocessing_mismatch: bool = False,
+    threshold: float | None = None,
+    by: str | None = None,
 ) -> dict[str, Any]:
     """Evaluates a run's model on a split and writes its metrics and figures into the run.
 
-    Predicts the split (and a validation split, for the threshold), computes
-    `cxrmodels.metrics.clinical.evaluate_predictions` (ROC AUC with a bootstrap 95% CI,
-    sensitivity, specificity, PPV, NPV and F1 at the Youden threshold and at
-    0.5, the confusion matrix) and writes into `run_dir`: `metrics.json`,
-    `roc.png` and `confusion_matrix.png` for the "test" split, or
-    `metrics-{split}.json`, `roc-{split}.png` and `confusion_matrix-{split}.png`
-    for another split.
+    Predicts the split and computes `cxrmodels.metrics.clinical.evaluate_predictions`:
+    ROC AUC with a bootstrap 95% CI; sensitivity (with its Wilson CI),
+    specificity (likewise), PPV, NPV and F1 at the run's stored decision
+    threshold and at 0.5; the confusion matrix; and calibration (Brier score
+    and expected calibration error with bootstrap CIs). It writes into
+    `run_dir`: `metrics.json`, `roc.png`, `confusion_matrix.png` and
+    `reliability.png` for the "test" split, or `metrics-{split}.json` and
+    `{figure}-{split}.png` for another split. With `by="group"` it adds each
+    group's AUC, sensitivity and specificity with CIs (`by_group` in the JSON,
+    a section of the table) and a forest plot, `by_group.png`.
+
+    The threshold is never chosen on the data reported: it is the one stored
+    in the run (`config.json`'s `decision_threshold`, chosen on its validation
+    split when it was trained), or `threshold` when given. Evaluating the very
+    split it was chosen on adds a warning (the metrics at it are optimistic).
 
     The dataset may be another one than the run was trained on (an external
     test set, converted elsewhere, for example with `cxr convert --splits 0,0,1`):
-    a different manifest digest adds a warning, the threshold chosen on the
-    run's own validation split is applied unchanged, and everything is written
-    into `run_dir/external/<dataset folder name>-<split>/` with, under
+    a different manifest digest adds a warning, and everything is written
+    into `run_dir/external/<dataset folder>-<digest[:8]>-<split>/` with, under
     `"internal"`, the run's internal test metrics (its `metrics.json`, or
     computed) and a `comparison.png` of internal and external AUC with their
     confidence intervals. Its image shape and preprocessing must be the run's
@@ -66,7 +93,7 @@ def evaluate(
         split: The split to evaluate, or "all" for every split of the dataset
             (an external set). Defaults to "test".
         batch_size: Images per prediction batch. Defaults to 64.
-        n_bootstrap: Bootstrap resamples for the AUC CI (0: none). Defaults to 1000.
+        n_bootstrap: Bootstrap resamples for each CI (0: none). Defaults to 1000.
         class_map: The dataset's class names mapped to the run's, as a dict or
             "pneumonia=COVID,healthy=Normal"; names left out must be the run's.
             Defaults to None.
@@ -74,40 +101,39 @@ def evaluate(
             preprocessed differently (radius, equalization...), with a warning
             naming the differences. The image size must still be the model's.
             Defaults to False.
+        threshold: The positive class's decision threshold, in (0, 1), for a
+            two-class run; it replaces the stored one (for a run that has
+            none). Choose it on data other than those evaluated. Defaults to
+            None (the run's stored threshold).
+        by: "group" to report each group of records (the dataset's
+            `--group-by` / `--group-pattern` ids: hospital, source) on its
+            own, or None. Defaults to None.
 
     Returns:
         The metrics, as written to the JSON file, plus `"files"`: the paths written.
 
     Raises:
         FileNotFoundError: `run_dir` is not a training run, or the dataset is missing.
-        ValueError: A bad argument, a split the dataset lacks, or a dataset whose
-            classes, image size or preprocessing differ from the run's.
+        ValueError: A bad argument, a split the dataset lacks, a dataset whose
+            classes, image size or preprocessing differ from the run's, a
+            two-class run that stores no threshold (and none given), or
+            `by="group"` on a dataset without groups.
+        TypeError: An argument of the wrong type.
 
     Example:
-        >>> m = evaluate("runs/a", "data/", split="test")  # doctest: +SKIP
-        >>> from cxrmodels.metrics.clinical import format_metrics_table
+        >>> m = evaluate("runs/a", "hospital-b/", split="all", by="group")  # doctest: +SKIP
+        >>> from cxrmodels.metrics.tables import format_metrics_table
         >>> print(format_metrics_table(m))  # doctest: +SKIP
     """
-    if not isinstance(split, str) or not split:
-        raise ValueError(f"`split` must be a split name such as 'test'. Received: split={split!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
-        raise ValueError(f"`n_bootstrap` must be an integer >= 0. Received: n_bootstrap={n_bootstrap!r}")
+    _check_args(split, batch_size, n_bootstrap, allow_preprocessing_mismatch, threshold, by)
     class_map = parse_class_map(class_map)
-    if not isinstance(allow_preprocessing_mismatch, bool):
-        raise TypeError(
-            "`allow_preprocessing_mismatch` must be True or False. "
-            f"Received: allow_preprocessing_mismatch={allow_preprocessing_mismatch!r}"
-        )
-    import cxrdata
-    from cxrmodels.evaluation.plots import plot_confusion_matrix, plot_roc
-    from cxrmodels.metrics.clinical import evaluate_predictions
-
     run_dir, dataset_dir = os.fspath(run_dir), os.fspath(dataset_dir)
     config = run_folder.read_config(run_dir)
+    chosen = run_threshold(config, run_dir, threshold)
     manifest = cxrdata.read_manifest(dataset_dir)
     splits = split_names(manifest, split)
+    if by:
+        check_groups(manifest, splits, dataset_dir)
     notes = check_dataset(
         config,
         manifest,
@@ -120,25 +146,11 @@ def evaluate(
     model = load_run_model(run_dir, config)
 
     y, probs = predict_splits(model, dataset_dir, splits, batch_size=batch_size, labels=labels)
-    val_dir, val_note = _validation_source(config, manifest, dataset_dir, split)
-    val_true = val_probs = None
-    if val_dir is not None:
-        val_true, val_probs = predict_split(model, val_dir, "val", batch_size=batch_size)
-    class_names = config["class_names"]
-    metrics = evaluate_predictions(
-        y,
-        probs,
-        class_names=class_names,
-        val_true=val_true,
-        val_probs=val_probs,
-        n_bootstrap=n_bootstrap,
-        seed=0,
-    )
-    metrics["warnings"] = notes + metrics["warnings"]
+    metrics = _metrics(y, probs, config, chosen, n_bootstrap)
+    metrics["warnings"] = notes + in_sample_notes(chosen, manifest, splits) + metrics["warnings"]
     metrics.update(
         {
             "split": split,
-            "threshold_data": val_note,
             "model": config["model"]["name"],
             "run": os.path.abspath(run_dir),
             "dataset": {
@@ -150,54 +162,60 @@ def evaluate(
     )
     if class_map:
         metrics["class_map"] = class_map
-
+    if by:
+        groups = np.concatenate([split_groups(dataset_dir, s) for s in splits])
+        metrics["by_group"] = _by_group(y, probs, groups, config, chosen, n_bootstrap)
     if external:
-        folder = external_report_dir(run_dir, dataset_dir, split)
-        os.makedirs(folder, exist_ok=True)
         metrics["internal"] = internal_test_metrics(
-            run_dir, config, model, batch_size=batch_size, n_bootstrap=n_bootstrap
+            run_dir, config, model, chosen, batch_size=batch_size, n_bootstrap=n_bootstrap
         )
-        files = {
-            "metrics": os.path.join(folder, "metrics.json"),
-            "roc": os.path.join(folder, "roc.png"),
-            "confusion_matrix": os.path.join(folder, "confusion_matrix.png"),
-            "comparison": os.path.join(folder, "comparison.png"),
-        }
-        if metrics["internal"] is None:
-            files.pop("comparison")
-    else:
-        suffix = "" if split == "test" else f"-{split}"
-        files = {
-            "metrics": os.path.join(run_dir, f"metrics{suffix}.json"),
-            "roc": os.path.join(run_dir, f"roc{suffix}.png"),
-            "confusion_matrix": os.path.join(run_dir, f"confusion_matrix{suffix}.png"),
-        }
-    if len(class_names) == 2 and len(set(y.tolist())) < 2:
-        files.pop("roc")  # a two-class ROC curve needs both classes
-    metrics["files"] = {k: os.path.basename(v) for k, v in files.items()}
-    atomic_write_text(files["metrics"], json.dumps(metrics, indent=2) + "\n")
-    if "roc" in files:
-        plot_roc(y, probs, class_names=class_names, path=files["roc"], metrics=metrics)
-    plot_confusion_matrix(
-        metrics["confusion_matrix"],
-        class_names=class_names,
-        path=files["confusion_matrix"],
-        title=f"{config['model']['name']} on {split} (argmax decision)",
-    )
-    if "comparison" in files:
-        from cxrmodels.evaluation.plots import plot_auc_bars
-
-        bars = [
-            ("internal test", metrics["internal"]),
-            (f"external: {os.path.basename(dataset_dir)}", metrics),
-        ]
-        plot_auc_bars(
-            [(name, _headline(m)) for name, m in bars],
-            path=files["comparison"],
-            title=f"{config['model']['name']}: internal test vs external",
-        )
-    metrics["files"] = files
+    files = _report_files(run_dir, dataset_dir, manifest.digest(), split, external=external)
+    _write_report(files, metrics, y, probs, config, title=f"{config['model']['name']} on {split}")
+    metrics["files"] = {k: v for k, v in files.items() if k in metrics["files"]}
     return metrics
+
+
+def _check_args(split, batch_size, n_bootstrap, allow_preprocessing_mismatch, threshold, by) -> None:
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"`split` must be a split name such as 'test'. Received: split={split!r}")
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("n_bootstrap", n_bootstrap, minimum=0)
+    check_bool("allow_preprocessing_mismatch", allow_preprocessing_mismatch)
+    check_number("threshold", threshold, allow_none=True)
+    if threshold is not None and not 0 < threshold < 1:
+        raise ValueError(
+            f"`threshold` must be a probability in (0, 1) or None. Received: threshold={threshold!r}"
+        )
+    if by is not None and by not in BY_CHOICES:
+        raise ValueError(f"`by` must be None or 'group'. Received: by={by!r}")
+
+
+def _metrics(y, probs, config, chosen, n_bootstrap) -> dict:
+    metrics = evaluate_predictions(
+        y,
+        probs,
+        class_names=config["class_names"],
+        thresholds=chosen["per_class"],
+        threshold_source=chosen["source"] or "run",
+        n_bootstrap=n_bootstrap,
+        seed=0,
+    )
+    metrics["threshold_method"] = chosen["method"]
+    metrics["threshold_data"] = chosen["description"]
+    return metrics
+
+
+def _by_group(y, probs, groups, config, chosen, n_bootstrap) -> dict:
+    result = metrics_by_group(
+        y,
+        probs,
+        groups,
+        class_names=config["class_names"],
+        thresholds=chosen["per_class"],
+        n_bootstrap=n_bootstrap,
+        seed=0,
+    )
+    return {"key": "group", **result}
 
 
 def _headline(metrics: dict) -> tuple[float | None, list | None]:
@@ -207,59 +225,72 @@ def _headline(metrics: dict) -> tuple[float | None, list | None]:
     return metrics.get("macro_auc"), None
 
 
-def split_names(manifest, split: str) -> list[str]:
-    """The splits that `split` means: every split of the dataset for "all"."""
-    if split == "all":
-        names = [s for s in manifest.splits if manifest.splits[s].num_examples]
-        if not names:
-            raise ValueError("The dataset holds no examples in any split.")
-        return names
-    manifest.split(split)  # a missing split fails here, naming those there are
-    return [split]
+def external_report_dir(run_dir: str, dataset_dir: str, split: str, digest: str) -> str:
+    """`run_dir/external/<dataset folder name>-<digest[:8]>-<split>`: an external evaluation's folder.
 
-
-def parse_class_map(class_map) -> dict[str, str]:
-    """`{dataset class: run class}` from a dict or a "a=B,c=D" string; {} for None."""
-    if class_map is None:
-        return {}
-    if isinstance(class_map, str):
-        pairs = [p.split("=") for p in class_map.split(",") if p.strip()]
-        if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
-            raise ValueError(
-                "`class_map` must be pairs DATASET_CLASS=RUN_CLASS separated by commas, like "
-                f"'pneumonia=COVID,healthy=Normal'. Received: class_map={class_map!r}"
-            )
-        return {a.strip(): b.strip() for a, b in pairs}
-    if not isinstance(class_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in class_map.items()
-    ):
-        raise TypeError(
-            f"`class_map` must be a dict of str to str, a 'a=B,c=D' string or None. "
-            f"Received: class_map={class_map!r}"
-        )
-    return dict(class_map)
-
-
-def label_mapping(config: dict, manifest, class_map: dict[str, str]) -> list[int] | None:
-    """Run label of each dataset label, or None when they are the same."""
-    names = [class_map.get(c, c) for c in manifest.class_names]
-    if names == list(config["class_names"]):
-        return None
-    return [list(config["class_names"]).index(n) for n in names]
-
-
-def external_report_dir(run_dir: str, dataset_dir: str, split: str) -> str:
-    """`run_dir/external/<dataset folder name>-<split>`: where an external evaluation is written."""
+    The manifest digest keeps apart two datasets whose folders share a name
+    (`a/external` and `b/external`); the same dataset, wherever it is, gets
+    the same folder.
+    """
     name = os.path.basename(os.path.normpath(os.path.abspath(dataset_dir))) or "dataset"
-    return os.path.join(run_dir, EXTERNAL_DIR, f"{name}-{split}")
+    return os.path.join(run_dir, EXTERNAL_DIR, f"{name}-{digest[:8]}-{split}")
+
+
+def _report_files(run_dir: str, dataset_dir: str, digest: str, split: str, *, external: bool) -> dict:
+    """Where each file of a report goes: `metrics` and every figure (`_FIGURES`) that may be drawn."""
+    if external:
+        folder = external_report_dir(run_dir, dataset_dir, split, digest)
+        os.makedirs(folder, exist_ok=True)
+        return {"metrics": os.path.join(folder, "metrics.json")} | {
+            f: os.path.join(folder, f"{f}.png") for f in _FIGURES
+        }
+    suffix = "" if split == "test" else f"-{split}"
+    return {"metrics": os.path.join(run_dir, f"metrics{suffix}.json")} | {
+        f: os.path.join(run_dir, f"{f}{suffix}.png") for f in _FIGURES if f != "comparison"
+    }
+
+
+def _write_report(files: dict, metrics: dict, y, probs, config: dict, *, title: str) -> None:
+    """Writes `metrics.json` (with `files`: the names written) and the figures the report has."""
+    names = config["class_names"]
+    drawn = {"metrics", "confusion_matrix", "reliability"}
+    if len(names) > 2 or len(set(y.tolist())) == 2:
+        drawn.add("roc")  # a two-class ROC curve needs both classes
+    if metrics.get("by_group"):
+        drawn.add("by_group")
+    if metrics.get("internal") and "comparison" in files:
+        drawn.add("comparison")
+    metrics["files"] = {k: os.path.basename(v) for k, v in files.items() if k in drawn}
+    atomic_write_text(files["metrics"], json.dumps(metrics, indent=2) + "\n")
+    if "roc" in drawn:
+        plots.plot_roc(y, probs, class_names=names, path=files["roc"], metrics=metrics)
+    plots.plot_confusion_matrix(
+        metrics["confusion_matrix"],
+        class_names=names,
+        path=files["confusion_matrix"],
+        title=f"{title} (argmax)",
+    )
+    plots.plot_reliability(metrics["calibration"], path=files["reliability"], title=f"Reliability: {title}")
+    if "by_group" in drawn:
+        plots.plot_forest(
+            list(group_rows(metrics["by_group"])),
+            path=files["by_group"],
+            title=f"ROC AUC by group: {title} ({metrics['by_group']['decision']})",
+            overall=_headline(metrics) if metrics["task"] == "binary" else None,
+        )
+    if "comparison" in drawn:
+        bars = [("internal test", metrics["internal"]), ("external", metrics)]
+        plots.plot_auc_bars(
+            [(name, _headline(m)) for name, m in bars],
+            path=files["comparison"],
+            title=f"{config['model']['name']}: internal test vs external",
+        )
 
 
 def internal_test_metrics(
-    run_dir: str, config: dict, model, *, batch_size: int, n_bootstrap: int
+    run_dir: str, config: dict, model, chosen: dict, *, batch_size: int, n_bootstrap: int
 ) -> dict | None:
     """The run's metrics on its own test split: its `metrics.json` if current, else computed; None if unreachable."""
-    import cxrdata
-    from cxrmodels.metrics.clinical import evaluate_predictions
 
     path = os.path.join(run_dir, "metrics.json")
     if os.path.isfile(path):
@@ -278,20 +309,7 @@ def internal_test_metrics(
     if manifest.digest() != config["dataset"]["digest"] or "test" not in manifest.splits:
         return None
     y, probs = predict_split(model, training, "test", batch_size=batch_size)
-    val = (
-        predict_split(model, training, "val", batch_size=batch_size)
-        if "val" in manifest.splits
-        else (None, None)
-    )
-    metrics = evaluate_predictions(
-        y,
-        probs,
-        class_names=config["class_names"],
-        val_true=val[0],
-        val_probs=val[1],
-        n_bootstrap=n_bootstrap,
-        seed=0,
-    )
+    metrics = _metrics(y, probs, config, chosen, n_bootstrap)
     metrics.update(
         {
             "split": "test",
@@ -303,120 +321,6 @@ def internal_test_metrics(
         }
     )
     return metrics
-
-
-def check_dataset(
-    config: dict,
-    manifest,
-    dataset_dir: str,
-    *,
-    class_map: dict[str, str] | None = None,
-    allow_preprocessing_mismatch: bool = False,
-) -> list[str]:
-    """Checks that a dataset is fed like the run's training data; returns warnings.
-
-    Raises:
-        ValueError: Its classes (after `class_map`), image shape or preprocessing
-            (unless `allow_preprocessing_mismatch`) differ from the run's.
-    """
-    class_map = class_map or {}
-    unused = sorted(set(class_map) - set(manifest.class_names))
-    if unused:
-        raise ValueError(
-            f"`class_map` maps class(es) {unused} that the dataset {dataset_dir!r} lacks; its classes: "
-            f"{list(manifest.class_names)}. Received: class_map={class_map}"
-        )
-    mapped = [class_map.get(c, c) for c in manifest.class_names]
-    unknown = [
-        f"{c!r}" + (f" (mapped to {class_map[c]!r})" if c in class_map else "")
-        for c, m in zip(manifest.class_names, mapped)
-        if m not in config["class_names"]
-    ]
-    if unknown:
-        raise ValueError(
-            f"The dataset {dataset_dir!r} has class(es) {', '.join(unknown)} that the run was not "
-            f"trained on (its classes: {config['class_names']}). Map them with `class_map` "
-            "(`--class-map theirs=ours,...`)."
-        )
-    if not class_map and list(manifest.class_names) != list(config["class_names"]):
-        raise ValueError(
-            f"The dataset {dataset_dir!r} has classes {list(manifest.class_names)} but the run "
-            f"was trained on {config['class_names']} (in that order). Map them with `class_map` "
-            "if they are the same classes."
-        )
-    if list(manifest.image_shape) != list(config["model"]["input_shape"]):
-        raise ValueError(
-            f"The dataset {dataset_dir!r} holds {tuple(manifest.image_shape)} images but the model takes "
-            f"{tuple(config['model']['input_shape'])}. Convert it with the run's preprocessing: "
-            f"{_describe(config['preprocessing'])}."
-        )
-    here, there = _normalized(manifest.preprocessing), _normalized(config["preprocessing"])
-    different = sorted(k for k in set(here) | set(there) if here.get(k) != there.get(k))
-    notes = []
-    if different:
-        what = (
-            "The dataset {dataset_dir!r} was preprocessed differently from the run's training data ("
-            + ", ".join(
-                f"{k}: {manifest.preprocessing.get(k)!r} here, {config['preprocessing'].get(k)!r} "
-                "in training"
-                for k in different
-            )
-            + ")"
-        ).format(dataset_dir=dataset_dir)
-        if not allow_preprocessing_mismatch:
-            raise ValueError(
-                what + ". Convert it again with the run's settings, or pass "
-                "--allow-preprocessing-mismatch (allow_preprocessing_mismatch=True) to evaluate it "
-                "anyway."
-            )
-        notes.append(
-            what + "; evaluated anyway (allow_preprocessing_mismatch): the figures mix a shift of "
-            "population with one of preprocessing."
-        )
-        warnings.warn(notes[-1], stacklevel=3)
-    if manifest.digest() != config["dataset"]["digest"]:
-        message = (
-            f"The dataset {dataset_dir!r} is not the one the run was trained on (its manifest "
-            "digest differs), so it is evaluated as an external set."
-        )
-        warnings.warn(message, stacklevel=3)
-        return notes + [message]
-    return notes
-
-
-def _normalized(preprocessing: dict) -> dict:
-    """`preprocessing` with the defaults of keys older manifests lack (their DICOM reading)."""
-    from cxrdata.dicom import MULTI_FRAME_POLICY
-    from cxrdata.manifest import dicom_window_of
-
-    return {
-        **preprocessing,
-        "dicom_window": dicom_window_of(preprocessing),
-        "dicom_frames": preprocessing.get("dicom_frames", MULTI_FRAME_POLICY),
-    }
-
-
-def _describe(preprocessing: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in preprocessing.items())
-
-
-def _validation_source(config, manifest, dataset_dir, split) -> tuple[str | None, str]:
-    """The dataset whose "val" split chooses the threshold (the run's own), and a note saying which."""
-    import cxrdata
-
-    own = manifest.digest() == config["dataset"]["digest"]
-    if own and split in ("val", "all"):
-        return None, "none: the evaluated data hold the validation split"
-    if own and "val" in manifest.splits and manifest.splits["val"].num_examples:
-        return dataset_dir, f"val split of {os.path.abspath(dataset_dir)}"
-    training = config["dataset"]["path"]
-    try:
-        same = cxrdata.read_manifest(training).digest() == config["dataset"]["digest"]
-    except (OSError, ValueError):
-        same = False
-    if same and "val" in cxrdata.read_manifest(training).splits:
-        return training, f"val split of the training dataset {training}"
-    return None, "none: no validation split found"
 
 
 def predict_splits(

@@ -1,4 +1,4 @@
-"""Figures a clinical reader looks at: the ROC curve and the confusion matrix.
+"""Figures a clinical reader looks at: ROC curve, confusion matrix, reliability diagram, AUC by group.
 
 matplotlib is imported inside each function and draws through the Agg canvas
 without pyplot, so the user's global backend is left alone. PNGs are written
@@ -61,7 +61,7 @@ def plot_roc(y_true, probs, *, class_names, path, metrics: dict | None = None) -
         for key, style in styles.items():
             r = metrics.get(key) if metrics else None
             if r and r["sensitivity"] is not None and r["specificity"] is not None:
-                what = f"Youden, {metrics['threshold_source']}" if key == "at_threshold" else "default"
+                what = metrics["threshold_source"] if key == "at_threshold" else "default"
                 ax.plot(
                     1 - r["specificity"],
                     r["sensitivity"],
@@ -182,4 +182,105 @@ def plot_auc_bars(bars, *, path, title: str = "") -> str:
 
     fig = Figure(figsize=(1.8 + 1.6 * len(bars), 4.2))
     draw_auc_bars(fig.add_subplot(), bars, title=title)
+    return _save_figure(fig, path)
+
+
+def plot_reliability(calibration: dict, *, path, title: str = "Reliability diagram") -> str:
+    """Writes a reliability diagram PNG: observed share against mean probability, per bin, per class.
+
+    Each non-empty bin is a point at (mean predicted probability, observed share
+    positive) with the share's Wilson 95% interval, sized by its cases; the
+    diagonal is perfect calibration. A histogram of the probabilities sits
+    below, and the legend gives each class's Brier score and ECE with CIs.
+
+    Args:
+        calibration: The `calibration` entry of `evaluate_predictions` output.
+        path: Where to write the PNG (atomically).
+        title: The figure title. Defaults to "Reliability diagram".
+
+    Returns:
+        `path`, as a string.
+
+    Example:
+        >>> plot_reliability(m["calibration"], path="runs/a/reliability.png")  # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 6.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="perfect calibration")
+    n_bins = calibration["n_bins"]
+    for i, (name, r) in enumerate(calibration["classes"].items()):
+        bins = [b for b in r["bins"] if b["n"]]
+        x = np.array([b["mean_probability"] for b in bins])
+        yv = np.array([b["observed"] for b in bins])
+        err = np.array(
+            [[b["observed"] - b["observed_ci"][0], b["observed_ci"][1] - b["observed"]] for b in bins]
+        )
+        label = f"{name}: Brier {r['brier']:.3f}, ECE {r['ece']:.3f}"
+        if r["ece_ci"]:
+            label += f" [{r['ece_ci'][0]:.3f}, {r['ece_ci'][1]:.3f}]"
+        top.errorbar(
+            x, yv, yerr=err.T if len(bins) else None, marker="o", ms=5, capsize=3, c=f"C{i}", label=label
+        )
+        edges = np.linspace(0, 1, n_bins + 1)
+        width = 1 / n_bins / max(1, len(calibration["classes"]))
+        bottom.bar(
+            edges[:-1] + i * width, [b["n"] for b in r["bins"]], width=width, align="edge", color=f"C{i}"
+        )
+    top.set(xlim=(0, 1), ylim=(-0.02, 1.02), ylabel="observed share positive (95% CI)", title=title)
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize=7)
+    bottom.set(xlabel="predicted probability", ylabel="cases")
+    return _save_figure(fig, path)
+
+
+def plot_forest(rows, *, path, title: str = "ROC AUC by group", overall=None) -> str:
+    """Writes a forest plot PNG: one row per group, its AUC as a square sized by cases, with its 95% CI.
+
+    Args:
+        rows: `(label, report)` pairs, each report holding `auc`, `auc_ci`, `n`
+            and `n_positive` (a group without an AUC is listed as "n/a").
+        path: Where to write the PNG (atomically).
+        title: The figure title. Defaults to "ROC AUC by group".
+        overall: `(auc, ci)` of all cases together, drawn as a diamond below
+            the groups, or None. Defaults to None.
+
+    Returns:
+        `path`, as a string.
+
+    Example:
+        >>> plot_forest(list(m["by_group"]["groups"].items()), path="by_group.png")  # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+
+    rows = list(rows)
+    fig = Figure(figsize=(7, 1.2 + 0.35 * (len(rows) + 2)))
+    ax = fig.add_subplot()
+    largest = max([r["n"] for _, r in rows] + [1])
+    labels = []
+    for i, (label, r) in enumerate(rows):
+        y = len(rows) - i
+        labels.append((y, f"{label} (n={r['n']}, {r['n_positive']} pos.)"))
+        if r["auc"] is None:
+            ax.text(0.5, y, "n/a: one class only", ha="center", va="center", fontsize=8, c="0.4")
+            continue
+        if r["auc_ci"]:
+            ax.plot(r["auc_ci"], [y, y], c="k", lw=1.2)
+        ax.plot(
+            r["auc"], y, marker="s", ls="none", c="C0", ms=4 + 8 * np.sqrt(r["n"] / largest), clip_on=False
+        )
+        ax.text(1.04, y, _auc_text(r["auc"], r["auc_ci"]), va="center", fontsize=7)
+    if overall is not None and overall[0] is not None:
+        labels.append((0, "all"))
+        auc, ci = overall
+        ax.plot(auc, 0, marker="D", ls="none", c="C3", ms=8, clip_on=False)
+        if ci:
+            ax.plot(ci, [0, 0], c="C3", lw=1.2)
+        ax.text(1.04, 0, _auc_text(auc, ci), va="center", fontsize=7)
+    ax.axvline(0.5, ls="--", c="0.5", lw=1)
+    ax.set_yticks([y for y, _ in labels], [text for _, text in labels], fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(-0.8 if overall else 0.2, len(rows) + 0.8), xlabel="ROC AUC (95% CI)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
     return _save_figure(fig, path)

@@ -1,7 +1,9 @@
-"""Clinical evaluation of classifier outputs: ROC AUC with bootstrap CI, operating points, reports, plots.
+"""Clinical evaluation of classifier outputs: operating points, decision thresholds, `evaluate_predictions`.
 
-Pure numpy (matplotlib only inside the plotting functions, through the Agg
-canvas, never pyplot), so evaluation runs under any Keras backend or none.
+Pure numpy, so evaluation runs under any Keras backend or none. The ROC analysis
+(curve, AUC, its bootstrap CI, Youden's threshold) lives in `roc`, calibration in
+`calibration`, results by group in `groups` and the text table in `tables`;
+the ROC names stay importable from here.
 
 Conventions used throughout:
 
@@ -9,19 +11,43 @@ Conventions used throughout:
 * Undefined ratios (0/0, such as the specificity of a set with no negatives)
   are `None`, which `json.dumps` writes as `null`; they are never NaN.
 * For two classes the positive (disease) class is `positive_class_index`.
+* No threshold is ever chosen on the predictions being reported: it is given
+  (a run's stored `decision_threshold`, chosen on its validation split).
 """
 
 from __future__ import annotations
 
+import math
 import re
-import warnings
 
 import numpy as np
 
+from cxrmodels.metrics.calibration import N_BINS, calibration_report
+from cxrmodels.metrics.intervals import wilson_interval
+from cxrmodels.metrics.roc import (
+    MIN_BOOTSTRAP_SHARE,
+    _binary_inputs,
+    _bootstrap_aucs,
+    _resample_note,
+    bootstrap_auc_ci,
+    roc_auc,
+    roc_curve,
+    youden_threshold,
+)
+
+__all__ = [
+    "MIN_BOOTSTRAP_SHARE",
+    "binary_report",
+    "bootstrap_auc_ci",
+    "decision_thresholds",
+    "evaluate_predictions",
+    "positive_class_index",
+    "roc_auc",
+    "roc_curve",
+    "youden_threshold",
+]
+
 _NORMAL_NAMES = {"normal", "negative", "healthy", "nofinding"}
-_MAX_BOOTSTRAP_CELLS = 2_000_000  # resamples x cases per chunk, bounds memory
-# Below this share of usable resamples (those holding both classes) a bootstrap CI is flagged.
-MIN_BOOTSTRAP_SHARE = 0.9
 
 
 def positive_class_index(class_names) -> int:
@@ -49,194 +75,6 @@ def positive_class_index(class_names) -> int:
         raise ValueError(f"`class_names` must hold exactly 2 names. Received: class_names={names}")
     normal = [re.sub(r"[\s_\-]+", "", str(n).lower()) in _NORMAL_NAMES for n in names]
     return 0 if normal == [False, True] else 1
-
-
-def _binary_inputs(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
-    y, s = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
-    if y.ndim != 1 or s.ndim != 1 or len(y) != len(s):
-        raise ValueError(
-            "`y_true` and `scores` must be 1-D arrays of the same length. "
-            f"Received: y_true.shape={y.shape}, scores.shape={s.shape}"
-        )
-    if len(y) == 0:
-        raise ValueError("`y_true` must hold at least one case. Received: an empty array")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError(
-            f"`y_true` must hold binary labels 0 and 1. Received values: {np.unique(y)[:10].tolist()}"
-        )
-    if not np.isfinite(s).all():
-        raise ValueError(
-            f"`scores` must be finite. Received: {int((~np.isfinite(s)).sum())} non-finite values"
-        )
-    return y.astype(bool), s
-
-
-def _require_both_classes(y: np.ndarray) -> None:
-    if y.all() or not y.any():
-        raise ValueError(
-            "`y_true` must contain both classes (0 and 1) for a ROC analysis. "
-            f"Received: y_true with only class {int(y[0])} (n={len(y)})"
-        )
-
-
-def roc_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ROC curve, one point per distinct score (tied scores move together).
-
-    Args:
-        y_true: Binary labels [N], 1 for positive.
-        scores: Scores [N], higher meaning more likely positive.
-
-    Returns:
-        `(fpr, tpr, thresholds)`, each of length (distinct scores + 1).
-        `thresholds` is decreasing and starts at `inf` (nothing called
-        positive); point i calls positive the cases with `score >= thresholds[i]`.
-
-    Raises:
-        ValueError: On bad shapes or labels, or if `y_true` holds one class only.
-
-    Example:
-        >>> fpr, tpr, t = roc_curve([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
-        >>> tpr.tolist()
-        [0.0, 0.5, 0.5, 1.0, 1.0]
-    """
-    fps, tps, thresholds = _roc_counts(y_true, scores)
-    return fps / fps[-1], tps / tps[-1], thresholds
-
-
-def _roc_counts(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`(false positives, true positives, thresholds)` per ROC point, as integers (see `roc_curve`)."""
-    y, s = _binary_inputs(y_true, scores)
-    _require_both_classes(y)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last_of_tie = np.r_[s[1:] != s[:-1], True]
-    tps = np.r_[0, np.cumsum(y, dtype=np.int64)[last_of_tie]]
-    fps = np.r_[0, np.cumsum(~y, dtype=np.int64)[last_of_tie]]
-    return fps, tps, np.r_[np.inf, s[last_of_tie]]
-
-
-def roc_auc(y_true, scores) -> float:
-    """The area under the ROC curve, ties counting 1/2 (the Mann-Whitney U / (P * N)).
-
-    Args:
-        y_true: Binary labels [N], 1 for positive.
-        scores: Scores [N].
-
-    Returns:
-        The AUC in [0, 1].
-
-    Raises:
-        ValueError: On bad shapes or labels, or if `y_true` holds one class only.
-
-    Example:
-        >>> roc_auc([0, 1, 0, 1], [0.2, 0.2, 0.1, 0.9])
-        0.875
-    """
-    fpr, tpr, _ = roc_curve(y_true, scores)
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-
-
-def bootstrap_auc_ci(
-    y_true, scores, *, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """A percentile bootstrap confidence interval of the ROC AUC, resampling cases.
-
-    Resamples lacking one class have no AUC and are skipped; when fewer than
-    `MIN_BOOTSTRAP_SHARE` (90%) of them are usable (few cases of one class) a
-    UserWarning says how many were, since the interval then describes only
-    the resamples that happened to hold that class. All resamples are computed
-    at once from case counts over the score-sorted cases, in chunks that bound memory.
-
-    Args:
-        y_true: Binary labels [N], 1 for positive.
-        scores: Scores [N].
-        n_bootstrap: Number of resamples. Defaults to 1000.
-        confidence: Coverage of the interval, in (0, 1). Defaults to 0.95.
-        seed: Seed of the resampling. Defaults to 0.
-
-    Returns:
-        `(low, high)`; `(nan, nan)` if every resample lacked a class.
-
-    Raises:
-        ValueError: On bad arguments, or if `y_true` holds one class only.
-
-    Example:
-        >>> low, high = bootstrap_auc_ci(labels, probs[:, 1], n_bootstrap=2000, seed=1)
-    """
-    if not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 1:
-        raise ValueError(f"`n_bootstrap` must be a positive integer. Received: n_bootstrap={n_bootstrap}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"`confidence` must be in (0, 1). Received: confidence={confidence}")
-    aucs = _bootstrap_aucs(y_true, scores, n_bootstrap=n_bootstrap, seed=seed)
-    note = _resample_note(len(aucs), n_bootstrap)
-    if note:
-        warnings.warn(f"bootstrap_auc_ci: {note}", stacklevel=2)
-    if len(aucs) == 0:
-        return float("nan"), float("nan")
-    low, high = np.quantile(aucs, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(low), float(high)
-
-
-def _resample_note(used: int, n_bootstrap: int) -> str | None:
-    if used >= MIN_BOOTSTRAP_SHARE * n_bootstrap:
-        return None
-    return (
-        f"the AUC CI comes from {used} of {n_bootstrap} bootstrap resamples ({used / n_bootstrap:.0%}); "
-        "the others lacked a class (too few cases of one class for a reliable interval)"
-    )
-
-
-def _bootstrap_aucs(y_true, scores, *, n_bootstrap: int, seed: int) -> np.ndarray:
-    """The AUCs of the bootstrap resamples that hold both classes (see `bootstrap_auc_ci`)."""
-    y, s = _binary_inputs(y_true, scores)
-    _require_both_classes(y)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    n, rng, aucs = len(y), np.random.default_rng(seed), []
-    chunk = max(1, _MAX_BOOTSTRAP_CELLS // n)
-    for b0 in range(0, n_bootstrap, chunk):
-        b = min(chunk, n_bootstrap - b0)
-        idx = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
-        pos = np.add.reduceat(counts * y, starts, axis=1)  # per tie group, descending score
-        neg = np.add.reduceat(counts * ~y, starts, axis=1)
-        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-        below = n_neg[:, None] - np.cumsum(neg, axis=1)  # negatives scoring strictly lower
-        u = np.sum(pos * (below + neg / 2), axis=1)
-        ok = (n_pos > 0) & (n_neg > 0)
-        aucs.append(u[ok] / (n_pos[ok] * n_neg[ok]))
-    return np.concatenate(aucs)
-
-
-def youden_threshold(y_true, scores) -> float:
-    """The threshold maximizing Youden's J = sensitivity + specificity - 1 on the given data.
-
-    The threshold is one of the scores (cases with `score >= threshold` are
-    positive). J is compared exactly, as the integer `TP * N - FP * P` (P
-    positive and N negative cases), so floating-point rounding never decides
-    between thresholds. Among equally good thresholds the highest is returned:
-    the most specific one, calling the fewest cases positive for the same J
-    (what `np.argmax` over scikit-learn's decreasing thresholds would pick
-    without rounding).
-
-    Args:
-        y_true: Binary labels [N], 1 for positive.
-        scores: Scores [N].
-
-    Returns:
-        The threshold.
-
-    Raises:
-        ValueError: On bad shapes or labels, or if `y_true` holds one class only.
-
-    Example:
-        >>> youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9])
-        0.6
-    """
-    fps, tps, thresholds = _roc_counts(y_true, scores)
-    j = tps * fps[-1] - fps * tps[-1]  # (sensitivity + specificity - 1) * P * N
-    return float(thresholds[1 + int(np.argmax(j[1:]))])  # argmax: the first, i.e. highest, of ties
 
 
 def decision_thresholds(y_true, probs, class_names) -> dict:
@@ -288,7 +126,9 @@ def _report_from_counts(tp: int, fp: int, tn: int, fn: int) -> dict:
         "fn": fn,
         "accuracy": _ratio(tp + tn, tp + fp + tn + fn),
         "sensitivity": _ratio(tp, tp + fn),
+        "sensitivity_ci": wilson_interval(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
+        "specificity_ci": wilson_interval(tn, tn + fp),
         "ppv": _ratio(tp, tp + fp),
         "npv": _ratio(tn, tn + fn),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
@@ -306,9 +146,11 @@ def binary_report(y_true, scores, *, threshold: float) -> dict:
 
     Returns:
         A JSON-serializable dict: `threshold`, `n`, `n_positive`, `n_negative`,
-        `tp`, `fp`, `tn`, `fn`, `accuracy`, `sensitivity` (recall),
-        `specificity`, `ppv` (precision), `npv`, `f1` and `confusion_matrix`
-        `[[TN, FP], [FN, TP]]`. Ratios with a zero denominator are `None`.
+        `tp`, `fp`, `tn`, `fn`, `accuracy`, `sensitivity` (recall) and
+        `sensitivity_ci`, `specificity` and `specificity_ci` (Wilson 95%
+        intervals), `ppv` (precision), `npv`, `f1` and `confusion_matrix`
+        `[[TN, FP], [FN, TP]]`. Ratios with a zero denominator, and their
+        intervals, are `None`.
 
     Raises:
         ValueError: On bad shapes, labels or threshold.
@@ -351,6 +193,28 @@ def _check_predictions(y_true, probs, class_names, what="") -> tuple[np.ndarray,
     return y.astype(np.int64), p
 
 
+def _check_thresholds(thresholds, class_names) -> dict[str, float | None] | None:
+    """`thresholds` as `{class name: float or None}`, or raises naming what is wrong."""
+    if thresholds is None:
+        return None
+    if not isinstance(thresholds, dict):
+        raise TypeError(
+            f"`thresholds` must be a dict of class name to threshold, or None. Received: thresholds={thresholds!r}"
+        )
+    unknown = sorted(set(thresholds) - set(class_names))
+    bad = {
+        k: v
+        for k, v in thresholds.items()
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v))
+    }
+    if unknown or bad:
+        raise ValueError(
+            f"`thresholds` must map class names among {class_names} to finite numbers or None. "
+            f"Received: thresholds={thresholds!r}"
+        )
+    return {name: (None if thresholds.get(name) is None else float(thresholds[name])) for name in class_names}
+
+
 def _confusion_matrix(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
 
@@ -376,28 +240,27 @@ def _auc_with_ci(y, s, n_bootstrap, seed, confidence=0.95) -> dict:
     return {"auc": auc, "auc_ci": ci, "auc_ci_resamples": int(len(aucs)), "note": note}
 
 
-def _pick_threshold(y, p, c, val) -> tuple[float, str]:
-    """Youden's threshold for class `c`: on `val = (labels, probs)` if given, else on the test data."""
-    source = "test" if val is None else "validation"
-    yc, s = (y == c, p[:, c]) if val is None else (val[0] == c, val[1][:, c])
-    if yc.all() or not yc.any():
-        return 0.5, "default"  # Youden's J needs both classes
-    return youden_threshold(yc, s), source
-
-
 def evaluate_predictions(
-    y_true, probs, *, class_names, val_true=None, val_probs=None, n_bootstrap: int = 1000, seed: int = 0
+    y_true,
+    probs,
+    *,
+    class_names,
+    thresholds: dict[str, float | None] | None = None,
+    threshold_source: str = "given",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
 ) -> dict:
     """Everything `metrics.json` holds about one set of predictions.
 
-    Two classes: the positive class's ROC AUC with a bootstrap 95% CI, a
-    decision threshold by Youden's J on the validation predictions (on the
-    test data when none are given, which makes those metrics optimistic and
-    is flagged in `threshold_source` and `warnings`), `binary_report` at that
-    threshold (`at_threshold`) and at 0.5 (`at_0.5`), the argmax accuracy
-    and the K x K confusion matrix. More classes: per class one-vs-rest
-    (`per_class`: AUC with CI, the report at the argmax decision, and a
-    Youden threshold), the macro-average AUC, accuracy and confusion matrix.
+    Two classes: the positive class's ROC AUC with a bootstrap 95% CI,
+    `binary_report` at the given decision threshold (`at_threshold`, None when
+    `thresholds` gives none: no threshold is ever chosen on the data reported)
+    and at 0.5 (`at_0.5`), the argmax accuracy and the K x K confusion matrix.
+    More classes: per class one-vs-rest (`per_class`: AUC with CI, the report
+    at the argmax decision, and the given threshold), the macro-average AUC,
+    accuracy and confusion matrix. Always `calibration`: per class (the
+    positive one for two classes) `calibration.calibration_report` of its
+    probability, the Brier score and ECE with CIs and the reliability bins.
     Each AUC CI comes with `auc_ci_resamples`, the bootstrap resamples that
     held both classes; fewer than 90% of `n_bootstrap`, or a zero-width
     (degenerate) interval, adds a line to `warnings`.
@@ -406,9 +269,13 @@ def evaluate_predictions(
         y_true: Integer labels [N] indexing `class_names`.
         probs: Class probabilities [N, K].
         class_names: The K class names, in label order.
-        val_true: Validation labels, for choosing thresholds. Defaults to None.
-        val_probs: Validation probabilities [M, K]. Defaults to None.
-        n_bootstrap: Bootstrap resamples for each AUC CI; 0 skips the CIs.
+        thresholds: Decision thresholds by class name, chosen elsewhere: a
+            run's `decision_threshold["per_class"]`, or
+            `decision_thresholds(y_val, p_val, names)["per_class"]`. Defaults
+            to None (no operating point but 0.5).
+        threshold_source: What `thresholds` are, recorded as
+            `threshold_source` (e.g. "run", "given"). Defaults to "given".
+        n_bootstrap: Bootstrap resamples for each CI; 0 skips the CIs.
             Defaults to 1000.
         seed: Seed of the bootstrap. Defaults to 0.
 
@@ -418,11 +285,12 @@ def evaluate_predictions(
 
     Raises:
         ValueError: On mismatched shapes, out-of-range labels or bad arguments.
+        TypeError: If `thresholds` is not a dict.
 
     Example:
+        >>> chosen = decision_thresholds(y_val, p_val, ["NORMAL", "PNEUMONIA"])  # doctest: +SKIP
         >>> m = evaluate_predictions(y_test, p_test, class_names=["NORMAL", "PNEUMONIA"],
-        ...                          val_true=y_val, val_probs=p_val)
-        >>> print(format_metrics_table(m))
+        ...                          thresholds=chosen["per_class"])  # doctest: +SKIP
     """
     class_names = [str(c) for c in class_names]
     k = len(class_names)
@@ -430,16 +298,10 @@ def evaluate_predictions(
         raise ValueError(
             f"`class_names` must hold at least 2 distinct names. Received: class_names={class_names}"
         )
-    if (val_true is None) != (val_probs is None):
-        raise ValueError(
-            "`val_true` and `val_probs` must be given together. "
-            f"Received: val_true is {'not ' * (val_true is not None)}None, "
-            f"val_probs is {'not ' * (val_probs is not None)}None"
-        )
-    if not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
         raise ValueError(f"`n_bootstrap` must be an integer >= 0. Received: n_bootstrap={n_bootstrap}")
+    thresholds = _check_thresholds(thresholds, class_names)
     y, p = _check_predictions(y_true, probs, class_names)
-    val = None if val_true is None else _check_predictions(val_true, val_probs, class_names, what="val_")
     pred = np.argmax(p, axis=1)
     cm = _confusion_matrix(y, pred, k)
     out = {
@@ -451,57 +313,48 @@ def evaluate_predictions(
         "confusion_matrix": cm.tolist(),
         "n_bootstrap": int(n_bootstrap),
         "ci_level": 0.95,
-        "threshold_method": "youden",
     }
+    source = None if thresholds is None else threshold_source
     if k == 2:
-        out.update(_binary_metrics(y, p, class_names, val, n_bootstrap, seed))
+        out.update(_binary_metrics(y, p, class_names, thresholds, source, n_bootstrap, seed))
     else:
-        out.update(_multiclass_metrics(y, p, cm, class_names, val, n_bootstrap, seed))
-    sources = (
-        [out["threshold_source"]] if k == 2 else [r["threshold_source"] for r in out["per_class"].values()]
-    )
-    out["threshold_source"] = sources[0] if len(set(sources)) == 1 else "mixed"
-    if "test" in sources:
-        out["warnings"].append(
-            "decision threshold chosen on the test data (no validation predictions given): "
-            "the metrics at that threshold are optimistic"
-        )
-    if "default" in sources:
-        out["warnings"].append("Youden's threshold needs both classes in its data: 0.5 used instead")
+        out.update(_multiclass_metrics(y, p, cm, class_names, thresholds, source, n_bootstrap, seed))
+    out["calibration"] = _calibration(y, p, class_names, n_bootstrap, seed)
     return out
 
 
-def _binary_metrics(y, p, class_names, val, n_bootstrap, seed) -> dict:
+def _binary_metrics(y, p, class_names, thresholds, source, n_bootstrap, seed) -> dict:
     pos = positive_class_index(class_names)
     yb, s = y == pos, p[:, pos]
     auc = _auc_with_ci(yb, s, n_bootstrap, seed)
     note = auc.pop("note")
-    t, source = _pick_threshold(y, p, pos, val)
+    t = None if thresholds is None else thresholds[class_names[pos]]
     found = [] if auc["auc"] is not None else ["the test data hold one class only: AUC is undefined"]
+    if thresholds is not None and t is None:
+        found.append(f"no decision threshold was given for {class_names[pos]!r}: reported at 0.5 only")
     return {
         "positive_class": class_names[pos],
         "positive_index": pos,
         **auc,
         "threshold": t,
-        "threshold_source": source,
-        "at_threshold": binary_report(yb, s, threshold=t),
+        "threshold_source": source if t is not None else None,
+        "at_threshold": None if t is None else binary_report(yb, s, threshold=t),
         "at_0.5": binary_report(yb, s, threshold=0.5),
         "warnings": found + ([note] if note else []),
     }
 
 
-def _multiclass_metrics(y, p, cm, class_names, val, n_bootstrap, seed) -> dict:
+def _multiclass_metrics(y, p, cm, class_names, thresholds, source, n_bootstrap, seed) -> dict:
     per_class, warnings = {}, []
     for c, name in enumerate(class_names):
         auc = _auc_with_ci(y == c, p[:, c], n_bootstrap, seed)
         note = auc.pop("note")
-        t, source = _pick_threshold(y, p, c, val)
         tp = cm[c, c]
         fn, fp = cm[c].sum() - tp, cm[:, c].sum() - tp
+        t = None if thresholds is None else thresholds[name]
         per_class[name] = {
             **auc,
-            "youden_threshold": t,
-            "threshold_source": source,
+            "threshold": t,
             **_report_from_counts(tp=tp, fp=fp, tn=len(y) - tp - fn - fp, fn=fn),
         }
         if note:
@@ -513,7 +366,23 @@ def _multiclass_metrics(y, p, cm, class_names, val, n_bootstrap, seed) -> dict:
         "positive_class": None,
         "per_class": per_class,
         "macro_auc": float(np.mean(aucs)) if aucs else None,
+        "threshold_source": source,
         "warnings": warnings,
+    }
+
+
+def _calibration(y, p, class_names, n_bootstrap, seed) -> dict:
+    """`calibration_report` of each class's probability (the positive class's alone for two)."""
+    classes = [positive_class_index(class_names)] if len(class_names) == 2 else range(len(class_names))
+    return {
+        "binning": "equal-width",
+        "n_bins": N_BINS,
+        "classes": {
+            class_names[c]: calibration_report(
+                y == c, np.clip(p[:, c], 0, 1), n_bootstrap=n_bootstrap, seed=seed
+            )
+            for c in classes
+        },
     }
 
 
@@ -530,80 +399,3 @@ def _auc_text(auc, ci, used=None, n_bootstrap=None) -> str:
     if used is not None and n_bootstrap and used < MIN_BOOTSTRAP_SHARE * n_bootstrap:
         flags.append(f"{used}/{n_bootstrap} resamples")
     return _f(auc) + f" (95% CI {ci[0]:.3f}-{ci[1]:.3f}" + "".join(f"; {f}" for f in flags) + ")"
-
-
-# Rows of the binary table: label, key, and the counts whose sums make the ratio.
-_BINARY_ROWS = (
-    ("Sensitivity", "sensitivity", ("tp",), ("tp", "fn")),
-    ("Specificity", "specificity", ("tn",), ("tn", "fp")),
-    ("PPV", "ppv", ("tp",), ("tp", "fp")),
-    ("NPV", "npv", ("tn",), ("tn", "fn")),
-    ("F1", "f1", None, None),
-    ("Accuracy", "accuracy", ("tp", "tn"), ("tp", "tn", "fp", "fn")),
-)
-
-
-def format_metrics_table(metrics: dict) -> str:
-    """A plain-text table of `evaluate_predictions` output, for terminals and logs.
-
-    Args:
-        metrics: The dict returned by `evaluate_predictions`.
-
-    Returns:
-        The table, lines joined with newlines (no trailing newline).
-
-    Example:
-        >>> print(format_metrics_table(evaluate_predictions(y, p, class_names=names)))
-    """
-    names = metrics["class_names"]
-    lines = [
-        f"n = {metrics['n']} (" + ", ".join(f"{c}: {n}" for c, n in zip(names, metrics["class_counts"])) + ")"
-    ]
-    if metrics["task"] == "binary":
-        reports = metrics["at_threshold"], metrics["at_0.5"]
-        head = f"t={reports[0]['threshold']:.3f} (Youden, {metrics['threshold_source']})"
-        lines += [
-            f"positive class: {metrics['positive_class']}",
-            f"{'AUC':<13}{_auc_text(metrics['auc'], metrics['auc_ci'], metrics.get('auc_ci_resamples'), metrics.get('n_bootstrap'))}",
-            f"{'Accuracy':<13}{_f(metrics['accuracy'])} (argmax)",
-            "",
-            f"{'':<13}{head:<30}t=0.500",
-        ]
-        for label, key, num, den in _BINARY_ROWS:
-            cells = [
-                _f(r[key]) + (f" ({sum(r[c] for c in num)}/{sum(r[c] for c in den)})" if num else "")
-                for r in reports
-            ]
-            lines.append(f"{label:<13}{cells[0]:<30}{cells[1]}")
-        cells = ["{tp}/{fp}/{tn}/{fn}".format(**r) for r in reports]
-        lines.append(f"{'TP/FP/TN/FN':<13}{cells[0]:<30}{cells[1]}")
-    else:
-        w = max(12, *(len(c) + 2 for c in names))
-        lines += [
-            f"{'macro AUC':<{w}}{_f(metrics['macro_auc'])}",
-            f"{'Accuracy':<{w}}{_f(metrics['accuracy'])} (argmax)",
-            "",
-            f"{'class':<{w}}{'AUC (95% CI)':<29}"
-            + "".join(f"{h:<7}" for h in ("Sens", "Spec", "PPV", "NPV", "F1"))
-            + "Youden t",
-        ]
-        for name, r in metrics["per_class"].items():
-            auc = _auc_text(r["auc"], r["auc_ci"], r.get("auc_ci_resamples"), metrics.get("n_bootstrap"))
-            lines.append(
-                f"{name:<{w}}{auc:<29}"
-                + "".join(f"{_f(r[k]):<7}" for k in ("sensitivity", "specificity", "ppv", "npv", "f1"))
-                + f"{r['youden_threshold']:.3f} ({r['threshold_source']})"
-            )
-        lines.append("(sensitivity to F1 at the argmax decision, each class vs the rest)")
-    w, cols = max(len(c) for c in names) + 2, [max(7, len(c) + 2) for c in names]
-    lines += [
-        "",
-        "confusion matrix (rows: true, columns: predicted)",
-        " " * w + "".join(f"{c:>{cw}}" for c, cw in zip(names, cols)),
-    ]
-    lines += [
-        f"{c:<{w}}" + "".join(f"{v:>{cw}}" for v, cw in zip(row, cols))
-        for c, row in zip(names, metrics["confusion_matrix"])
-    ]
-    lines += [f"warning: {m}" for m in metrics.get("warnings", [])]
-    return "\n".join(lines)

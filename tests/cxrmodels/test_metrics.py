@@ -9,6 +9,8 @@ import pytest
 
 from cxrmodels.evaluation import plots as P
 from cxrmodels.metrics import clinical as M
+from cxrmodels.metrics import tables as T
+from cxrmodels.metrics.intervals import wilson_interval
 from cxrmodels.metrics.keras_metrics import Specificity, default_metrics
 
 # Ten hand-made cases. Negatives score 0.1 0.2 0.3 0.6 0.8, positives 0.4 0.6 0.7 0.9 0.95
@@ -120,6 +122,9 @@ def test_binary_report_hand_counts():
     assert r["npv"] == pytest.approx(0.75)  # 3 / 4
     assert r["f1"] == pytest.approx(8 / 11)  # 2*4 / (2*4 + 2 + 1)
     assert r["accuracy"] == pytest.approx(0.7)
+    # Wilson 95% intervals: 4/5 -> [0.376, 0.964], 3/5 -> [0.231, 0.882] (Newcombe 1998's formula)
+    assert r["sensitivity_ci"] == pytest.approx([0.3755, 0.9638], abs=1e-4)
+    assert r["specificity_ci"] == pytest.approx([0.2307, 0.8824], abs=1e-4)
     # the threshold itself counts as positive
     assert M.binary_report(Y, S, threshold=0.4)["confusion_matrix"] == [[3, 2], [0, 5]]
 
@@ -169,7 +174,7 @@ def test_bootstrap_ci_says_how_many_resamples_it_used_and_when_it_is_degenerate(
     used = m["auc_ci_resamples"]
     assert 600 <= used <= 700 and m["n_bootstrap"] == 1000 and m["auc_ci"] == [1.0, 1.0]
     assert any(f"from {used} of 1000 bootstrap resamples" in w and "degenerate" in w for w in m["warnings"])
-    table = M.format_metrics_table(m)
+    table = T.format_metrics_table(m)
     assert f"AUC          1.000 (95% CI 1.000-1.000; degenerate; {used}/1000 resamples)" in table
     # enough of both classes: every resample is used, nothing flagged
     m = M.evaluate_predictions(Y, PROBS, class_names=NAMES, n_bootstrap=200)
@@ -186,26 +191,23 @@ def test_bootstrap_ci_rejects_bad_arguments():
         M.bootstrap_auc_ci(Y, S, confidence=95)
 
 
-def test_evaluate_binary_threshold_from_validation():
-    # validation Youden: J at 0.9 = 0.5, at 0.7 = 1.0 -> threshold 0.7
+def test_evaluate_binary_applies_the_given_threshold():
+    # Youden on validation data: J at 0.9 = 0.5, at 0.7 = 1.0 -> threshold 0.7
     val_y, val_s = np.array([0, 0, 1, 1]), np.array([0.2, 0.65, 0.7, 0.9])
-    m = M.evaluate_predictions(
-        Y,
-        PROBS,
-        class_names=NAMES,
-        val_true=val_y,
-        val_probs=np.stack([1 - val_s, val_s], 1),
-        n_bootstrap=200,
-    )
+    chosen = M.decision_thresholds(val_y, np.stack([1 - val_s, val_s], 1), NAMES)
+    assert chosen["per_class"]["PNEUMONIA"] == chosen["value"] == 0.7
+    m = M.evaluate_predictions(Y, PROBS, class_names=NAMES, thresholds=chosen["per_class"], n_bootstrap=200)
     assert (m["n"], m["positive_class"], m["positive_index"], m["task"]) == (10, "PNEUMONIA", 1, "binary")
     assert m["auc"] == pytest.approx(AUC)
     assert m["auc_ci"][0] <= AUC <= m["auc_ci"][1]
-    assert (m["threshold"], m["threshold_source"], m["warnings"]) == (0.7, "validation", [])
+    assert (m["threshold"], m["threshold_source"], m["warnings"]) == (0.7, "given", [])
     t = m["at_threshold"]
     # at 0.7: positives .7 .9 .95 called, .4 .6 missed; negative .8 called
     assert (t["tp"], t["fn"], t["fp"], t["tn"]) == (3, 2, 1, 4)
     assert (t["sensitivity"], t["specificity"], t["ppv"]) == pytest.approx((0.6, 0.8, 0.75))
     assert (t["npv"], t["f1"]) == pytest.approx((4 / 6, 6 / 9))
+    assert t["sensitivity_ci"] == pytest.approx(wilson_interval(3, 5))
+    assert t["specificity_ci"] == pytest.approx(wilson_interval(4, 5))
     assert m["at_0.5"]["confusion_matrix"] == [[3, 2], [1, 4]]
     assert m["accuracy"] == pytest.approx(0.7)  # argmax = s > 0.5
     assert m["confusion_matrix"] == [[3, 2], [1, 4]]
@@ -213,24 +215,23 @@ def test_evaluate_binary_threshold_from_validation():
     json.dumps(m, allow_nan=False)
 
 
-def test_evaluate_binary_positive_class_first_and_test_threshold_flagged():
+def test_evaluate_binary_without_a_threshold_chooses_none_on_the_data_it_reports():
     m = M.evaluate_predictions(1 - Y, PROBS[:, ::-1], class_names=["PNEUMONIA", "NORMAL"], n_bootstrap=0)
     assert (m["positive_class"], m["positive_index"]) == ("PNEUMONIA", 0)
     assert m["auc"] == pytest.approx(AUC) and m["auc_ci"] is None
-    assert (m["threshold"], m["threshold_source"]) == (0.4, "test")
-    assert "chosen on the test data" in m["warnings"][0]
+    assert (m["threshold"], m["threshold_source"], m["at_threshold"]) == (None, None, None)
+    assert m["at_0.5"]["tp"] == 4 and m["warnings"] == []
     assert m["confusion_matrix"] == [[4, 1], [2, 3]]
 
 
 def test_evaluate_binary_single_class_test_set_does_not_crash():
-    m = M.evaluate_predictions([1, 1], [[0.3, 0.7], [0.6, 0.4]], class_names=NAMES, n_bootstrap=10)
+    m = M.evaluate_predictions(
+        [1, 1], [[0.3, 0.7], [0.6, 0.4]], class_names=NAMES, thresholds={"PNEUMONIA": 0.5}, n_bootstrap=10
+    )
     assert m["auc"] is None and m["auc_ci"] is None
-    assert (m["threshold"], m["threshold_source"]) == (0.5, "default")
     assert m["at_threshold"]["specificity"] is None and m["at_threshold"]["sensitivity"] == 0.5
-    assert m["warnings"] == [
-        "the test data hold one class only: AUC is undefined",
-        "Youden's threshold needs both classes in its data: 0.5 used instead",
-    ]
+    assert m["at_threshold"]["specificity_ci"] is None
+    assert m["warnings"] == ["the test data hold one class only: AUC is undefined"]
     json.dumps(m, allow_nan=False)
 
 
@@ -256,19 +257,29 @@ def test_evaluate_multiclass_one_vs_rest():
     assert [pc[c]["ppv"] for c in NAMES3] == pytest.approx([1, 0.5, 2 / 3])
     assert [pc[c]["npv"] for c in NAMES3] == pytest.approx([0.8, 0.75, 1])
     assert [pc[c]["f1"] for c in NAMES3] == pytest.approx([2 / 3, 0.5, 0.8])
-    # Youden on the test data (no validation): class 1 ties J = .5 at .6 and .3, the higher wins
-    assert [pc[c]["youden_threshold"] for c in NAMES3] == [0.4, 0.6, 0.4]
-    assert m["threshold_source"] == "test"
+    # no thresholds given: none is chosen on these data
+    assert [pc[c]["threshold"] for c in NAMES3] == [None, None, None] and m["threshold_source"] is None
     for c in NAMES3:
         if pc[c]["auc"] < 1:
             assert pc[c]["auc_ci"][0] <= pc[c]["auc"] <= pc[c]["auc_ci"][1]
+    assert list(m["calibration"]["classes"]) == NAMES3  # every class's probability
     json.dumps(m, allow_nan=False)
 
 
-def test_evaluate_multiclass_youden_from_validation_and_missing_class():
-    m = M.evaluate_predictions(Y3[:4], P3[:4], class_names=NAMES3, val_true=Y3, val_probs=P3, n_bootstrap=0)
-    assert m["threshold_source"] == "validation"
-    assert [m["per_class"][c]["youden_threshold"] for c in NAMES3] == [0.4, 0.6, 0.4]
+def test_evaluate_multiclass_given_thresholds_and_missing_class():
+    # Youden on other data: class 1 ties J = .5 at .6 and .3, the higher wins
+    chosen = M.decision_thresholds(Y3, P3, NAMES3)
+    assert chosen["per_class"] == {"normal": 0.4, "bacterial": 0.6, "viral": 0.4} and chosen["value"] is None
+    m = M.evaluate_predictions(
+        Y3[:4],
+        P3[:4],
+        class_names=NAMES3,
+        thresholds=chosen["per_class"],
+        threshold_source="run",
+        n_bootstrap=0,
+    )
+    assert m["threshold_source"] == "run"
+    assert [m["per_class"][c]["threshold"] for c in NAMES3] == [0.4, 0.6, 0.4]
     assert m["per_class"]["viral"]["auc"] is None  # no viral case in the test set
     assert m["macro_auc"] == pytest.approx((1 + M.roc_auc(Y3[:4] == 1, P3[:4, 1])) / 2)
     assert any("'viral'" in w for w in m["warnings"])
@@ -281,31 +292,44 @@ def test_evaluate_rejects_bad_inputs():
         M.evaluate_predictions(Y[:9], PROBS, class_names=NAMES)
     with pytest.raises(ValueError, match=r"labels must be in \[0, 1\].*from 0 to 2"):
         M.evaluate_predictions(np.r_[Y[:9], 2], PROBS, class_names=NAMES)
-    with pytest.raises(ValueError, match="must be given together"):
-        M.evaluate_predictions(Y, PROBS, class_names=NAMES, val_true=Y)
-    with pytest.raises(ValueError, match="val_y_true"):
-        M.evaluate_predictions(Y, PROBS, class_names=NAMES, val_true=Y[:3], val_probs=PROBS)
+    with pytest.raises(TypeError, match="`thresholds` must be a dict"):
+        M.evaluate_predictions(Y, PROBS, class_names=NAMES, thresholds=0.5)
+    with pytest.raises(ValueError, match=r"`thresholds` must map class names.*'COVID'"):
+        M.evaluate_predictions(Y, PROBS, class_names=NAMES, thresholds={"COVID": 0.5})
+    with pytest.raises(ValueError, match="`thresholds` must map class names"):
+        M.evaluate_predictions(Y, PROBS, class_names=NAMES, thresholds={"PNEUMONIA": float("nan")})
     with pytest.raises(ValueError, match="2 distinct names"):
         M.evaluate_predictions(Y, PROBS, class_names=["a", "a"])
 
 
 def test_format_metrics_table_binary():
-    m = M.evaluate_predictions(Y, PROBS, class_names=NAMES, n_bootstrap=200)
-    lines = M.format_metrics_table(m).splitlines()
+    m = M.evaluate_predictions(
+        Y, PROBS, class_names=NAMES, thresholds={"PNEUMONIA": 0.4}, threshold_source="run", n_bootstrap=200
+    )
+    lines = T.format_metrics_table(m).splitlines()
     lo, hi = m["auc_ci"]
     assert lines[0] == "n = 10 (NORMAL: 5, PNEUMONIA: 5)"
     assert f"AUC          0.820 (95% CI {lo:.3f}-{hi:.3f})" in lines
-    assert "t=0.400 (Youden, test)" in lines[5] and lines[5].endswith("t=0.500")
-    # threshold 0.4: TP 5 of 5, TN 3 of 5; threshold 0.5: TP 4, TN 3
-    assert lines[6].split() == ["Sensitivity", "1.000", "(5/5)", "0.800", "(4/5)"]
-    assert lines[7].split() == ["Specificity", "0.600", "(3/5)", "0.600", "(3/5)"]
+    assert lines[5].split() == ["t=0.400", "(run)", "t=0.500"]
+    # threshold 0.4: TP 5 of 5, TN 3 of 5; threshold 0.5: TP 4, TN 3 (Wilson CIs: 5/5 0.57-1, 4/5 0.38-0.96)
+    assert lines[6].split() == ["Sensitivity", "1.000", "(5/5;", "0.57-1.00)", "0.800", "(4/5;", "0.38-0.96)"]
+    assert lines[7].split() == ["Specificity", "0.600", "(3/5;", "0.23-0.88)", "0.600", "(3/5;", "0.23-0.88)"]
     assert lines[9].split() == ["NPV", "1.000", "(3/3)", "0.750", "(3/4)"]
-    assert lines[-1].startswith("warning: decision threshold chosen on the test data")
+    calibration = m["calibration"]["classes"]["PNEUMONIA"]
+    line = next(x for x in lines if x.startswith("PNEUMONIA: Brier"))
+    assert f"Brier {calibration['brier']:.3f} (95% CI" in line and f"ECE {calibration['ece']:.3f}" in line
+
+
+def test_format_metrics_table_binary_without_a_threshold_shows_the_0_5_column_only():
+    m = M.evaluate_predictions(Y, PROBS, class_names=NAMES, n_bootstrap=0)
+    lines = T.format_metrics_table(m).splitlines()
+    assert lines[5].split() == ["t=0.500"]
+    assert lines[6].split() == ["Sensitivity", "0.800", "(4/5;", "0.38-0.96)"]
 
 
 def test_format_metrics_table_multiclass_shows_none_as_na():
     m = M.evaluate_predictions(Y3[:4], P3[:4], class_names=NAMES3, n_bootstrap=0)
-    text = M.format_metrics_table(m)
+    text = T.format_metrics_table(m)
     assert "normal" in text and "macro AUC" in text
     viral = next(line for line in text.splitlines() if line.startswith("viral "))
     assert viral.split()[:3] == ["viral", "n/a", "n/a"]  # no AUC, no sensitivity without viral cases
