@@ -45,6 +45,7 @@ def keras_data_layer_base():
     """
     import keras
 
+    check_version("keras", keras.__version__, KERAS_VERSIONS)
     for module, name in (
         ("keras.src.layers.preprocessing.data_layer", "DataLayer"),
         ("keras.src.layers.preprocessing.tf_data_layer", "TFDataLayer"),
@@ -62,6 +63,9 @@ def keep_input_dtype(layer) -> None:
     Sets `Layer._convert_input_args` and `_allow_non_tensor_positional_args`
     (private in Keras 3).
     """
+    import keras
+
+    check_version("keras", keras.__version__, KERAS_VERSIONS)
     layer._convert_input_args = False
     layer._allow_non_tensor_positional_args = True
 
@@ -96,7 +100,13 @@ def keras_tuner_private():
 
 
 def keras_file_utils():
-    """`keras.src.utils.file_utils` (used by tests to inspect Keras' own downloads)."""
+    """`keras.src.utils.file_utils`, whose `get_file` `keras.applications` downloads through.
+
+    The tests patch it to serve a local "ImageNet" file: there is no public hook for it.
+    """
+    import keras
+
+    check_version("keras", keras.__version__, KERAS_VERSIONS)
     from keras.src.utils import file_utils
 
     return file_utils

@@ -1,9 +1,12 @@
 """`cxr`: one command line for converting, checking, training, evaluating and tuning.
 
 The CLI is a thin layer over the public functions of `cxrdata` and `cxrmodels`.
-Each package's `_commands` module registers its subcommands; heavy imports
-(TensorFlow) happen only inside the command that needs them, so `cxr --help`
-is instant.
+Each module of `COMMAND_MODULES` registers a group of subcommands (`data`:
+synth, convert, verify, inspect; `bench`; `models`: train, evaluate, predict,
+export; `tuning`: tune; `auditing`: audit). The options of `convert`, `train`
+and `tune` are generated from their configs (`ConvertConfig`, `TrainConfig`,
+`SearchConfig`), which also read `--config FILE`. Heavy imports (TensorFlow)
+happen only inside the command that needs them, so `cxr --help` is instant.
 
 Exit codes: 0 success, 1 failure, 2 usage error (bad arguments or input), 130
 interrupted (Ctrl-C), 143 terminated (SIGTERM: `kill`, `timeout`, a scheduler's
