@@ -35,7 +35,15 @@ from cxrdata._pool import printable
 from cxrdata._shards import _Item, _write_shards
 from cxrdata.conversion_config import ConvertConfig, effective_workers
 from cxrdata.dicom import MULTI_FRAME_POLICY
-from cxrdata.manifest import MANIFEST_NAME, REJECTS_NAME, Manifest, ShardInfo, SplitInfo, shard_name
+from cxrdata.manifest import (
+    MANIFEST_NAME,
+    REJECTS_NAME,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    read_manifest,
+    shard_name,
+)
 from cxrdata.preprocess import PreprocessConfig
 from cxrdata.sources import Source, discover
 from cxrdata.splits import assign_splits, describe_overlaps, find_overlaps
@@ -482,8 +490,6 @@ def _finish(
 
 
 def _already_done(out: str, start: float) -> ConversionResult:
-    from cxrdata.manifest import read_manifest
-
     manifest = read_manifest(out)
     rejects = []
     path = os.path.join(out, REJECTS_NAME)

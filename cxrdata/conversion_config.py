@@ -14,6 +14,7 @@ import os
 from typing import Any, ClassVar
 
 from cxrdata.dicom import DICOM_WINDOWS
+from cxrdata.manifest import read_manifest
 from cxrdata.preprocess import ASPECT_MODES, EQUALIZE_MODES, INTERPOLATIONS, PreprocessConfig
 from cxrdata.splits import parse_ratios
 from cxrdata.utils.argument_validation import (
@@ -24,7 +25,7 @@ from cxrdata.utils.argument_validation import (
     check_seed,
     standardize_image_size,
 )
-from cxrdata.utils.config import Config, option, parse_image_size
+from cxrdata.utils.config import Config, option, option_of, parse_image_size
 
 ENCODINGS = ("raw", "png")
 RUNNERS = ("local", "beam")
@@ -245,8 +246,6 @@ class ConvertConfig(Config):
             FileNotFoundError: not a converted dataset.
             ValueError: a dataset converted by a cxr older than `ConvertConfig`.
         """
-        from cxrdata.manifest import read_manifest
-
         saved = read_manifest(dataset_dir).source.get("config")
         if saved is None:
             raise ValueError(
@@ -274,8 +273,6 @@ class ConvertConfig(Config):
 
     def dataset_options(self) -> dict[str, Any]:
         """What `dataset.json` records: the options that shape the data (`compare=True`)."""
-        from cxrdata.utils.config import option_of
-
         values = self.to_dict()
         return {f.name: values[f.name] for f in dataclasses.fields(self) if option_of(f).compare}
 

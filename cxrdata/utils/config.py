@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from cxrdata.utils.argument_validation import check_choice
+from cxrdata.utils.io import atomic_write_text
 
 _KEY = "cxr"
 _NOT_GIVEN = object()
@@ -176,8 +177,6 @@ class Config:
 
     def to_file(self, path: str | os.PathLike) -> None:
         """Writes the config as JSON or YAML, by the file's extension (atomically)."""
-        from cxrdata.utils.io import atomic_write_text
-
         path = os.fspath(path)
         if path.endswith((".yaml", ".yml")):
             import yaml

@@ -21,6 +21,9 @@ from typing import Any
 
 import keras
 
+from cxrdata.layers.local_equalization import LocalEqualization
+from cxrmodels.models._registry import create_model
+
 
 def dataset_is_equalized(preprocessing: dict[str, Any]) -> bool:
     """Whether conversion equalized the images (anything but `equalize="none"`)."""
@@ -66,8 +69,6 @@ def equalization_layer(radius: int | None):
     """`cxrdata.LocalEqualization(radius)` named as every run names it (None for no radius)."""
     if not radius:
         return None
-    from cxrdata.layers.local_equalization import LocalEqualization
-
     return LocalEqualization(int(radius), name="local_equalization")
 
 
@@ -93,8 +94,6 @@ def build_model(
         augment: The augmentation layer (training only), or None.
         model_kwargs: The model's own options (`filters` may be a list).
     """
-    from cxrmodels.models._registry import create_model
-
     front = augment
     if tuple(data_shape) != tuple(model_shape):
         # Inside the `augment` slot the resize stays in the model's own graph (no nested

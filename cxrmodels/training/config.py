@@ -314,7 +314,7 @@ def augmentation_layer(config: TrainConfig):
     """The `cxrdata.RandomAffine` of a run (None for augment "none" or strength 0)."""
     if config.augment == "none" or config.augment_strength == 0:
         return None
-    from cxrdata.layers.random_affine import RandomAffine
+    from cxrdata.layers.random_affine import RandomAffine  # deferred: Keras imports TensorFlow (cxr --help)
 
     args = {k: v * config.augment_strength for k, v in REFERENCE_AUGMENTATION.items()}
     return RandomAffine.from_image_data_generator(seed=config.seed, **args)

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import keras
 
 from cxrdata.utils.output_dir import lock_output_dir
+from cxrmodels.models.saving import all_layers
 from cxrmodels.training.lifecycle import TrainResult, finish, prepare_run_dir
 from cxrmodels.training.plan import RunPlan
 from cxrmodels.training.session import dtype_policy, open_session
@@ -180,8 +181,6 @@ def synchronize_batch_norm(net: keras.Model, on: bool) -> int:
     statistics are the global batch's. `cxrmodels.save_model` saves them
     unsynchronized: a saved model loads as an ordinary one.
     """
-    from cxrmodels.models.saving import all_layers
-
     count = 0
     for layer in all_layers(net):
         if isinstance(layer, keras.layers.BatchNormalization):

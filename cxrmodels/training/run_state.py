@@ -28,6 +28,7 @@ import warnings
 import keras
 
 from cxrdata.utils.io import atomic_write_text
+from cxrmodels.models.saving import save_model
 from cxrmodels.runs import run_folder
 
 STATE_NAME = "state.json"
@@ -212,8 +213,6 @@ def _best_weights(folder: str, net: keras.Model, state: RunState) -> list | None
 
 def write_derived_files(out: str, net: keras.Model, state: RunState, best_weights: list | None) -> None:
     """`history.csv` and `model.keras` as the state says (after a resume: repairs a kill after the commit)."""
-    from cxrmodels.models.saving import save_model
-
     run_folder.write_history(os.path.join(out, run_folder.HISTORY_NAME), state.history)
     if best_weights is not None:
         current = net.get_weights()

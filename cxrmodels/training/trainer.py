@@ -25,6 +25,7 @@ import keras
 
 import cxrdata
 from cxrdata.utils.output_dir import lock_output_dir
+from cxrdata.verification import explain_read_error
 from cxrmodels.models.predicting import predict_split
 from cxrmodels.runs import run_folder
 from cxrmodels.training.config import TrainConfig
@@ -162,8 +163,6 @@ def _fit(session: Session) -> None:
             verbose=session.verbose,
         )
     except Exception as e:  # a damaged shard: name it (the pipeline's checks cannot)
-        from cxrdata.verification import explain_read_error
-
         explained = explain_read_error(config.dataset, e)
         if explained is e:
             raise
