@@ -23,10 +23,14 @@ def printable(name: str) -> str:
 
 
 def _worker_init() -> None:
+    from cxrdata import _native
+
     # Ctrl-C reaches the whole process group: the main process alone decides to stop, then
     # shuts the pool down; a SIGTERM meant for the main process's handler is not inherited.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # This process's death is survived (see OrderedResults): native decoders run in it.
+    _native.set_disposable()
 
 
 class OrderedResults:
