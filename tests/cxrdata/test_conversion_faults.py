@@ -21,8 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "cxrmodels.cli"]
 
 # Loaded by every Python process started with this folder on PYTHONPATH: a worker process (any
-# process but the first) that opens the file named in CXR_TEST_KILLER dies on the spot, as under
-# the OOM killer. The conversion's real process pool is exercised, nothing in it is replaced.
+# process but the first) that opens (open or os.open) the file named in CXR_TEST_KILLER dies on
+# the spot, as under the OOM killer. The conversion's real process pool is exercised, nothing in it is replaced.
 _SITECUSTOMIZE = """
 import builtins, os
 _main = os.environ.setdefault("CXR_TEST_MAIN_PID", str(os.getpid()))
@@ -33,8 +33,14 @@ def _open_or_die(file, *args, **kwargs):
             and os.path.basename(os.fsdecode(file)) == _killer):
         os._exit(137)
     return _open(file, *args, **kwargs)
+_os_open = os.open
+def _os_open_or_die(file, *args, **kwargs):  # cxrdata opens inputs with os.open (regular files only)
+    if str(os.getpid()) != _main and os.path.basename(os.fsdecode(file)) == _killer:
+        os._exit(137)
+    return _os_open(file, *args, **kwargs)
 if _killer:
     builtins.open = _open_or_die
+    os.open = _os_open_or_die
 """
 
 
