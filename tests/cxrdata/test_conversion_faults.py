@@ -22,7 +22,8 @@ CLI = [sys.executable, "-m", "cxrmodels.cli"]
 
 # Loaded by every Python process started with this folder on PYTHONPATH: a worker process (any
 # process but the first) that opens (open or os.open) the file named in CXR_TEST_KILLER dies on
-# the spot, as under the OOM killer. The conversion's real process pool is exercised, nothing in it is replaced.
+# the spot, as under the OOM killer. The conversion's real process pool is exercised, nothing in
+# it is replaced.
 _SITECUSTOMIZE = """
 import builtins, os
 _main = os.environ.setdefault("CXR_TEST_MAIN_PID", str(os.getpid()))
