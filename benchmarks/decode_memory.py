@@ -34,7 +34,7 @@ sys.path[:0] = [HERE, ROOT]  # _common, and the hostile-file builders the tests 
 import numpy as np  # noqa: E402
 from _common import markdown_table, write_json  # noqa: E402
 
-HEADERS = ["input", "file MB", "claims", "result", "peak MB", "helper MB", "seconds"]
+HEADERS = ["input", "file KB", "claims", "result", "peak MB", "helper MB", "seconds"]
 
 # Runs in a fresh process: decode (and preprocess) one file, print what it cost as JSON.
 _MEASURE = """
@@ -171,13 +171,13 @@ def main(argv=None) -> int:
         for name, path, claims in _inputs(folder, args.smoke):
             start = time.perf_counter()
             m = measure(path, args.image_size)
-            size_mb = os.path.getsize(path) / 1e6
+            size_kb = os.path.getsize(path) / 1e3
             mb = lambda v: None if v is None else round(v / 1e6, 1)  # noqa: E731
             result = m["result"] if len(m["result"]) <= 60 else m["result"][:57] + "..."
             rows.append(
                 [
                     name,
-                    round(size_mb, 3),
+                    round(size_kb, 1),
                     claims,
                     result,
                     mb(m["peak"]),
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
             records.append(
                 {
                     "input": name,
-                    "file_mb": size_mb,
+                    "file_kb": size_kb,
                     "claims": claims,
                     **m,
                     "wall_s": time.perf_counter() - start,

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import numpy as np
 
@@ -81,7 +82,6 @@ def _send(stream, obj) -> None:
 
 def _receive(fd: int, deadline: float | None) -> object:
     """One framed message from `fd`; raises _Died at end of file, TimeoutError past `deadline`."""
-    import time
 
     def exactly(n: int) -> bytes:
         chunks, left = [], n
@@ -133,7 +133,7 @@ class _Helper:
 
     def decode(self, dicom_file: bytes) -> np.ndarray:
         with self._lock:
-            for attempt in (1, 2):
+            for _ in range(2):  # a death may come from damage an earlier file left: one more try
                 self._start()
                 try:
                     kind, value = self._request(dicom_file, NATIVE_TIMEOUT)
@@ -142,17 +142,13 @@ class _Helper:
                     raise DecodeError(f"the native decoder timed out after {NATIVE_TIMEOUT:g} s") from None
                 except _Died:
                     why = self.close(kill=True)
-                    if attempt == 2:
-                        raise DecodeError(f"{CRASHED} ({why})") from None
                     continue
                 if kind == "error":
                     raise DecodeError(value)
                 return value
-        raise AssertionError("unreachable")
+            raise DecodeError(f"{CRASHED} ({why})")
 
     def _request(self, payload: bytes, timeout: float) -> tuple[str, object]:
-        import time
-
         self._stderr.seek(0)
         self._stderr.truncate()
         try:
@@ -162,8 +158,6 @@ class _Helper:
         return _receive(self._proc.stdout.fileno(), time.monotonic() + timeout)
 
     def _start(self) -> None:
-        import time
-
         if self._proc is not None:
             return
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

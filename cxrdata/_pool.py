@@ -10,6 +10,8 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from cxrdata import _native
+
 CHUNK = 8  # images per task sent to a worker process
 WORKER_DIED = (
     "the worker process converting it died twice (killed, for example by the out-of-memory "
@@ -23,8 +25,6 @@ def printable(name: str) -> str:
 
 
 def _worker_init() -> None:
-    from cxrdata import _native
-
     # Ctrl-C reaches the whole process group: the main process alone decides to stop, then
     # shuts the pool down; a SIGTERM meant for the main process's handler is not inherited.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

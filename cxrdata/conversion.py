@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -123,8 +124,6 @@ def _hash_all(sources: Sequence[Source], workers: int, progress: bool) -> list[s
     thread tells them to stop between two 1 MiB blocks, so the process ends at
     once instead of waiting for the files being read.
     """
-    import threading
-
     from tqdm.auto import tqdm
 
     stop = threading.Event()

@@ -38,6 +38,7 @@ from cxrdata._decode_common import (
     read_file,
 )
 from cxrdata.dicom import DICOM_WINDOWS, decode_dicom
+from cxrdata.utils.argument_validation import check_choice
 
 __all__ = ["DecodeError", "FlatImageError", "check_pixel_count", "decode_image", "is_dicom"]
 
@@ -82,8 +83,6 @@ def decode_image(
     Example:
         >>> image = decode_image("chest.dcm", dicom_window="auto")  # doctest: +SKIP
     """
-    from cxrdata.utils.argument_validation import check_choice
-
     check_choice("dicom_window", dicom_window, DICOM_WINDOWS)
     data, name = read_file(data, name)
     if not data:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 
 import numpy as np
 
@@ -181,8 +182,6 @@ def _read_deflated(data: bytes, offset: int):
 
     Only the first frame's pixel bytes are kept; the data set says one frame.
     """
-    import zlib
-
     from pydicom.dataset import FileMetaDataset
     from pydicom.filereader import read_dataset
     from pydicom.uid import ExplicitVRLittleEndian
