@@ -17,27 +17,40 @@ import numpy as np
 from cxrdata._decode_common import SOURCE_CONSTANT, DecodeError, FlatImageError, check_not_flat
 
 ROBUST_PERCENTILES = (0.5, 99.5)  # of the rescaled values, for the "minmax" range
+_STRIP_PIXELS = 1 << 18  # values are converted one strip of rows at a time
 
 
 def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+def _by_strips(stored: np.ndarray, convert) -> np.ndarray:
+    """`convert` (elementwise, to uint8) over strips of rows: the float64 temporaries of the
+    Modality LUT and window take one strip, not gigabytes for a large image."""
+    rows, columns = stored.shape[:2]
+    out = np.empty((rows, columns), np.uint8)
+    step = max(1, _STRIP_PIXELS // max(1, columns))
+    for top in range(0, rows, step):
+        out[top : top + step] = convert(stored[top : top + step])
+    return out
+
+
 def color_to_gray(rgb: np.ndarray, bits: int) -> np.ndarray:
     """RGB stored values to gray by ITU-R 601 luma, scaled over BitsStored (no window)."""
     top = (1 << bits) - 1
-    check_not_flat(rgb, SOURCE_CONSTANT)
-    arr = np.clip(rgb, 0, top)
-    arr = (arr[..., 0] * 299 + arr[..., 1] * 587 + arr[..., 2] * 114 + 500) // 1000
-    if top != 255:
-        arr = (arr * 255 + top // 2) // top
-    return check_not_flat(arr.astype(np.uint8), "constant after conversion to 8 bits")
+    if int(rgb.min()) == int(rgb.max()):
+        raise FlatImageError(f"{SOURCE_CONSTANT} (every stored value is {int(rgb.min())})")
+
+    def gray(strip):
+        arr = np.clip(strip.astype(np.int64), 0, top)
+        arr = (arr[..., 0] * 299 + arr[..., 1] * 587 + arr[..., 2] * 114 + 500) // 1000
+        return (arr * 255 + top // 2) // top if top != 255 else arr
+
+    return check_not_flat(_by_strips(rgb, gray), "constant after conversion to 8 bits")
 
 
 def to_uint8(stored: np.ndarray, ds, bits: int, window: str) -> np.ndarray:
-    """Stored values (signed where PixelRepresentation is 1) into display uint8."""
-    from pydicom.pixels import apply_modality_lut
-
+    """Stored values (any integer dtype; signed where PixelRepresentation is 1) into display uint8."""
     monochrome1 = str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1"
     signed = int(ds.get("PixelRepresentation") or 0) == 1
     lowest, highest = int(stored.min()), int(stored.max())
@@ -45,28 +58,46 @@ def to_uint8(stored: np.ndarray, ds, bits: int, window: str) -> np.ndarray:
         raise FlatImageError(f"{SOURCE_CONSTANT} (every stored value is {lowest})")
     if window == "none":  # cxrdata 0.1: stored value over the full BitsStored range
         top = (1 << bits) - 1
-        arr = np.clip(stored + (1 << (bits - 1)) if signed else stored, 0, top)
-        if monochrome1:
-            arr = top - arr
-        if top != 255:
-            arr = (arr * 255 + top // 2) // top
-        return check_not_flat(arr.astype(np.uint8), "constant after conversion to 8 bits")
 
-    rescaled = _check_rescale(ds, lowest, highest)
-    values = apply_modality_lut(stored, ds)
-    if window == "auto" and ds.get("VOILUTSequence"):
-        unit, how = _voi_lut(values, ds), "the file's VOI LUT"
-    elif window == "auto" and "WindowCenter" in ds and "WindowWidth" in ds:
-        unit = _window(values, ds)
-        how = f"the file's window (WindowCenter={ds.WindowCenter}, WindowWidth={ds.WindowWidth})"
-    elif window == "auto" and bits == 8 and not signed and not rescaled:
-        unit, how = None, "the stored values"  # 8-bit data without a window is kept as is, like an 8-bit PNG
-    else:
-        unit, how = _robust_range(values), "the 0.5-99.5th percentile range"
-    out = np.clip(stored, 0, 255) if unit is None else np.rint(unit * 255.0)
-    out = out.astype(np.uint8)
+        def legacy(strip):
+            arr = np.clip(
+                strip.astype(np.int64) + (1 << (bits - 1)) if signed else strip.astype(np.int64), 0, top
+            )
+            arr = top - arr if monochrome1 else arr
+            return (arr * 255 + top // 2) // top if top != 255 else arr
+
+        return check_not_flat(_by_strips(stored, legacy), "constant after conversion to 8 bits")
+    unit, how = _unit_map(stored, ds, bits, window, _check_rescale(ds, lowest, highest))
+    out = _by_strips(
+        stored, lambda strip: np.clip(strip, 0, 255) if unit is None else np.rint(unit(strip) * 255.0)
+    )
     check_not_flat(out, "constant after windowing", f" with {how}; use dicom_window='minmax' or 'none'")
     return 255 - out if monochrome1 else out
+
+
+def _unit_map(stored: np.ndarray, ds, bits: int, window: str, rescaled: bool):
+    """The map from stored values to [0, 1] that `window` gives this file (None: 8 bits as
+    stored), and how it was chosen, for messages."""
+    from pydicom.pixels import apply_modality_lut
+
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    if window == "auto" and ds.get("VOILUTSequence"):
+        return (lambda strip: _voi_lut(apply_modality_lut(strip, ds), ds)), "the file's VOI LUT"
+    if window == "auto" and "WindowCenter" in ds and "WindowWidth" in ds:
+        how = f"the file's window (WindowCenter={ds.WindowCenter}, WindowWidth={ds.WindowWidth})"
+        return (lambda strip: _window(apply_modality_lut(strip, ds), ds)), how
+    if window == "auto" and bits == 8 and not signed and not rescaled:
+        return None, "the stored values"  # 8-bit data without a window is kept as is, like an 8-bit PNG
+    values = apply_modality_lut(stored, ds)  # `stored` itself when nothing is rescaled
+    lo, hi = _robust_limits(values, overwrite=values is not stored)
+    del values
+
+    def scale(strip):
+        if not hi > lo:
+            return np.zeros(strip.shape, np.float64)
+        return np.clip((apply_modality_lut(strip, ds).astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+
+    return scale, "the 0.5-99.5th percentile range"
 
 
 def _check_rescale(ds, lowest: int, highest: int) -> bool:
@@ -135,10 +166,11 @@ def _first(value):
     return value[0] if isinstance(value, Sequence) and not isinstance(value, str) else value
 
 
-def _robust_range(values: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(values, ROBUST_PERCENTILES)
-    if not hi > lo:
-        lo, hi = float(np.min(values)), float(np.max(values))
-    if not hi > lo:
-        return np.zeros(values.shape, np.float64)
-    return np.clip((values.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+def _robust_limits(values: np.ndarray, overwrite: bool) -> tuple[float, float]:
+    """The 0.5th and 99.5th percentiles of the rescaled values, or their min and max if equal.
+
+    `overwrite` lets numpy partition `values` in place (a temporary of ours) instead of a copy.
+    """
+    lowest, highest = float(np.min(values)), float(np.max(values))
+    lo, hi = np.percentile(values, ROBUST_PERCENTILES, overwrite_input=overwrite)
+    return (lo, hi) if hi > lo else (lowest, highest)

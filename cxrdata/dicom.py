@@ -289,7 +289,7 @@ def _check(ds, syntax, pixel_bytes: int | None = None) -> tuple[int, int, int, i
 def _decode_native(ds) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
-    return pixel_array(ds, index=0).astype(np.int64)  # only frame 0 is decoded
+    return pixel_array(ds, index=0)  # only frame 0; its own dtype (cxrdata._windowing widens strips)
 
 
 def _decode_dcmtk(ds, syntax, frames: int) -> np.ndarray:
@@ -340,8 +340,7 @@ def _decode_dcmtk(ds, syntax, frames: int) -> np.ndarray:
     image = _native.decode(buf.getvalue())
     if image.size == 0:
         raise DecodeError("DICOM without pixel data")
-    arr = image[0].astype(np.int64)
-    arr = arr[..., 0] if arr.shape[-1] == 1 else arr
+    arr = image[0, ..., 0] if image.shape[-1] == 1 else image[0]
     if int(ds.get("PixelRepresentation") or 0) == 1:  # DCMTK returns signed values as offset binary
-        arr -= 1 << (int(ds.BitsStored) - 1)
+        arr = arr.astype(np.int32) - (1 << (int(ds.BitsStored) - 1))
     return arr

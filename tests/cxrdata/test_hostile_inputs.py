@@ -248,3 +248,20 @@ def test_jpegs_under_the_draft_budget_decode_at_full_size_and_larger_ones_at_a_r
     assert decode_image(data).shape == (24, 20)
     coarse = np.asarray(Image.fromarray(full).resize((40, 48), Image.Resampling.BOX), dtype=int)
     assert np.abs(half.astype(int) - coarse).mean() < 3  # the same picture at half scale
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "tags, bytes_per_pixel",
+    [
+        (dict(WindowCenter=2000, WindowWidth=3000), 8),  # the file, pydicom's copy, 16-bit pixels, uint8
+        (dict(RescaleSlope=2, RescaleIntercept=-1024), 16),  # + the rescaled values for the percentiles
+    ],
+)
+def test_a_large_dicom_is_windowed_strip_by_strip(tmp_path, tags, bytes_per_pixel):
+    side = 2500
+    path = tmp_path / "large.dcm"
+    path.write_bytes(_dicom(pixels=hostile.gradient(side, side, 4095), bits_stored=12, **tags))
+    peak, result = _peak(path)
+    # Whole-image int64 and float64 temporaries took about 35 bytes per pixel.
+    assert result == f"{side}x{side}" and peak * 1e6 < bytes_per_pixel * side * side, f"peak {peak:.0f} MB"
