@@ -5,17 +5,18 @@ files and folders alike, but each file is labelled by its real path: a folder
 reached twice is listed once, a link to a folder above it (a loop) is not
 followed, a file reached twice under one class is listed once, and a file
 reached under two classes is left out and reported (`Listing.rejects`), as is
-a folder that cannot be read.
+a folder that cannot be read. A labels CSV is read and checked, every
+refusal naming its line, by `cxrdata._labels_csv`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import sys
 from dataclasses import dataclass
+
+from cxrdata._labels_csv import check_labels, read_rows
 
 # Files that are obviously not images: skipped without a word.
 SKIPPED_SUFFIXES = frozenset(
@@ -212,16 +213,19 @@ def discover(
             absolute paths, links out of it). Defaults to False.
 
     Returns:
-        A `Listing`.
+        A `Listing`; its `rejects` are the files and folders left out while
+        listing a folder tree (a file reached under two classes, a folder
+        that cannot be read), each with its reason.
 
     Raises:
         FileNotFoundError: `src` or the CSV does not exist.
         ValueError: no class, a class with no image file, an unknown label,
             a missing CSV column, or an ambiguous folder layout; a CSV that is
-            not UTF-8, a row with the wrong number of fields, a path outside
-            `src`, or one file given twice with different labels, groups or
-            splits (each names the lines; exact duplicate rows are dropped
-            with a warning).
+            not UTF-8 or holds a NUL byte, a field over `csv.field_size_limit()`,
+            a row with the wrong number of fields, a path outside `src`, or
+            one file given twice with different labels, groups or splits
+            (each names the CSV and the lines; exact duplicate rows are
+            dropped with a warning).
     """
     src = os.fspath(src)
     if not os.path.isdir(src):
@@ -314,61 +318,11 @@ def _resolve_class_names(found, requested, what) -> tuple[str, ...]:
     return requested
 
 
-def _read_csv_rows(labels: str) -> tuple[list[str], list[tuple[int, dict]]]:
-    """The CSV's columns and its rows, each with the line it starts on.
-
-    Every refusal names the file and the line: text that is not UTF-8, a NUL
-    byte, a field over `csv.field_size_limit()`, a row with too many or too few
-    fields (an unbalanced quote is reported on the line where its row starts).
-    """
-    with open(labels, "rb") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ValueError(
-            f"{labels!r} is not UTF-8 text: line {line} holds the byte {data[e.start]:#04x}. "
-            "Save the CSV as UTF-8."
-        ) from None
-    if "\0" in text:
-        raise ValueError(
-            f"{labels!r}: line {text.count(chr(10), 0, text.index(chr(0))) + 1} holds a NUL byte; "
-            "a labels CSV is text. Save it as UTF-8 text."
-        )
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records = []  # (first line, last line, fields)
-    while True:
-        start = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            raise ValueError(f"{labels!r}: line {start}: {e}. Fix that row of the CSV.") from None
-        if fields:  # blank lines are skipped, as csv.DictReader does
-            records.append((start, reader.line_num, fields))
-    columns = records[0][2] if records else []
-    ragged = [
-        f"{first}"
-        + (f" (its quoted field runs to line {last}: an unbalanced quote?)" if last > first else "")
-        for first, last, fields in records[1:]
-        if len(fields) != len(columns)
-    ]
-    if ragged:
-        raise ValueError(
-            f"{labels!r}: line(s) {', '.join(ragged[:10])} do not have the "
-            f"{len(columns)} fields of the header ({','.join(columns)}). Quote fields "
-            "that hold commas."
-        )
-    return columns, [(first, dict(zip(columns, fields))) for first, _, fields in records[1:]]
-
-
 def _discover_csv(src, labels, group_by, class_names, masks_dir=None, allow_outside_src=False) -> Listing:
     if not os.path.isfile(labels):
         raise FileNotFoundError(f"Labels CSV not found: {labels!r}")
-    columns, rows = _read_csv_rows(labels)
-    names = _csv_class_names(labels, columns, rows, group_by, class_names)
+    columns, rows = read_rows(labels)
+    names = check_labels(labels, columns, rows, group_by, class_names)
     root = os.path.realpath(src)
     seen: dict[str, tuple[int, Source]] = {}
     outside, duplicates = [], []
@@ -403,34 +357,6 @@ def _discover_csv(src, labels, group_by, class_names, masks_dir=None, allow_outs
         )
     sources = sorted((s for _, s in seen.values()), key=lambda s: s.relpath)
     return Listing(sources=tuple(sources), class_names=names, layout="csv")
-
-
-def _csv_class_names(labels, columns, rows, group_by, class_names) -> tuple[str, ...]:
-    """Checks the CSV's columns and labels (naming the lines); returns the class names."""
-    needed = ["path", "label"] + ([group_by] if group_by else [])
-    missing = [c for c in needed if c not in columns]
-    if missing:
-        raise ValueError(
-            f"{labels!r} lacks column(s) {', '.join(missing)}. Its columns (line 1): "
-            f"{', '.join(columns) or '(none)'}. Expected path,label[,{group_by or 'group'}]."
-        )
-    if not rows:
-        raise ValueError(f"{labels!r} has no rows.")
-    bad = [n for n, r in rows if not (r["label"] or "").strip() or not (r["path"] or "").strip()]
-    if bad:
-        raise ValueError(f"{labels!r}: empty path or label on line(s) {', '.join(map(str, bad[:10]))}.")
-    found = sorted({r["label"].strip() for _, r in rows})
-    if class_names is None:
-        return tuple(found)
-    unknown = sorted(set(found) - set(class_names))
-    if unknown:
-        lines = [n for n, r in rows if r["label"].strip() in unknown]
-        raise ValueError(
-            f"{labels!r} has label(s) not in `class_names`: {', '.join(map(repr, unknown))} "
-            f"(line(s) {', '.join(map(str, lines[:10]))}). "
-            f"Add them to class_names or fix the CSV. Received: class_names={list(class_names)}"
-        )
-    return tuple(class_names)
 
 
 def _csv_source(src, labels, line, row, group_by, masks_dir) -> Source:
