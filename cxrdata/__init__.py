@@ -29,19 +29,19 @@ _EXPORTS = {
     "Manifest": "cxrdata.manifest",
     "preprocess_image": "cxrdata.preprocess",
     "PreprocessConfig": "cxrdata.preprocess",
-    "decode_image": "cxrdata.sources",
+    "decode_image": "cxrdata.decoding",
 }
 _SUBMODULES = ("synthetic", "layers", "utils")
 
 if TYPE_CHECKING:  # what IDEs and type checkers see
     from cxrdata import layers, synthetic, utils
     from cxrdata.conversion import ConversionResult, convert
+    from cxrdata.decoding import decode_image
     from cxrdata.layers.local_equalization import LocalEqualization
     from cxrdata.layers.random_affine import RandomAffine, augmentation
     from cxrdata.manifest import Manifest, read_manifest
     from cxrdata.pipeline import class_weights, load
     from cxrdata.preprocess import PreprocessConfig, preprocess_image
-    from cxrdata.sources import decode_image
     from cxrdata.verification import inspect, verify
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES, eager=("__version__",))

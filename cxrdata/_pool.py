@@ -10,6 +10,8 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from cxrdata import _native
+
 CHUNK = 8  # images per task sent to a worker process
 WORKER_DIED = (
     "the worker process converting it died twice (killed, for example by the out-of-memory "
@@ -27,6 +29,8 @@ def _worker_init() -> None:
     # shuts the pool down; a SIGTERM meant for the main process's handler is not inherited.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # This process's death is survived (see OrderedResults): native decoders run in it.
+    _native.set_disposable()
 
 
 class OrderedResults:

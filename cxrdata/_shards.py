@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxrdata._pool import OrderedResults
+from cxrdata.decoding import DecodeError, FlatImageError, decode_image
 from cxrdata.manifest import shard_name
 from cxrdata.preprocess import PreprocessConfig, preprocess_image
-from cxrdata.sources import DecodeError, Source, decode_image
-from cxrdata.utils.io import atomic_write_text
+from cxrdata.sources import Source
+from cxrdata.utils.io import atomic_write_text, open_regular
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def _process(args: tuple) -> tuple:
     path, name, config_dict, encoding = args[:4]
     mask_path = args[4] if len(args) > 4 else None
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read()
         original = decode_image(data, name=name, dicom_window=config_dict["dicom_window"])
         image = preprocess_image(original, PreprocessConfig.from_dict(config_dict))
@@ -47,6 +48,8 @@ def _process(args: tuple) -> tuple:
         return False, str(e), 0, 0, None
     except FileNotFoundError:
         return False, "file not found", 0, 0, None
+    except OSError as e:
+        return False, f"unreadable: {e.strerror or e}", 0, 0, None
     except Exception as e:  # one bad file never stops the job
         return False, f"{type(e).__name__}: {e}", 0, 0, None
     mask = None if mask_path is None else _process_mask(mask_path, original.shape, config_dict)
@@ -78,6 +81,10 @@ def _process_mask(path: str, shape: tuple[int, int], config_dict: dict) -> bytes
 
     try:
         mask = decode_image(path)
+    except FlatImageError as e:  # one gray level: a mask marking every pixel or none, as before
+        if e.value is None:
+            return f"mask not used: {e}"
+        mask = np.full(shape, e.value, np.uint8)
     except (DecodeError, OSError) as e:
         return f"mask not used: {e}"
     if mask.shape != shape:

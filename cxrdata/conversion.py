@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,7 @@ from cxrdata.utils.output_dir import (
 )
 
 PARTIAL_DIR = ".cxr-partial"
+FINISHING_DIR = ".cxr-partial.removing"  # the partial folder, renamed once the manifest is written
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,10 @@ def _check_out(out: str, *, overwrite: bool, resume: bool) -> str:
     return check_output_dir(
         out,
         what="dataset",
-        markers=(MANIFEST_NAME, PARTIAL_DIR),
+        markers=(MANIFEST_NAME, PARTIAL_DIR, FINISHING_DIR),
         overwrite=overwrite,
         finished=lambda p: os.path.exists(os.path.join(p, MANIFEST_NAME))
-        and not os.path.exists(os.path.join(p, PARTIAL_DIR)),
+        and not any(os.path.exists(os.path.join(p, d)) for d in (PARTIAL_DIR, FINISHING_DIR)),
         keep_finished=resume,
         finished_hint=" Pass --resume (resume=True) to keep it as it is.",
     )
@@ -112,22 +114,33 @@ def _clear_dataset(out: str) -> None:
     """Removes what a conversion writes (and nothing else) from `out`."""
     for name in os.listdir(out):
         path = os.path.join(out, name)
-        if name == PARTIAL_DIR:
+        if name in (PARTIAL_DIR, FINISHING_DIR):
             shutil.rmtree(path)
         elif name in (MANIFEST_NAME, REJECTS_NAME) or name.endswith((".tfrecord", ".tfrecord.tmp")):
+            os.unlink(path)
+        elif name.startswith(".") and name.endswith(".tmp"):  # a killed atomic write's
             os.unlink(path)
 
 
 def _hash_all(sources: Sequence[Source], workers: int, progress: bool) -> list[str | Exception]:
+    """SHA-256 of each source, or the OSError that stopped it (not a regular file, unreadable).
+
+    Threads hash the files; an interruption (Ctrl-C, SIGTERM) in the main
+    thread tells them to stop between two 1 MiB blocks, so the process ends at
+    once instead of waiting for the files being read.
+    """
     from tqdm.auto import tqdm
+
+    stop = threading.Event()
 
     def one(s: Source):
         try:
-            return sha256_file(s.path)
+            return sha256_file(s.path, stop=stop)
         except OSError as e:
             return e
 
-    with ThreadPoolExecutor(max(2, workers)) as pool:
+    pool = ThreadPoolExecutor(max(2, workers))
+    try:
         return list(
             tqdm(
                 pool.map(one, sources),
@@ -138,6 +151,9 @@ def _hash_all(sources: Sequence[Source], workers: int, progress: bool) -> list[s
                 leave=False,
             )
         )
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _plan_shards(
@@ -249,7 +265,7 @@ def _check_test_groups(test_groups, listing) -> None:
 def _convert_locked(config: ConvertConfig, listing, start: float) -> ConversionResult:
     out = config.out
     state = _check_out(out, overwrite=config.overwrite, resume=config.resume)
-    if state == FINISHED:
+    if state == FINISHED or (state != OVERWRITE and _finishing(out)):
         return _already_done(out, start)
     if state == OVERWRITE:
         _clear_dataset(out)
@@ -438,27 +454,18 @@ def _check_plan(partial: str, fingerprint: str, config: ConvertConfig) -> None:
 def _finish(
     out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start, grouped=False
 ) -> ConversionResult:
-    splits = {}
-    all_rejects = list(rejects)
-    for split, shards in plan.items():
-        infos, counts, masks, groups = [], {c: 0 for c in listing.class_names}, 0, {}
-        for i in range(len(shards)):
-            with open(os.path.join(partial, shard_name(split, i, len(shards)) + ".json")) as f:
-                record = json.load(f)
-            infos.append(ShardInfo(**record["shard"]))
-            for c, n in record["counts"].items():
-                counts[c] += n
-            masks += record.get("masks", 0)
-            for g, n in record.get("groups", {}).items():
-                groups[g] = groups.get(g, 0) + n
-            all_rejects += [Reject(p, r) for p, r in record["rejects"]]
-        splits[split] = SplitInfo(
-            counts=counts,
-            shards=tuple(infos),
-            masks=masks,
-            groups=dict(sorted(groups.items())) if grouped else None,
-        )
-    all_rejects.sort(key=lambda r: r.path)
+    """The finish sequence; each step can be killed and a rerun finishes the dataset.
+
+    1. rejects.csv, then 2. the manifest, each written whole under a hidden
+    name and renamed (a rerun before step 3 finds the partial folder and
+    writes both again, byte for byte); 3. the partial folder is renamed to
+    `FINISHING_DIR` (one atomic step: from here the dataset is complete);
+    4. that folder is removed (a rerun that finds it removes it, see
+    `_already_done`).
+    """
+    splits, shard_rejects = _collect_shards(partial, plan, listing, grouped)
+    listed = [Reject(printable(p), r) for p, r in listing.rejects]  # left out while listing
+    all_rejects = sorted([*rejects, *listed, *shard_rejects], key=lambda r: r.path)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "reason"])
@@ -475,7 +482,11 @@ def _finish(
         library_version=__version__,
     )
     manifest.write(out)
-    shutil.rmtree(partial)
+    finishing = os.path.join(out, FINISHING_DIR)
+    if os.path.exists(finishing):  # left by a run killed while removing it, before this one
+        shutil.rmtree(finishing)
+    os.rename(partial, finishing)
+    shutil.rmtree(finishing)
     train = splits.get("train")
     if train is not None:
         missing = [c for c, n in train.counts.items() if n == 0]
@@ -489,7 +500,44 @@ def _finish(
     )
 
 
+def _collect_shards(partial, plan, listing, grouped) -> tuple[dict[str, SplitInfo], list[Reject]]:
+    """Each split's counts and shards, and the shards' rejects, from the records in `partial`."""
+    splits, rejects = {}, []
+    for split, shards in plan.items():
+        infos, counts, masks, groups = [], {c: 0 for c in listing.class_names}, 0, {}
+        for i in range(len(shards)):
+            with open(os.path.join(partial, shard_name(split, i, len(shards)) + ".json")) as f:
+                record = json.load(f)
+            infos.append(ShardInfo(**record["shard"]))
+            for c, n in record["counts"].items():
+                counts[c] += n
+            masks += record.get("masks", 0)
+            for g, n in record.get("groups", {}).items():
+                groups[g] = groups.get(g, 0) + n
+            rejects += [Reject(p, r) for p, r in record["rejects"]]
+        splits[split] = SplitInfo(
+            counts=counts,
+            shards=tuple(infos),
+            masks=masks,
+            groups=dict(sorted(groups.items())) if grouped else None,
+        )
+    return splits, rejects
+
+
+def _finishing(out: str) -> bool:
+    """Whether a run was killed after its dataset was complete, while removing its partial folder."""
+    return os.path.isdir(os.path.join(out, FINISHING_DIR)) and not os.path.exists(
+        os.path.join(out, PARTIAL_DIR)
+    )
+
+
 def _already_done(out: str, start: float) -> ConversionResult:
+    """The result of the finished dataset in `out`, after removing what a killed finish left."""
+    if os.path.isdir(os.path.join(out, FINISHING_DIR)):
+        shutil.rmtree(os.path.join(out, FINISHING_DIR))
+    for name in os.listdir(out):
+        if name.startswith(".") and name.endswith(".tmp"):  # a killed atomic write's
+            os.unlink(os.path.join(out, name))
     manifest = read_manifest(out)
     rejects = []
     path = os.path.join(out, REJECTS_NAME)

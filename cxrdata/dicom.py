@@ -3,48 +3,71 @@
 The header is parsed with pydicom. Before anything is decoded, a file is
 rejected (`DecodeError`, whose message is the reason) when its pixel data is
 shorter or longer than Rows x Columns x SamplesPerPixel x BitsAllocated x
-frames says (uncompressed), when its compressed pixel data is cut off, or when
+frames says (uncompressed), when its compressed pixel data is cut off, when
 one frame has more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (the cap Pillow
 uses against decompression bombs, read when the file is decoded: set it to
-change the cap, or to None to lift it). So a tiny file cannot make the decoder
-allocate gigabytes, and a short file is never padded with zeros.
+change the cap, or to None to lift it), or when a compressed frame's own
+codestream header disagrees with the DICOM header (`cxrdata._codestream`).
+So a tiny file cannot make the decoder allocate gigabytes, a short file is
+never padded with zeros, and no native decoder is handed a frame that does
+not fit the buffers the header sizes.
+
+A deflated file (Deflated Explicit VR Little Endian) is inflated here, not by
+pydicom (which inflates the whole data set at once): the header first, then
+the pixel data with the limit its header gives, keeping only the first
+frame's bytes; a stream that inflates past that limit is rejected when it
+gets there. So a 1 MB file that inflates to 1 GiB costs the first frame, not
+the gigabyte.
 
 Only the first frame of a multi-frame file is decoded (policy "first"):
 pydicom decodes that frame alone for the native transfer syntaxes
 (uncompressed, deflated, RLE); for JPEG, JPEG-LS and JPEG 2000 the first
 frame's fragments are wrapped in a minimal single-frame file (the image pixel
 attributes only, MONOCHROME1 relabelled MONOCHROME2) that tensorflow-io
-(DCMTK) decodes to the stored values.
+(DCMTK) decodes to the stored values, in a helper process where a crash costs
+this file only (`cxrdata._native`).
 
-Stored values become 8 bits in floating point, one rounding at the end:
-`dicom_window="auto"` applies the Modality LUT (Rescale Slope/Intercept),
-then the first VOI LUT or window (Window Center/Width, VOI LUT Function
-LINEAR, LINEAR_EXACT or SIGMOID) the file carries, both with pydicom; without
-one, 8-bit unsigned data with no rescale is kept as is (like an 8-bit PNG) and
-anything else is stretched over its robust range, the 0.5th to 99.5th
-percentile of the rescaled values. `"minmax"` always uses that robust range.
-`"none"` reproduces cxrdata 0.1's scaling: the stored value (signed values as
-offset binary, value + 2**(BitsStored - 1)) times 255 / (2**BitsStored - 1),
-no rescale, no window. MONOCHROME1 images are inverted last (255 - x), so
-that they look like MONOCHROME2. Color images are turned to gray with ITU-R
-601 luma and scaled over BitsStored; they are not windowed.
+Stored values become 8 bits in floating point, one rounding at the end
+(`cxrdata._windowing`): `dicom_window="auto"` applies the Modality LUT
+(Rescale Slope/Intercept), then the first VOI LUT or window (Window
+Center/Width, VOI LUT Function LINEAR, LINEAR_EXACT or SIGMOID) the file
+carries, both with pydicom; without one, 8-bit unsigned data with no rescale
+is kept as is (like an 8-bit PNG) and anything else is stretched over its
+robust range, the 0.5th to 99.5th percentile of the rescaled values.
+`"minmax"` always uses that robust range. `"none"` reproduces cxrdata 0.1's
+scaling: the stored value (signed values as offset binary, value +
+2**(BitsStored - 1)) times 255 / (2**BitsStored - 1), no rescale, no window.
+MONOCHROME1 images are inverted last (255 - x), so that they look like
+MONOCHROME2. Color images are turned to gray with ITU-R 601 luma and scaled
+over BitsStored; they are not windowed. A rescale that flattens the image or
+overflows, a non-finite window, a constant source and an image that comes out
+constant are rejected.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+import zlib
 
 import numpy as np
 
-from cxrdata.sources import DecodeError, check_pixel_count
+from cxrdata import _native
+from cxrdata._codestream import check_frame
+from cxrdata._decode_common import DecodeError, check_pixel_count
+from cxrdata._windowing import ROBUST_PERCENTILES, color_to_gray, to_uint8
+
+__all__ = ["DICOM_WINDOWS", "MULTI_FRAME_POLICY", "ROBUST_PERCENTILES", "decode_dicom"]
 
 DICOM_WINDOWS = ("auto", "minmax", "none")
-ROBUST_PERCENTILES = (0.5, 99.5)  # of the rescaled values, for the "minmax" range
 MULTI_FRAME_POLICY = "first"  # which frame of a multi-frame file is kept
+DEFLATED_HEADER_LIMIT = 16 << 20  # inflated bytes allowed before a deflated file's pixel data
+DEFLATED_TRAILER_LIMIT = 1 << 20  # and after it
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT")
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_LONG_VRS = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV"}
 
 
 def _uids():
@@ -83,7 +106,7 @@ def decode_dicom(data: bytes, *, dicom_window: str = "auto") -> np.ndarray:
 
     Raises:
         DecodeError: the file is unreadable, truncated, inconsistent with its
-            header, too large, or in a format this library does not decode.
+            header, too large, flat, or in a format this library does not decode.
     """
     ds = _read(data)
     syntax = ds.file_meta.TransferSyntaxUID
@@ -101,8 +124,8 @@ def decode_dicom(data: bytes, *, dicom_window: str = "auto") -> np.ndarray:
             f"the header says {rows}x{columns}"
         )
     if samples == 3:
-        return _color_to_gray(stored, bits)
-    return _to_uint8(stored, ds, bits, dicom_window)
+        return color_to_gray(stored, bits)
+    return to_uint8(stored, ds, bits, dicom_window)
 
 
 def _first_line(e: Exception) -> str:
@@ -113,6 +136,9 @@ def _read(data: bytes):
     import pydicom
     from pydicom import uid
 
+    offset, syntax = _meta_end(data)
+    if syntax == _DEFLATED:
+        return _read_deflated(data, offset)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -135,7 +161,87 @@ def _read(data: bytes):
     return ds
 
 
-def _check(ds, syntax) -> tuple[int, int, int, int, int]:
+def _meta_end(data: bytes) -> tuple[int, str | None]:
+    """Where the file meta group (0002) ends, and its transfer syntax; read without pydicom,
+    so that a deflated data set is not inflated to learn it is one."""
+    pos, syntax = (132 if data[128:132] == b"DICM" else 0), None
+    while pos + 8 <= len(data) and data[pos : pos + 2] == b"\x02\x00":
+        element, vr = int.from_bytes(data[pos + 2 : pos + 4], "little"), data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            length, start = int.from_bytes(data[pos + 8 : pos + 12], "little"), pos + 12
+        else:
+            length, start = int.from_bytes(data[pos + 6 : pos + 8], "little"), pos + 8
+        if element == 0x0010:
+            syntax = data[start : start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = start + length
+    return pos, syntax
+
+
+def _read_deflated(data: bytes, offset: int):
+    """A deflated file's data set, inflated within the limits its header gives (module docstring).
+
+    Only the first frame's pixel bytes are kept; the data set says one frame.
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    stream = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        head = stream.decompress(data[offset:], DEFLATED_HEADER_LIMIT)
+        fp = io.BytesIO(head)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag == 0x7FE00010)
+    except Exception as e:  # zlib and pydicom raise many types on garbage
+        raise DecodeError(f"unreadable DICOM: {_first_line(e)}") from None
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    start = fp.tell()
+    if head[start : start + 4] != b"\xe0\x7f\x10\x00" or head[start + 4 : start + 6] not in (b"OB", b"OW"):
+        if len(head) >= DEFLATED_HEADER_LIMIT:
+            raise DecodeError(f"unreadable DICOM: no pixel data in its first {DEFLATED_HEADER_LIMIT} bytes")
+        raise DecodeError("unreadable DICOM: no pixel data")
+    length = int.from_bytes(head[start + 8 : start + 12], "little")
+    if length == 0xFFFFFFFF:
+        raise DecodeError("unreadable DICOM: deflated pixel data of undefined length")
+    rows, columns, samples, _, frames = _check(ds, ExplicitVRLittleEndian, pixel_bytes=length)
+    frame = -(-rows * columns * samples * int(ds.BitsAllocated) // 8)
+    try:
+        kept = _inflate_pixels(stream, head[start + 12 :], frame, length)
+    except zlib.error as e:
+        raise DecodeError(f"corrupt DICOM: deflated data: {_first_line(e)}") from None
+    ds.add_new(0x7FE00010, head[start + 4 : start + 6].decode(), kept)
+    if frames > 1:
+        ds.NumberOfFrames = 1  # frame 0 alone was kept
+    return ds
+
+
+def _inflate_pixels(stream, inflated: bytes, keep: int, length: int) -> bytes:
+    """The first `keep` of the `length` pixel bytes; the rest is inflated and counted, not kept."""
+    kept, have, total = [inflated[:keep]], min(keep, len(inflated)), len(inflated)
+    limit = length + DEFLATED_TRAILER_LIMIT  # pixel data, then whatever elements follow it
+    while not stream.eof and total <= limit:
+        chunk = stream.decompress(stream.unconsumed_tail, min(1 << 24, limit + 1 - total))
+        if not chunk and not stream.unconsumed_tail:
+            break  # the compressed data ended before the stream did
+        if have < keep:
+            kept.append(chunk[: keep - have])
+            have += len(kept[-1])
+        total += len(chunk)
+    if total < length:
+        raise DecodeError(
+            f"truncated DICOM: the deflated pixel data holds {total} bytes, the header says {length}"
+        )
+    if total > limit:
+        raise DecodeError(
+            f"inconsistent DICOM: the deflated data goes on past the {length} bytes of pixel data "
+            f"its header gives (and {DEFLATED_TRAILER_LIMIT} bytes after them)"
+        )
+    return b"".join(kept)
+
+
+def _check(ds, syntax, pixel_bytes: int | None = None) -> tuple[int, int, int, int, int]:
     """Checks the header against itself and the pixel data; returns (rows, columns, samples, bits, frames)."""
     missing = [
         k
@@ -166,7 +272,7 @@ def _check(ds, syntax) -> tuple[int, int, int, int, int]:
         raise DecodeError(f"unsupported DICOM transfer syntax {syntax.name}")
     if not syntax.is_encapsulated:
         expected = -(-rows * columns * samples * allocated * frames // 8)
-        actual = len(ds.PixelData)
+        actual = len(ds.PixelData) if pixel_bytes is None else pixel_bytes
         shape = f"{rows}x{columns}x{samples}x{allocated} bits x {frames} frame(s)"
         if actual < expected:
             raise DecodeError(
@@ -183,7 +289,7 @@ def _check(ds, syntax) -> tuple[int, int, int, int, int]:
 def _decode_native(ds) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
-    return pixel_array(ds, index=0).astype(np.int64)  # only frame 0 is decoded
+    return pixel_array(ds, index=0)  # only frame 0; its own dtype (cxrdata._windowing widens strips)
 
 
 def _decode_dcmtk(ds, syntax, frames: int) -> np.ndarray:
@@ -196,9 +302,18 @@ def _decode_dcmtk(ds, syntax, frames: int) -> np.ndarray:
         fragments = next(generate_fragmented_frames(ds.PixelData, number_of_frames=frames))
     except Exception as e:
         raise DecodeError(f"truncated or corrupt DICOM: {_first_line(e)}") from None
+    frame = b"".join(fragments)
+    check_frame(
+        frame,
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        samples=int(ds.get("SamplesPerPixel") or 1),
+        allocated=int(ds.BitsAllocated),
+        stored=int(ds.BitsStored),
+    )
     # Only the attributes DCMTK needs to decode stored values: no rescale, no window, no
     # presentation LUT, and MONOCHROME2 (DCMTK's own MONOCHROME1 inversion is off by one
-    # on some pixels; inversion happens exactly in _to_uint8).
+    # on some pixels; inversion happens exactly in cxrdata._windowing).
     single = Dataset()
     for key in (
         "Rows",
@@ -214,7 +329,7 @@ def _decode_dcmtk(ds, syntax, frames: int) -> np.ndarray:
             setattr(single, key, ds[key].value)
     photometric = str(ds.PhotometricInterpretation).strip().upper()
     single.PhotometricInterpretation = "MONOCHROME2" if photometric == "MONOCHROME1" else photometric
-    single.PixelData = encapsulate([b"".join(fragments)])
+    single.PixelData = encapsulate([frame])
     single["PixelData"].VR = "OB"
     single.file_meta = FileMetaDataset()
     single.file_meta.TransferSyntaxUID = syntax
@@ -222,107 +337,10 @@ def _decode_dcmtk(ds, syntax, frames: int) -> np.ndarray:
     single.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, single, enforce_file_format=True)
-
-    import tensorflow as tf
-    import tensorflow_io as tfio
-
-    try:
-        image = tfio.image.decode_dicom_image(
-            buf.getvalue(), dtype=tf.uint16, scale="preserve", on_error="strict"
-        ).numpy()
-    except tf.errors.OpError as e:
-        raise DecodeError(f"unreadable DICOM: {_first_line(e)}") from None
+    image = _native.decode(buf.getvalue())
     if image.size == 0:
         raise DecodeError("DICOM without pixel data")
-    arr = image[0].astype(np.int64)
-    arr = arr[..., 0] if arr.shape[-1] == 1 else arr
+    arr = image[0, ..., 0] if image.shape[-1] == 1 else image[0]
     if int(ds.get("PixelRepresentation") or 0) == 1:  # DCMTK returns signed values as offset binary
-        arr -= 1 << (int(ds.BitsStored) - 1)
+        arr = arr.astype(np.int32) - (1 << (int(ds.BitsStored) - 1))
     return arr
-
-
-def _color_to_gray(rgb: np.ndarray, bits: int) -> np.ndarray:
-    top = (1 << bits) - 1
-    arr = np.clip(rgb, 0, top)
-    arr = (arr[..., 0] * 299 + arr[..., 1] * 587 + arr[..., 2] * 114 + 500) // 1000
-    if top != 255:
-        arr = (arr * 255 + top // 2) // top
-    return arr.astype(np.uint8)
-
-
-def _to_uint8(stored: np.ndarray, ds, bits: int, window: str) -> np.ndarray:
-    """Stored values (signed where PixelRepresentation is 1) into display uint8."""
-    from pydicom.pixels import apply_modality_lut
-
-    monochrome1 = str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1"
-    signed = int(ds.get("PixelRepresentation") or 0) == 1
-    if window == "none":  # cxrdata 0.1: stored value over the full BitsStored range
-        top = (1 << bits) - 1
-        arr = np.clip(stored + (1 << (bits - 1)) if signed else stored, 0, top)
-        if monochrome1:
-            arr = top - arr
-        if top != 255:
-            arr = (arr * 255 + top // 2) // top
-        return arr.astype(np.uint8)
-
-    rescaled = (
-        "ModalityLUTSequence" in ds
-        or float(ds.get("RescaleSlope", 1) or 1) != 1
-        or float(ds.get("RescaleIntercept", 0) or 0) != 0
-    )
-    values = apply_modality_lut(stored, ds)
-    if window == "auto" and ds.get("VOILUTSequence"):
-        unit = _voi_lut(values, ds)
-    elif window == "auto" and "WindowCenter" in ds and "WindowWidth" in ds:
-        unit = _window(values, ds)
-    elif window == "auto" and bits == 8 and not signed and not rescaled:
-        unit = None  # 8-bit data without a window is kept as is, like an 8-bit PNG
-    else:
-        unit = _robust_range(values)
-    out = np.clip(stored, 0, 255) if unit is None else np.rint(unit * 255.0)
-    out = out.astype(np.uint8)
-    return 255 - out if monochrome1 else out
-
-
-def _voi_lut(values: np.ndarray, ds) -> np.ndarray:
-    from pydicom.pixels import apply_voi
-
-    depth = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-    try:
-        out = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
-    except Exception as e:
-        raise DecodeError(
-            f"invalid DICOM VOI LUT: {_first_line(e)}; use dicom_window='minmax' " "to ignore it"
-        ) from None
-    return np.clip(out.astype(np.float64) / ((1 << depth) - 1), 0.0, 1.0)
-
-
-def _window(values: np.ndarray, ds) -> np.ndarray:
-    """The file's first window over `values` (already rescaled), as floats in [0, 1]."""
-    from pydicom.dataset import Dataset
-    from pydicom.pixels import apply_windowing
-
-    # pydicom maps a window onto the range of the stored values; a data set with a 1-bit
-    # unsigned range and no rescale makes that range [0, 1], so the standard's formulas
-    # (LINEAR, LINEAR_EXACT, SIGMOID) give the fraction of the display range directly.
-    unit = Dataset()
-    unit.PhotometricInterpretation, unit.BitsStored, unit.PixelRepresentation = "MONOCHROME2", 1, 0
-    unit.WindowCenter, unit.WindowWidth = ds.WindowCenter, ds.WindowWidth
-    if "VOILUTFunction" in ds:
-        unit.VOILUTFunction = ds.VOILUTFunction
-    try:
-        out = apply_windowing(values.astype(np.float64), unit, index=0)
-    except Exception as e:
-        raise DecodeError(
-            f"invalid DICOM window: {_first_line(e)}; use dicom_window='minmax' " "to ignore it"
-        ) from None
-    return np.clip(out, 0.0, 1.0)
-
-
-def _robust_range(values: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(values, ROBUST_PERCENTILES)
-    if not hi > lo:
-        lo, hi = float(np.min(values)), float(np.max(values))
-    if not hi > lo:
-        return np.zeros(values.shape, np.float64)
-    return np.clip((values.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)

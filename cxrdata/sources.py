@@ -1,22 +1,22 @@
-"""Finding input images (class folders, split folders or a CSV) and decoding them.
+"""Finding input images: class folders, split folders or a labels CSV (decoding: `cxrdata.decoding`).
 
-Decoding turns any supported file into a 2-D uint8 grayscale array: Pillow for
-PNG, JPEG, WebP, BMP and TIFF (8- and 16-bit gray, RGB, RGBA, palette), and
-`cxrdata.dicom` for DICOM (header by pydicom; pixels by pydicom for uncompressed
-and RLE, by tensorflow-io for JPEG, JPEG-LS and JPEG 2000).
+Discovery reads names and folders only, never pixels. Links are followed, to
+files and folders alike, but each file is labelled by its real path: a folder
+reached twice is listed once, a link to a folder above it (a loop) is not
+followed, a file reached twice under one class is listed once, and a file
+reached under two classes is left out and reported (`Listing.rejects`), as is
+a folder that cannot be read. A labels CSV is read and checked, every
+refusal naming its line, by `cxrdata._labels_csv`.
 """
 
 from __future__ import annotations
 
-import csv
-import functools
-import io
 import os
 import re
 import sys
 from dataclasses import dataclass
 
-import numpy as np
+from cxrdata._labels_csv import check_labels, read_rows
 
 # Files that are obviously not images: skipped without a word.
 SKIPPED_SUFFIXES = frozenset(
@@ -62,10 +62,6 @@ SPLIT_ALIASES = {
 }
 
 
-class DecodeError(Exception):
-    """A file that cannot be turned into an image; its message is the reject reason."""
-
-
 @dataclass(frozen=True)
 class Source:
     """One input image: where it is, its class, its group and, if given, its split."""
@@ -85,6 +81,7 @@ class Listing:
     sources: tuple[Source, ...]
     class_names: tuple[str, ...]
     layout: str  # "classes", "splits" or "csv"
+    rejects: tuple[tuple[str, str], ...] = ()  # (relative path, reason): left out while listing
 
 
 def is_candidate(name: str) -> bool:
@@ -92,21 +89,64 @@ def is_candidate(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() not in SKIPPED_SUFFIXES
 
 
-def _walk_class_folder(root: str, folder: str) -> list[str]:
-    """Image files below a class folder. Links to folders are followed like the class folder
-    itself; a folder reached twice (a loop, or two links to one folder) is listed once."""
+def _walk_class_folder(root: str, folder: str, errors: list[tuple[str, str]]) -> list[str]:
+    """Image files below a class folder, with links to folders followed like the class folder.
+
+    A folder reached twice (two links to one folder) is listed once; a link to
+    a folder above the one holding it (a loop such as `COVID/up -> ..`) is not
+    followed. A folder that cannot be listed is added to `errors` as (path, reason).
+    """
     found = []
-    visited = {os.path.realpath(os.path.join(root, folder))}
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, folder), followlinks=True):
+    top = os.path.join(root, folder)
+    visited = {os.path.realpath(top)}
+
+    def failed(error: OSError) -> None:
+        errors.append((error.filename or top, f"unreadable folder: {error.strerror or error}"))
+
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=failed):
+        here = os.path.realpath(dirpath)
         keep = []
         for d in sorted(dirnames):
             real = os.path.realpath(os.path.join(dirpath, d))
-            if not d.startswith(".") and d.lower() not in MASK_FOLDERS and real not in visited:
-                visited.add(real)
-                keep.append(d)
+            if d.startswith(".") or d.lower() in MASK_FOLDERS or real in visited:
+                continue
+            if os.path.commonpath([real, here]) == real:  # a folder above this one: a loop
+                continue
+            visited.add(real)
+            keep.append(d)
         dirnames[:] = keep
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_candidate(f))
     return found
+
+
+def _one_record_per_file(src: str, items: list) -> tuple[list, list[tuple[str, str]]]:
+    """Items labelled by real path: a file reached twice under one class (and split) is kept
+    once; a file reached under two classes is left out, each of its paths a reject."""
+    by_real: dict[str, list[int]] = {}
+    for i, (path, _, _) in enumerate(items):
+        by_real.setdefault(os.path.realpath(path), []).append(i)
+    drop, rejects = set(), []
+    for indices in by_real.values():
+        if len(indices) == 1:
+            continue
+        labels = sorted({items[i][1] for i in indices})
+        if len(labels) > 1:
+            paths = [os.path.relpath(items[i][0], src) for i in indices]
+            for rel in paths:
+                others = ", ".join(p for p in paths if p != rel)
+                rejects.append(
+                    (
+                        rel,
+                        f"the same file is reached under classes {', '.join(labels)} (also as {others}); left out",
+                    )
+                )
+            drop.update(indices)
+            continue
+        seen_splits = set()
+        for i in indices:  # the first path per split stays; given splits that differ are kept
+            drop.update([i] if items[i][2] in seen_splits else [])
+            seen_splits.add(items[i][2])
+    return [it for i, it in enumerate(items) if i not in drop], rejects
 
 
 def _subfolders(path: str) -> list[str]:
@@ -173,16 +213,19 @@ def discover(
             absolute paths, links out of it). Defaults to False.
 
     Returns:
-        A `Listing`.
+        A `Listing`; its `rejects` are the files and folders left out while
+        listing a folder tree (a file reached under two classes, a folder
+        that cannot be read), each with its reason.
 
     Raises:
         FileNotFoundError: `src` or the CSV does not exist.
         ValueError: no class, a class with no image file, an unknown label,
             a missing CSV column, or an ambiguous folder layout; a CSV that is
-            not UTF-8, a row with the wrong number of fields, a path outside
-            `src`, or one file given twice with different labels, groups or
-            splits (each names the lines; exact duplicate rows are dropped
-            with a warning).
+            not UTF-8 or holds a NUL byte, a field over `csv.field_size_limit()`,
+            a row with the wrong number of fields, a path outside `src`, or
+            one file given twice with different labels, groups or splits
+            (each names the CSV and the lines; exact duplicate rows are
+            dropped with a warning).
     """
     src = os.fspath(src)
     if not os.path.isdir(src):
@@ -202,43 +245,25 @@ def discover(
             "`group_by` names a CSV column and needs `labels`. For folder trees use "
             f"`group_pattern`. Received: group_by={group_by!r}, labels=None"
         )
-    top = _subfolders(src)
-    split_dirs = [d for d in top if d.lower() in SPLIT_ALIASES]
-    items: list[tuple[str, str, str | None]] = []  # (abs path, class, split)
-    if split_dirs and len(split_dirs) == len(top):
-        layout = "splits"
-        for d in split_dirs:
-            for cls in _subfolders(os.path.join(src, d)):
-                items += [
-                    (p, cls, SPLIT_ALIASES[d.lower()]) for p in _walk_class_folder(os.path.join(src, d), cls)
-                ]
-        found_classes = sorted({c for d in split_dirs for c in _subfolders(os.path.join(src, d))})
-    elif split_dirs:
-        raise ValueError(
-            f"{src!r} mixes split folders ({', '.join(split_dirs)}) with other folders "
-            f"({', '.join(d for d in top if d not in split_dirs)}). Use either class folders "
-            "or train/val/test folders that hold class folders."
-        )
-    else:
-        layout = "classes"
-        found_classes = top
-        for cls in top:
-            items += [(p, cls, None) for p in _walk_class_folder(src, cls)]
+    items, found_classes, layout, errors = _list_folders(src)
     if not found_classes:
         raise ValueError(
             f"{src!r} has no class folders. Expected {src}/<class name>/<images>, "
             "or pass a labels CSV with --labels."
         )
     names = _resolve_class_names(found_classes, class_names, "class folders")
+    items, rejects = _one_record_per_file(src, items)
     per_class = {c: 0 for c in names}
     for _, cls, _ in items:
         per_class[cls] = per_class.get(cls, 0) + 1
     empty = [c for c in names if per_class.get(c, 0) == 0]
     if empty:
+        unreadable = [p for p, _ in errors]
         raise ValueError(
-            f"Class folder(s) {', '.join(repr(c) for c in empty)} hold no image file. "
-            "Remove the folder or add images."
+            f"Class folder(s) {', '.join(repr(c) for c in empty)} hold no image file"
+            f"{f' (unreadable: {unreadable[:5]})' if unreadable else ''}. Remove the folder or add images."
         )
+    rejects += [(os.path.relpath(p, src), reason) for p, reason in errors]
     sources = tuple(
         Source(
             path=p,
@@ -251,7 +276,33 @@ def discover(
         for p, cls, split in items
         if cls in names
     )
-    return Listing(sources=sources, class_names=names, layout=layout)
+    return Listing(sources=sources, class_names=names, layout=layout, rejects=tuple(sorted(rejects)))
+
+
+def _list_folders(src: str) -> tuple[list[tuple[str, str, str | None]], list[str], str, list]:
+    """(abs path, class, split) of every candidate file, the classes, the layout, unreadable folders."""
+    top = _subfolders(src)
+    split_dirs = [d for d in top if d.lower() in SPLIT_ALIASES]
+    items: list[tuple[str, str, str | None]] = []
+    errors: list[tuple[str, str]] = []
+    if split_dirs and len(split_dirs) == len(top):
+        for d in split_dirs:
+            for cls in _subfolders(os.path.join(src, d)):
+                items += [
+                    (p, cls, SPLIT_ALIASES[d.lower()])
+                    for p in _walk_class_folder(os.path.join(src, d), cls, errors)
+                ]
+        found = sorted({c for d in split_dirs for c in _subfolders(os.path.join(src, d))})
+        return items, found, "splits", errors
+    if split_dirs:
+        raise ValueError(
+            f"{src!r} mixes split folders ({', '.join(split_dirs)}) with other folders "
+            f"({', '.join(d for d in top if d not in split_dirs)}). Use either class folders "
+            "or train/val/test folders that hold class folders."
+        )
+    for cls in top:
+        items += [(p, cls, None) for p in _walk_class_folder(src, cls, errors)]
+    return items, top, "classes", errors
 
 
 def _resolve_class_names(found, requested, what) -> tuple[str, ...]:
@@ -267,93 +318,26 @@ def _resolve_class_names(found, requested, what) -> tuple[str, ...]:
     return requested
 
 
-def _read_csv_rows(labels: str) -> tuple[list[str], list[tuple[int, dict]]]:
-    """The CSV's columns and its rows with their line numbers; refuses text that is not UTF-8."""
-    with open(labels, "rb") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ValueError(
-            f"{labels!r} is not UTF-8 text: line {line} holds the byte {data[e.start]:#04x}. "
-            "Save the CSV as UTF-8."
-        ) from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    columns = reader.fieldnames or []
-    rows, ragged = [], []
-    for row in reader:
-        if None in row or None in row.values():  # more fields than the header, or fewer
-            ragged.append(reader.line_num)
-        rows.append((reader.line_num, row))
-    if ragged:
-        raise ValueError(
-            f"{labels!r}: line(s) {', '.join(map(str, ragged[:10]))} do not have the "
-            f"{len(columns)} fields of the header ({','.join(columns)}). Quote fields "
-            "that hold commas."
-        )
-    return columns, rows
-
-
 def _discover_csv(src, labels, group_by, class_names, masks_dir=None, allow_outside_src=False) -> Listing:
     if not os.path.isfile(labels):
         raise FileNotFoundError(f"Labels CSV not found: {labels!r}")
-    columns, rows = _read_csv_rows(labels)
-    needed = ["path", "label"] + ([group_by] if group_by else [])
-    missing = [c for c in needed if c not in columns]
-    if missing:
-        raise ValueError(
-            f"{labels!r} lacks column(s) {', '.join(missing)}. Its columns: "
-            f"{', '.join(columns) or '(none)'}. Expected path,label[,{group_by or 'group'}]."
-        )
-    if not rows:
-        raise ValueError(f"{labels!r} has no rows.")
-    bad = [n for n, r in rows if not (r["label"] or "").strip() or not (r["path"] or "").strip()]
-    if bad:
-        raise ValueError(f"{labels!r}: empty path or label on line(s) {', '.join(map(str, bad[:10]))}.")
-    found = sorted({r["label"].strip() for _, r in rows})
-    if class_names is not None:
-        unknown = sorted(set(found) - set(class_names))
-        if unknown:
-            raise ValueError(
-                f"{labels!r} has label(s) not in `class_names`: {', '.join(map(repr, unknown))}. "
-                f"Add them to class_names or fix the CSV. Received: class_names={list(class_names)}"
-            )
-    names = tuple(class_names) if class_names is not None else tuple(found)
+    columns, rows = read_rows(labels)
+    names = check_labels(labels, columns, rows, group_by, class_names)
     root = os.path.realpath(src)
     seen: dict[str, tuple[int, Source]] = {}
     outside, duplicates = [], []
     for line, r in rows:
-        split = (r.get("split") or "").strip().lower() or None
-        if split is not None and split not in SPLIT_ALIASES:
-            raise ValueError(
-                f"{labels!r}: unknown split {r['split']!r} on line {line}; use train, val or test."
-            )
-        rel = r["path"].strip()
-        path = os.path.normpath(rel if os.path.isabs(rel) else os.path.join(src, rel))
-        if not allow_outside_src and os.path.commonpath([root, os.path.realpath(path)]) != root:
-            outside.append(f"line {line}: {rel!r}")
+        source = _csv_source(src, labels, line, r, group_by, masks_dir)
+        key = os.path.realpath(source.path)
+        if not allow_outside_src and os.path.commonpath([root, key]) != root:
+            outside.append(f"line {line}: {r['path'].strip()!r}")
             continue
-        mask = (r.get("mask") or "").strip() or None
-        if mask is not None:
-            mask = os.path.normpath(mask if os.path.isabs(mask) else os.path.join(src, mask))
-        elif masks_dir is not None:
-            mask = find_mask(path, os.path.normpath(rel), masks_dir)
-        source = Source(
-            path=path,
-            relpath=os.path.normpath(rel),
-            label=r["label"].strip(),
-            group=(r[group_by] or "").strip() if group_by else "",
-            split=SPLIT_ALIASES[split] if split else None,
-            mask=mask,
-        )
-        key = os.path.realpath(path)
         if key in seen:
             first, other = seen[key]
             if (other.label, other.group, other.split) != (source.label, source.group, source.split):
                 raise ValueError(
-                    f"{labels!r}: lines {first} and {line} give the file {rel!r} different labels, groups "
-                    f"or splits ({other.label!r}/{other.group!r}/{other.split} and {source.label!r}/"
+                    f"{labels!r}: lines {first} and {line} give the file {source.relpath!r} different labels, "
+                    f"groups or splits ({other.label!r}/{other.group!r}/{other.split} and {source.label!r}/"
                     f"{source.group!r}/{source.split}). Keep one row per file."
                 )
             duplicates.append(line)
@@ -375,128 +359,25 @@ def _discover_csv(src, labels, group_by, class_names, masks_dir=None, allow_outs
     return Listing(sources=tuple(sources), class_names=names, layout="csv")
 
 
-def is_dicom(data: bytes, name: str = "") -> bool:
-    return data[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom"))
-
-
-def check_pixel_count(width: int, height: int) -> None:
-    """Raises DecodeError if an image has more pixels than `PIL.Image.MAX_IMAGE_PIXELS`.
-
-    The cap is Pillow's own defence against decompression bombs (89,478,485
-    pixels unless changed; None lifts it), read at each call. Pillow alone only
-    warns between one and two times the cap; here anything over it is rejected.
-    """
-    from PIL import Image
-
-    cap = Image.MAX_IMAGE_PIXELS
-    if cap is not None and width * height > cap:
-        raise DecodeError(
-            f"image too large: {width}x{height} = {width * height} pixels, over the limit of "
-            f"{cap} (PIL.Image.MAX_IMAGE_PIXELS)"
+def _csv_source(src, labels, line, row, group_by, masks_dir) -> Source:
+    """The `Source` one CSV row names (its path as given, its mask from the row or `masks_dir`)."""
+    split = (row.get("split") or "").strip().lower() or None
+    if split is not None and split not in SPLIT_ALIASES:
+        raise ValueError(
+            f"{labels!r}: unknown split {row['split']!r} on line {line}; use train, val or test."
         )
-
-
-def decode_image(
-    data: bytes | str | os.PathLike, *, name: str = "", dicom_window: str = "auto"
-) -> np.ndarray:
-    """Decodes one image file into a 2-D uint8 grayscale array.
-
-    8-bit data is kept as is; 16-bit data is scaled to 8 bits over its full
-    range; color is converted with ITU-R 601 luma (as Keras' `color_mode="grayscale"`).
-    An image of more than `PIL.Image.MAX_IMAGE_PIXELS` pixels is rejected
-    before its pixels are decoded. DICOM: see `cxrdata.dicom`; the header is
-    checked against the pixel data first, only the first frame is decoded,
-    and MONOCHROME1 images are inverted.
-
-    Args:
-        data: the file's bytes, or its path.
-        name: the file name, used to recognize DICOM files without a preamble.
-        dicom_window: how DICOM stored values become 8 bits: "auto" (Rescale
-            Slope/Intercept, then the file's VOI LUT or first window; without
-            one, 8-bit data as is and other data over its 0.5th-99.5th
-            percentile range), "minmax" (always that percentile range) or
-            "none" (cxrdata 0.1's scaling over the full BitsStored range).
-            Defaults to "auto".
-
-    Returns:
-        A uint8 array of shape (height, width).
-
-    Raises:
-        DecodeError: the data is empty, truncated, corrupt, too large or not an image.
-        ValueError: `dicom_window` is not one of the above.
-
-    Example:
-        >>> image = decode_image("chest.dcm", dicom_window="auto")  # doctest: +SKIP
-    """
-    from cxrdata.dicom import DICOM_WINDOWS, decode_dicom
-    from cxrdata.utils.argument_validation import check_choice
-
-    check_choice("dicom_window", dicom_window, DICOM_WINDOWS)
-    if not isinstance(data, (bytes, bytearray)):
-        name = name or os.fspath(data)
-        with open(data, "rb") as f:
-            data = f.read()
-    if not data:
-        raise DecodeError("empty file")
-    if is_dicom(data, name):
-        return decode_dicom(bytes(data), dicom_window=dicom_window)
-    return _decode_pillow(bytes(data))
-
-
-_STRIP_PIXELS = 1 << 18  # 16-bit and float images are scaled one strip of rows at a time
-
-
-@functools.lru_cache(maxsize=1)
-def _lut16() -> np.ndarray:
-    """16-bit value to 8 bits over the full range, rounded: (v * 255 + 32767) // 65535."""
-    return ((np.arange(65536, dtype=np.int64) * 255 + 32767) // 65535).astype(np.uint8)
-
-
-def _scale_to_8_bits(im) -> np.ndarray:
-    """A 16-bit, 32-bit integer or float Pillow image to uint8, strip by strip.
-
-    Only the uint8 result and one strip of temporaries are allocated beside
-    Pillow's decoded pixels (a 9000x9000 16-bit PNG needs about 81 MB more, not
-    gigabytes of int64 temporaries): integers go through a lookup table, floats
-    are stretched over their range (`getextrema` reads it without a copy).
-    """
-    width, height = im.size
-    out = np.empty((height, width), np.uint8)
-    lo, hi = (float(v) for v in im.getextrema())
-    step = max(1, _STRIP_PIXELS // max(1, width))
-    for top in range(0, height, step):
-        bottom = min(height, top + step)
-        strip = np.asarray(im.crop((0, top, width, bottom)))
-        if strip.dtype.kind == "f":
-            if hi > lo:
-                out[top:bottom] = np.clip(np.rint((strip - lo) * (255.0 / (hi - lo))), 0, 255)
-            else:
-                out[top:bottom] = 0
-        else:
-            if strip.dtype != np.uint16:  # 32-bit "I" images, and byte-swapped 16-bit ones
-                strip = np.clip(strip, 0, 65535).astype(np.uint16)
-            out[top:bottom] = _lut16()[strip]
-    return out
-
-
-def _decode_pillow(data: bytes) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            check_pixel_count(*im.size)  # before any pixel is decoded
-            im.load()
-            ImageOps.exif_transpose(im, in_place=True)  # no copy unless the image must turn
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                return _scale_to_8_bits(im)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA").convert("RGB")
-            if im.mode != "L":
-                im = im.convert("L")
-            return np.array(im, dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise DecodeError("not an image (unrecognized format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DecodeError(f"truncated or corrupt image: {e}") from None
-    except Image.DecompressionBombError as e:
-        raise DecodeError(f"image too large: {e}") from None
+    rel = row["path"].strip()
+    path = os.path.normpath(rel if os.path.isabs(rel) else os.path.join(src, rel))
+    mask = (row.get("mask") or "").strip() or None
+    if mask is not None:
+        mask = os.path.normpath(mask if os.path.isabs(mask) else os.path.join(src, mask))
+    elif masks_dir is not None:
+        mask = find_mask(path, os.path.normpath(rel), masks_dir)
+    return Source(
+        path=path,
+        relpath=os.path.normpath(rel),
+        label=row["label"].strip(),
+        group=(row[group_by] or "").strip() if group_by else "",
+        split=SPLIT_ALIASES[split] if split else None,
+        mask=mask,
+    )

@@ -93,9 +93,9 @@ def predict(
 
 def _read_images(paths: list[str], config: dict) -> tuple[dict[int, np.ndarray], list[dict]]:
     """Decodes and preprocesses each file as `cxr convert` did for the run's dataset."""
+    from cxrdata.decoding import DecodeError, decode_image
     from cxrdata.manifest import dicom_window_of
     from cxrdata.preprocess import PreprocessConfig, preprocess_image
-    from cxrdata.sources import DecodeError, decode_image
 
     preprocessing = PreprocessConfig.from_dict(config["preprocessing"])
     dicom_window = dicom_window_of(config["preprocessing"])  # as the training set's DICOMs were read

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from cxrdata.conversion import convert
+from cxrdata.decoding import decode_image
 from cxrdata.manifest import read_manifest
 from cxrdata.preprocess import PreprocessConfig, preprocess_image
 from cxrdata.records import iter_records, parse_record
-from cxrdata.sources import decode_image
 
 
 def _records(out):

@@ -21,8 +21,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "cxrmodels.cli"]
 
 # Loaded by every Python process started with this folder on PYTHONPATH: a worker process (any
-# process but the first) that opens the file named in CXR_TEST_KILLER dies on the spot, as under
-# the OOM killer. The conversion's real process pool is exercised, nothing in it is replaced.
+# process but the first) that opens (open or os.open) the file named in CXR_TEST_KILLER dies on
+# the spot, as under the OOM killer. The conversion's real process pool is exercised, nothing in
+# it is replaced.
 _SITECUSTOMIZE = """
 import builtins, os
 _main = os.environ.setdefault("CXR_TEST_MAIN_PID", str(os.getpid()))
@@ -33,8 +34,14 @@ def _open_or_die(file, *args, **kwargs):
             and os.path.basename(os.fsdecode(file)) == _killer):
         os._exit(137)
     return _open(file, *args, **kwargs)
+_os_open = os.open
+def _os_open_or_die(file, *args, **kwargs):  # cxrdata opens inputs with os.open (regular files only)
+    if str(os.getpid()) != _main and os.path.basename(os.fsdecode(file)) == _killer:
+        os._exit(137)
+    return _os_open(file, *args, **kwargs)
 if _killer:
     builtins.open = _open_or_die
+    os.open = _os_open_or_die
 """
 
 
@@ -280,3 +287,195 @@ def test_given_splits_that_share_patients_or_files_are_reported(tmp_path):
             progress=False,
         )
     assert not os.path.exists(tmp_path / "strict" / "dataset.json")
+
+
+# --- issue 18: inputs that hang, crash the native decoder, or break the labels CSV --------------
+
+
+def _convert_cli(src, out, tmp_path, *extra, timeout=300, **popen):
+    args = ["--image-size", "32", "--equalize", "none", "--shard-size", "0.004", "--quiet", *extra]
+    return subprocess.run(
+        CLI + ["convert", str(src), str(out), *args],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
+
+
+@pytest.mark.slow
+def test_a_fifo_and_a_link_to_dev_zero_are_rejects_and_nothing_hangs(phantom_tree, tmp_path):
+    src = phantom_tree(per_class=3, image_size=32)
+    os.mkfifo(src / "Normal" / "x.png")  # opening it for reading used to wait for a writer forever
+    (src / "COVID" / "zero.png").symlink_to("/dev/zero")  # reading it used to never end
+    run = _convert_cli(src, tmp_path / "out", tmp_path, "--workers", "1", timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert _rejects(tmp_path / "out") == {
+        "COVID/zero.png": "unreadable: not a regular file (a character device)",
+        "Normal/x.png": "unreadable: not a regular file (a FIFO)",
+    }
+    assert sum(i.num_examples for i in read_manifest(tmp_path / "out").splits.values()) == 6
+
+
+@pytest.mark.slow
+def test_sigterm_while_hashing_stops_the_conversion_at_once(phantom_tree, tmp_path):
+    src = phantom_tree(per_class=2, image_size=32)
+    for i in range(2):  # 1 TiB each, sparse: hashing one would take many minutes
+        with open(src / "Normal" / f"huge{i}.png", "wb") as f:
+            f.truncate(1 << 40)
+    cmd = CLI + [
+        "convert",
+        str(src),
+        str(tmp_path / "out"),
+        "--image-size",
+        "32",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:  # until a huge file is being read
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            if any(
+                "huge" in os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in fds if _is_link(proc.pid, fd)
+            ):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the conversion ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)  # before the fix: the hashing threads held it for minutes
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143, stderr
+    assert "interrupted" in stderr
+
+
+def _is_link(pid, fd):
+    try:
+        os.readlink(f"/proc/{pid}/fd/{fd}")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_convert_with_one_worker_survives_the_dicom_that_crashed_tensorflow_io(phantom_tree, tmp_path):
+    from tests.cxrdata import hostile_files as hostile
+
+    pytest.importorskip("pydicom")
+    src = phantom_tree(per_class=3, image_size=32)
+    (src / "COVID" / "crash.dcm").write_bytes(hostile.crashing_dicom())
+    (src / "COVID" / "scrambled.dcm").write_bytes(hostile.scrambled_dicom())
+    run = _convert_cli(src, tmp_path / "out", tmp_path, "--workers", "1", timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]  # was 134: "double free or corruption"
+    rejects = _rejects(tmp_path / "out")
+    assert sorted(rejects) == ["COVID/crash.dcm", "COVID/scrambled.dcm"]
+    assert rejects["COVID/crash.dcm"].startswith(
+        "inconsistent DICOM: the JPEG 2000 codestream is 32x32 with 1 component(s) of 16 bits"
+    )
+    assert sum(i.num_examples for i in read_manifest(tmp_path / "out").splits.values()) == 6
+
+
+def test_a_labels_csv_field_over_the_limit_exits_2_naming_the_line(phantom_tree, tmp_path):
+    src = phantom_tree(per_class=2, image_size=32)
+    first = sorted(os.listdir(src / "COVID"))[0]
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,label\nCOVID/{first},COVID\nCOVID/{first},{'x' * 200_000}\n")
+    run = _convert_cli(src, tmp_path / "out", tmp_path, "--labels", str(labels))
+    assert run.returncode == 2, run.stderr  # was 1, with a traceback-less "field larger than field limit"
+    assert "labels.csv': line 3: field larger than field limit (131072)" in run.stderr
+
+
+# --- every step of the finish sequence can be killed, and a rerun finishes the same dataset --------
+
+
+def _convert_killed_in_finish(src, out, kill_at: int) -> int | None:
+    """Converts `src` into `out` in a forked child that dies (os._exit(9), as kill -9) right after
+    call number `kill_at` that changes the output folder once `_finish` has started: os.fsync (a
+    file about to be renamed), os.replace, os.rename, os.unlink, os.rmdir (shutil.rmtree goes
+    through the last two). `kill_at=0` dies as `_finish` starts. Returns None when the child was
+    killed, else the number of such calls in the whole finish."""
+    from cxrdata import conversion
+
+    calls_file = out.parent / f"{out.name}.calls"
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            calls, armed = [0], [False]
+
+            def counted(function):
+                def wrapped(*args, **kwargs):
+                    result = function(*args, **kwargs)
+                    if armed[0]:
+                        calls[0] += 1
+                        if calls[0] == kill_at:
+                            os._exit(9)
+                    return result
+
+                return wrapped
+
+            for name in ("fsync", "replace", "rename", "unlink", "rmdir"):
+                setattr(os, name, counted(getattr(os, name)))
+            finish = conversion._finish
+
+            def killed_finish(*args, **kwargs):
+                armed[0] = True
+                if kill_at == 0:
+                    os._exit(9)
+                return finish(*args, **kwargs)
+
+            conversion._finish = killed_finish
+            convert(src, out, image_size=32, equalize="none", shard_size=0.003, workers=1, progress=False)
+            armed[0] = False
+            calls_file.write_text(str(calls[0]))
+            os._exit(0)
+        except BaseException:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 9), f"the child failed (exit code {code})"
+    return int(calls_file.read_text()) if code == 0 else None
+
+
+def _folder_bytes(out):
+    """Every entry of `out` with its bytes (a folder left behind shows as "folder")."""
+    return {n: "folder" if (out / n).is_dir() else (out / n).read_bytes() for n in sorted(os.listdir(out))}
+
+
+@pytest.mark.slow
+def test_a_conversion_killed_at_every_step_of_its_finish_is_finished_by_a_rerun(phantom_tree, tmp_path):
+    src = phantom_tree(per_class=5, image_size=32)
+    (src / "Normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # a line in rejects.csv
+    reference = tmp_path / "reference"
+    convert(src, reference, image_size=32, equalize="none", shard_size=0.003, workers=1, progress=False)
+    expected = _folder_bytes(reference)
+    assert len([n for n in expected if n.endswith(".tfrecord")]) >= 4 and "rejects.csv" in expected
+    steps = None
+    for kill_at in range(100):
+        out = tmp_path / f"killed-{kill_at}"
+        steps = _convert_killed_in_finish(src, out, kill_at)
+        if steps is not None:  # fewer calls than kill_at: every step has been killed once
+            assert _folder_bytes(out) == expected
+            break
+        # Reruns alternate with and without --resume (it may be given, it is not needed); a kill
+        # after the very last step leaves a finished dataset, which a rerun keeps with --resume.
+        finished = not any((out / d).exists() for d in (".cxr-partial", ".cxr-partial.removing"))
+        convert(
+            src,
+            out,
+            image_size=32,
+            equalize="none",
+            shard_size=0.003,
+            workers=1,
+            progress=False,
+            resume=finished or bool(kill_at % 2),
+        )
+        assert _folder_bytes(out) == expected, f"killed after step {kill_at}"
+    assert steps is not None and steps >= 10  # two atomic writes, the rename, the removals

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from cxrdata.conversion import convert
+from cxrdata.decoding import DecodeError, decode_image
 from cxrdata.manifest import Manifest, dicom_window_of, read_manifest
-from cxrdata.sources import DecodeError, decode_image
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
@@ -116,7 +116,7 @@ def test_rows_edited_downwards_is_a_reject_too():
 
 def test_pillow_images_over_the_cap_are_rejects_with_a_reason(monkeypatch):
     buf = io.BytesIO()
-    Image.fromarray(np.zeros((64, 64), np.uint8)).save(buf, format="PNG")
+    Image.fromarray((GRADIENT_12 // 16).astype(np.uint8)).save(buf, format="PNG")  # not flat
     # 4096 pixels: between 1x and 2x the cap Pillow only warns; over 2x it raises.
     for cap in (3000, 1000):
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", cap)

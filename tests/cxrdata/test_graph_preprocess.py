@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrdata.decoding import decode_image
 from cxrdata.graph_preprocess import check_graph_preprocessing, decode_gray, resize_like_converter
 from cxrdata.preprocess import PreprocessConfig, resize
-from cxrdata.sources import decode_image
 
 CASES = [
     ((97, 80), (64, 64), "stretch", "bilinear"),

@@ -3,8 +3,8 @@ import pytest
 from skimage.filters.rank import equalize as rank_equalize
 from skimage.morphology import disk
 
+from cxrdata.decoding import decode_image
 from cxrdata.preprocess import PreprocessConfig, preprocess_image, resize
-from cxrdata.sources import decode_image
 
 
 def test_local_equalization_is_bit_identical_to_skimage(realdata):

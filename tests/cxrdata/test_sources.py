@@ -1,10 +1,12 @@
 import io
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cxrdata.sources import DecodeError, decode_image, discover
+from cxrdata.decoding import DecodeError, decode_image
+from cxrdata.sources import discover
 
 
 def _png(array, mode=None):
@@ -29,9 +31,9 @@ def test_decode_16bit_png_scales_to_8_bits():
 
 
 def test_decode_16bit_and_float_strips_match_the_whole_image_formula(monkeypatch):
-    import cxrdata.sources as sources
+    import cxrdata.decoding as decoding
 
-    monkeypatch.setattr(sources, "_STRIP_PIXELS", 7 * 50)  # several strips, the last one short
+    monkeypatch.setattr(decoding, "_STRIP_PIXELS", 7 * 50)  # several strips, the last one short
     rng = np.random.default_rng(0)
     wide = rng.integers(0, 65536, (40, 50)).astype(np.uint16)
     expected = ((wide.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
@@ -54,7 +56,7 @@ def test_decode_16bit_and_float_strips_match_the_whole_image_formula(monkeypatch
 _PEAK_SCRIPT = """
 import sys, tracemalloc
 from PIL import Image, ImageOps, PngImagePlugin  # imported before the baseline
-from cxrdata.sources import decode_image
+from cxrdata.decoding import decode_image
 
 def status(key):  # VmHWM is this process's peak resident size (ru_maxrss survives exec)
     with open("/proc/self/status") as f:
@@ -354,3 +356,90 @@ def test_symlinked_folders_are_followed_at_any_depth_and_loops_listed_once(tmp_p
         ("Normal/n1.png", "Normal"),
         ("Normal/linked/deep/e1.png", "Normal"),
     ]
+
+
+def test_a_link_to_an_ancestor_folder_is_not_followed(tmp_path):
+    # COVID/loopdir -> .. made every Normal image a COVID image too (issue 18).
+    _touch_png(tmp_path / "src" / "COVID" / "c1.png", 1)
+    _touch_png(tmp_path / "src" / "Normal" / "n1.png", 2)
+    (tmp_path / "src" / "COVID" / "loopdir").symlink_to("..", target_is_directory=True)
+    (tmp_path / "src" / "Normal" / "deep").mkdir()
+    (tmp_path / "src" / "Normal" / "deep" / "up").symlink_to(tmp_path, target_is_directory=True)
+    listing = discover(tmp_path / "src")
+    assert [(s.relpath, s.label) for s in listing.sources] == [
+        ("COVID/c1.png", "COVID"),
+        ("Normal/n1.png", "Normal"),
+    ]
+    assert listing.rejects == ()
+
+
+def test_a_file_reached_under_two_classes_is_a_named_reject_not_two_records(tmp_path):
+    _touch_png(tmp_path / "src" / "COVID" / "c1.png", 1)
+    _touch_png(tmp_path / "src" / "Normal" / "shared" / "n1.png", 2)
+    _touch_png(tmp_path / "src" / "Normal" / "n2.png", 3)
+    (tmp_path / "src" / "COVID" / "borrowed").symlink_to("../Normal/shared", target_is_directory=True)
+    (tmp_path / "src" / "Normal" / "again.png").symlink_to("n2.png")  # one class: listed once
+    listing = discover(tmp_path / "src")
+    assert [(s.relpath, s.label) for s in listing.sources] == [
+        ("COVID/c1.png", "COVID"),
+        ("Normal/again.png", "Normal"),
+    ]
+    assert listing.rejects == (
+        (
+            "COVID/borrowed/n1.png",
+            "the same file is reached under classes COVID, Normal (also as Normal/shared/n1.png); left out",
+        ),
+        (
+            "Normal/shared/n1.png",
+            "the same file is reached under classes COVID, Normal (also as COVID/borrowed/n1.png); left out",
+        ),
+    )
+
+
+def test_an_unreadable_folder_is_named_in_the_rejects(tmp_path, monkeypatch):
+    _touch_png(tmp_path / "src" / "COVID" / "c1.png", 1)
+    _touch_png(tmp_path / "src" / "Normal" / "n1.png", 2)
+    locked = tmp_path / "src" / "Normal" / "locked"
+    _touch_png(locked / "hidden.png", 3)
+    if os.geteuid() == 0:  # root reads any folder: make listing this one fail as it would for a user
+        real_scandir = os.scandir
+
+        def scandir(path="."):
+            if os.fspath(path) == str(locked):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+    else:
+        locked.chmod(0)
+    try:
+        listing = discover(tmp_path / "src")
+    finally:
+        locked.chmod(0o755)
+    assert [s.relpath for s in listing.sources] == ["COVID/c1.png", "Normal/n1.png"]
+    assert listing.rejects == (("Normal/locked", "unreadable folder: Permission denied"),)
+
+
+def test_a_nul_byte_in_the_csv_names_the_file_and_line(tmp_path):
+    src, labels = _csv_tree(tmp_path, "path,label\na.png,x\nb.png,y\x00z\n")
+    with pytest.raises(ValueError, match=r"labels.csv': line 3 holds a NUL byte"):
+        discover(src, labels=labels)
+
+
+def test_a_field_over_the_csv_limit_names_the_file_and_line(tmp_path):
+    import csv
+
+    src, labels = _csv_tree(
+        tmp_path, f"path,label\na.png,x\nb.png,{'y' * (csv.field_size_limit() + 1)}\nc.png,z\n"
+    )
+    with pytest.raises(ValueError, match=r"labels.csv': line 3: field larger than field limit \(131072\)"):
+        discover(src, labels=labels)
+
+
+def test_an_unbalanced_quote_is_reported_on_the_line_where_its_row_starts(tmp_path):
+    src, labels = _csv_tree(tmp_path, 'path,label\n"a.png,x\nb.png,y\nc.png,z\nd.png,w\n')
+    with pytest.raises(
+        ValueError,
+        match=r"line\(s\) 2 \(its quoted field runs to line 5: an unbalanced quote\?\) do not have",
+    ):
+        discover(src, labels=labels)
