@@ -290,20 +290,7 @@ def _convert_locked(config: ConvertConfig, listing, start: float) -> ConversionR
     os.makedirs(partial, exist_ok=True)
     _check_plan(partial, fingerprint, config)
     _write(config, partial, plan, listing.class_names, preprocessing, workers)
-    grouped = bool(config.group_by or config.group_pattern)
-    result = _finish(
-        out,
-        partial,
-        plan,
-        listing,
-        pixels,
-        preprocessing,
-        config.encoding,
-        options,
-        rejects,
-        start,
-        grouped=grouped,
-    )
+    result = _finish(config, partial, plan, listing, preprocessing, options, rejects, start)
     return dataclasses.replace(result, split_overlaps=overlaps)
 
 
@@ -452,7 +439,7 @@ def _check_plan(partial: str, fingerprint: str, config: ConvertConfig) -> None:
 
 
 def _finish(
-    out, partial, plan, listing, config, preprocessing, encoding, options, rejects, start, grouped=False
+    config: ConvertConfig, partial, plan, listing, preprocessing, options, rejects, start
 ) -> ConversionResult:
     """The finish sequence; each step can be killed and a rerun finishes the dataset.
 
@@ -463,6 +450,7 @@ def _finish(
     4. that folder is removed (a rerun that finds it removes it, see
     `_already_done`).
     """
+    out, grouped = config.out, bool(config.group_by or config.group_pattern)
     splits, shard_rejects = _collect_shards(partial, plan, listing, grouped)
     listed = [Reject(printable(p), r) for p, r in listing.rejects]  # left out while listing
     all_rejects = sorted([*rejects, *listed, *shard_rejects], key=lambda r: r.path)
@@ -475,7 +463,7 @@ def _finish(
     manifest = Manifest(
         class_names=listing.class_names,
         image_shape=(h, wd, 1),
-        encoding=encoding,
+        encoding=config.encoding,
         preprocessing=preprocessing,
         splits=splits,
         source=options,
