@@ -65,24 +65,68 @@ def check_graph_preprocessing(config: PreprocessConfig) -> None:
         )
 
 
-def decode_gray(data):
-    """PNG or JPEG bytes (a scalar `tf.string`) to a uint8 `[height, width]` gray image."""
+def decode_gray(data, *, max_image_pixels: int | None | str = "pillow"):
+    """PNG, JPEG or BMP bytes (a scalar `tf.string`) to a uint8 `[height, width]` gray image.
+
+    The image is turned as its EXIF orientation says (as `PIL.ImageOps.exif_transpose`).
+    A file that `cxrdata.graph_headers.read_header` refuses (another format, a
+    size over `max_image_pixels`: by default Pillow's `MAX_IMAGE_PIXELS` now)
+    raises `tf.errors.InvalidArgumentError` with the reason when run; so does
+    a file the decoder finds corrupt.
+    """
     import tensorflow as tf
 
-    def jpeg():
-        image = tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")
-        return _to_gray(tf.cast(image, tf.int32))
+    from cxrdata.graph_headers import read_header
+    from cxrdata.graph_orientation import orient
+
+    header = read_header(data, _pixel_cap(max_image_pixels))
+    check = tf.debugging.Assert(header["error"] == "", [header["error"]])
+    with tf.control_dependencies([check]):
+        return orient(decode_as(data, header["format"]), header["orientation"])
+
+
+def _pixel_cap(max_image_pixels):
+    if max_image_pixels == "pillow":
+        from PIL import Image
+
+        return Image.MAX_IMAGE_PIXELS
+    return max_image_pixels
+
+
+def decode_as(data, kind):
+    """Decodes `data` as `kind` (`read_header`'s format code: 0 PNG, 1 JPEG, 2 BMP) to uint8 gray `[h, w]`."""
+    import tensorflow as tf
 
     def png():
-        image = tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.int32)
+        image = tf.cast(_DECODERS[0](data), tf.int32)
         return tf.cond(
             tf.shape(image)[-1] == 1,
             lambda: (image[..., 0] * 255 + 32767) // 65535,
             lambda: _to_gray(tf.bitwise.right_shift(image, 8)),
         )
 
-    gray = tf.cond(tf.io.is_jpeg(data), jpeg, png)
-    return tf.cast(gray, tf.uint8)
+    def jpeg():
+        return _to_gray(tf.cast(_DECODERS[1](data), tf.int32))
+
+    def bmp():
+        return _to_gray(tf.cast(_DECODERS[2](data), tf.int32))
+
+    return tf.cast(tf.switch_case(tf.maximum(kind, 0), [png, jpeg, bmp]), tf.uint8)
+
+
+# The decode op of each format code, with the attributes that reproduce Pillow's pixels. The same
+# ops run twice per file in `preprocess_batch`: once to find the files they fail on, once for real.
+_DECODERS = (
+    lambda data: _tf().io.decode_png(data, channels=0, dtype=_tf().uint16),
+    lambda data: _tf().io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE"),
+    lambda data: _tf().io.decode_bmp(data, channels=0),
+)
+
+
+def _tf():
+    import tensorflow as tf  # deferred: importing cxrdata does not import TensorFlow
+
+    return tf
 
 
 def _to_gray(image):
@@ -218,3 +262,85 @@ def preprocess_bytes(data, config: PreprocessConfig):
     check_graph_preprocessing(config)
     gray = decode_gray(data)
     return resize_like_converter(gray, config)[..., None]
+
+
+def preprocess_batch(
+    image_bytes, config: PreprocessConfig, *, max_image_pixels: int | None, parallel: int = 4
+):
+    """A batch of encoded files to the converter's images, with a status per item, as graph ops.
+
+    Each item's header is read first (`cxrdata.graph_headers.read_header`:
+    format, pixel cap, EXIF orientation); only the items it accepts reach a
+    decoder, and those run in a `tf.data` pipeline whose `ignore_errors` drops
+    an item the decoder fails on (a truncated or corrupt body), so one bad item
+    never fails the batch.
+
+    Args:
+        image_bytes: A `tf.string [n]` batch of file contents.
+        config: The preprocessing to reproduce (`check_graph_preprocessing`).
+        max_image_pixels: The pixel cap, or None for none.
+        parallel: Items decoded at once. Defaults to 4.
+
+    Returns:
+        A dict: `images` (uint8 `[k, height, width, 1]`, the items that were
+        decoded, in order), `indices` (int64 `[k]`, their positions in
+        `image_bytes`), `ok` (bool `[n]`) and `error` (`tf.string [n]`: the
+        reason an item has no image, "" for those that have one).
+    """
+    import tensorflow as tf
+
+    from cxrdata.graph_headers import FORMATS, read_header
+    from cxrdata.graph_orientation import orient
+
+    check_graph_preprocessing(config)
+    height, width = config.image_size
+    spec = {
+        "format": tf.TensorSpec([], tf.int32),
+        "height": tf.TensorSpec([], tf.int64),
+        "width": tf.TensorSpec([], tf.int64),
+        "orientation": tf.TensorSpec([], tf.int32),
+        "error": tf.TensorSpec([], tf.string),
+    }
+    headers = tf.map_fn(lambda d: read_header(d, max_image_pixels), image_bytes, fn_output_signature=spec)
+    indices = _decodable(image_bytes, headers["format"], tf.where(headers["error"] == "")[:, 0], parallel)
+    images = tf.map_fn(
+        lambda i: resize_like_converter(
+            orient(decode_as(image_bytes[i], headers["format"][i]), headers["orientation"][i]), config
+        )[..., None],
+        indices,
+        fn_output_signature=tf.TensorSpec([height, width, 1], tf.uint8),
+        parallel_iterations=parallel,
+    )
+    n = tf.shape(image_bytes, out_type=tf.int64)
+    decoded = tf.scatter_nd(indices[:, None], tf.ones_like(indices, tf.int32), n) > 0
+    failed = tf.strings.join(
+        [
+            "truncated or corrupt ",
+            tf.gather(FORMATS, tf.maximum(headers["format"], 0)),
+            ": the decoder failed",
+        ]
+    )
+    error = tf.where(headers["error"] != "", headers["error"], tf.where(decoded, "", failed))
+    return {"images": images, "indices": indices, "ok": error == "", "error": error}
+
+
+def _decodable(image_bytes, kinds, readable, parallel: int):
+    """The sorted positions among `readable` whose decode op succeeds.
+
+    Each format's decode op runs alone in a `tf.data` map whose `ignore_errors`
+    drops the files it fails on: the only way to catch an op's error inside a
+    graph. The map holds nothing but that op (a map function with control flow
+    is instantiated anew at each call, which costs far more than the decode).
+    """
+    tf = _tf()
+    found = []
+    for code, decoder in enumerate(_DECODERS):
+        picked = tf.boolean_mask(readable, tf.gather(kinds, readable) == code)
+        items = tf.data.Dataset.from_tensor_slices((picked, tf.gather(image_bytes, picked)))
+        items = items.map(lambda i, data, d=decoder: (i, tf.size(d(data))), num_parallel_calls=parallel)
+        found.append(
+            items.ignore_errors()
+            .batch(256)
+            .reduce(tf.zeros([0], tf.int64), lambda done, more: tf.concat([done, more[0]], 0))
+        )
+    return tf.sort(tf.concat(found, 0))

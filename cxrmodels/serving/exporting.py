@@ -30,6 +30,8 @@ import json
 import os
 import shutil
 
+from PIL import Image
+
 from cxrdata.utils.io import atomic_write_text
 from cxrmodels.models.saving import load_run_model
 from cxrmodels.runs import run_folder
@@ -101,6 +103,7 @@ def export(
             "--overwrite (overwrite=True) to replace it."
         )
     model = load_run_model(run_dir, config)
+    sidecar = {"format": format, **run_folder.sidecar(config)}
     tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.{os.getpid()}.tmp")
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
@@ -112,11 +115,9 @@ def export(
                 os.path.join(tmp, run_folder.MODEL_NAME),
             )
         else:
-            _write_savedmodel(model, config, tmp)
-        atomic_write_text(
-            os.path.join(tmp, SIDECAR_NAME),
-            json.dumps({"format": format, **run_folder.sidecar(config)}, indent=2) + "\n",
-        )
+            sidecar["max_image_pixels"] = Image.MAX_IMAGE_PIXELS  # the cap `cxr convert` applies now
+            _write_savedmodel(model, config, tmp, sidecar["max_image_pixels"])
+        atomic_write_text(os.path.join(tmp, SIDECAR_NAME), json.dumps(sidecar, indent=2) + "\n")
         if os.path.isdir(out):
             shutil.rmtree(out)
         elif os.path.exists(out):
@@ -128,11 +129,11 @@ def export(
     return out
 
 
-def _write_savedmodel(model, config: dict, path: str) -> None:
+def _write_savedmodel(model, config: dict, path: str, max_image_pixels: int | None) -> None:
     import keras
     import tensorflow as tf
 
-    from cxrdata.graph_preprocess import preprocess_bytes
+    from cxrdata.graph_preprocess import preprocess_batch
     from cxrdata.layers.local_equalization import LocalEqualization
     from cxrdata.preprocess import PreprocessConfig
 
@@ -148,23 +149,36 @@ def _write_savedmodel(model, config: dict, path: str) -> None:
         }
 
     def serving_default(image_bytes):
-        images = tf.map_fn(
-            lambda data: preprocess_bytes(data, preprocessing),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([height, width, 1], tf.uint8),
-        )
+        batch = preprocess_batch(image_bytes, preprocessing, max_image_pixels=max_image_pixels)
+        images = batch["images"]
         if equalizer is not None:
             images = equalizer(images)
         if channels == 3:
             images = tf.image.grayscale_to_rgb(images)
-        return predict_images(images)
+        probabilities = tf.cond(
+            tf.shape(images)[0] > 0,
+            lambda: predict_images(images)["probabilities"],
+            lambda: tf.zeros([0, len(class_names)], tf.float32),
+        )
+        # An item without an image gets NaN, never a number that could be read as a prediction.
+        unread = tf.fill([tf.shape(image_bytes)[0], len(class_names)], float("nan"))
+        return {
+            "probabilities": tf.tensor_scatter_nd_update(unread, batch["indices"][:, None], probabilities),
+            "ok": batch["ok"],
+            "error": batch["error"],
+            "class_names": tf.constant(class_names),
+        }
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         name="serving_default",
-        fn=serving_default,
-        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+        # No AutoGraph: the graph ops hold no Python control flow, and converting them takes long.
+        fn=tf.function(
+            serving_default,
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+            autograph=False,
+        ),
     )
     archive.add_endpoint(
         name="predict_images",
