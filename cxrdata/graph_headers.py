@@ -14,16 +14,16 @@ zero-padded past the end, every loop has a cap.
 * BMP: what `tf.io.decode_bmp` decodes exactly as Pillow: uncompressed 24 and
   32 bits, and 8 bits with a gray palette, with the file's size matching the
   header (the TensorFlow decoder needs it).
-* Refused by name: WebP, GIF, TIFF and DICOM (no TensorFlow decoder that
-  reads them as Pillow or `cxrdata.dicom` does), lossless and 12-bit JPEG,
-  other BMP kinds, EXIF orientation stored in a way other than one SHORT
-  value or in compressed PNG text, and a size over the pixel cap
-  (`PIL.Image.MAX_IMAGE_PIXELS`, as in `cxrdata.decode_image`).
+* Refused by name: WebP, GIF, TIFF and DICOM (no TensorFlow 2.16 decoder
+  that reads them as Pillow or `cxrdata.dicom` does), lossless and 12-bit
+  JPEG, other BMP kinds, EXIF in PNG text chunks and compressed XMP (Pillow
+  reads an orientation there that string ops cannot), what
+  `cxrdata.graph_orientation` refuses, more than 65536 PNG chunks or 4096
+  JPEG markers, and a size over the pixel cap (width times height from the
+  header, as `cxrdata.decode_image` checks `PIL.Image.MAX_IMAGE_PIXELS`).
 
-The orientation is what `PIL.ImageOps.exif_transpose` applies: the EXIF
-Orientation tag of IFD0 (the last one wins, as in Pillow), else the first
-`tiff:Orientation` of the XMP packet; values other than 2-8 leave the image as
-stored.
+The orientation is read by `cxrdata.graph_orientation.read_orientation`
+from the EXIF and XMP collected here.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from cxrdata.graph_orientation import EXIF_PREFIX, read_orientation
 FORMATS = ("PNG", "JPEG", "BMP")  # the format codes 0, 1, 2 of `read_header`
 _MAX_PNG_CHUNKS = 1 << 16
 _MAX_JPEG_MARKERS = 1 << 12
-_ORIENTATION_TAG = 274
 _XMP_JPEG = b"http://ns.adobe.com/xap/1.0/\x00"
 _XMP_KEY = b"XML:com.adobe.xmp"
 _NO_METADATA = (b"", False, b"", False)  # (EXIF payload, found, XMP packet, found)

@@ -1,9 +1,13 @@
 """The converter's decode, grayscale and resize as TensorFlow graph ops, pixel for pixel.
 
 `cxr export` puts these ops in the SavedModel's serving signature, so a raw
-PNG or JPEG sent by a clinic's system becomes the same uint8 image that
+PNG, JPEG or BMP sent by a clinic's system becomes the same uint8 image that
 `cxrdata.decode_image` and `cxrdata.preprocess_image` (Pillow) make of the
 same file, and the model sees the same input as in `cxr predict`.
+
+* Each file's header is read first with string ops
+  (`cxrdata.graph_headers`): its format, its size against the pixel cap, its
+  EXIF orientation. A file refused there never reaches a decoder.
 
 * PNG: decoded to 16 bits (`tf.io.decode_png`, 8-bit data comes out times
   257), then as Pillow reads it: one channel (L, I;16) becomes
@@ -11,6 +15,10 @@ same file, and the model sees the same input as in `cxr predict`.
   (LA, RGB, RGBA, 16-bit ones included) keep the high byte.
 * JPEG: `tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")`, libjpeg-turbo's
   "islow" IDCT with fancy upsampling, which is what Pillow uses.
+* BMP: `tf.io.decode_bmp`, for the kinds it reads as Pillow does (see
+  `cxrdata.graph_headers`).
+* The image is turned as its EXIF orientation says, as
+  `PIL.ImageOps.exif_transpose` turns it (`cxrdata.graph_orientation`).
 * Color becomes gray with Pillow's integer ITU-R 601 luma
   `(19595 R + 38470 G + 7471 B + 2**15) >> 16`; alpha is dropped.
 * Resizing is Pillow's two-pass convolution (`libImaging/Resample.c`),
@@ -20,11 +28,16 @@ same file, and the model sees the same input as in `cxr predict`.
   vertical one. Bilinear and bicubic filters; "stretch", "crop" and "pad"
   aspects, with Python's rounding (half to even).
 
-Not reproduced: EXIF orientation (Pillow's path turns an image whose EXIF
-says it is rotated; these ops do not), Pillow's pixel cap, formats other than
-PNG and JPEG, DICOM, the "nearest" and "lanczos" filters and Pillow's own
-`Image.resize` (`resampler="pillow"`); `check_graph_preprocessing` refuses
-the last three.
+`preprocess_batch` does it for a batch with a status per item: the decoders
+of TensorFlow fail the whole batch on one bad file, so each runs first alone
+in a `tf.data` map whose `ignore_errors` finds the files it fails on.
+
+Not reproduced: formats other than PNG, JPEG and BMP (DICOM included: refused
+by name), the "nearest" and "lanczos" filters and Pillow's own `Image.resize`
+(`resampler="pillow"`); `check_graph_preprocessing` refuses the last three.
+Stricter than Pillow: a PNG that lost its last chunk or whose checksum is
+wrong, a BMP with bytes missing or left over, a BMP whose gray palette is not
+exactly 0-255 are refused where Pillow reads them.
 """
 
 from __future__ import annotations
@@ -241,15 +254,16 @@ def resize_like_converter(image, config: PreprocessConfig):
 
 
 def preprocess_bytes(data, config: PreprocessConfig):
-    """Encoded PNG or JPEG bytes to the converter's resized uint8 image `[H, W, 1]`, as graph ops.
+    """Encoded PNG, JPEG or BMP bytes to the converter's resized uint8 image `[H, W, 1]`, as graph ops.
 
-    Decodes, converts to gray and resizes as `cxrdata.decode_image` then
+    Decodes, turns, converts to gray and resizes as `cxrdata.decode_image` then
     `cxrdata.preprocess.resize` do (see the module docstring for what is not
     reproduced). It does not equalize: put a `cxrdata.LocalEqualization`
-    after it.
+    after it. A file it cannot read fails the op (`decode_gray`); for a batch
+    with a status per item, use `preprocess_batch`.
 
     Args:
-        data: A scalar `tf.string`: the bytes of one PNG or JPEG file.
+        data: A scalar `tf.string`: the bytes of one PNG, JPEG or BMP file.
         config: The preprocessing to reproduce.
 
     Returns:

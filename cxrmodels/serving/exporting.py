@@ -4,20 +4,29 @@ Both formats get `cxr.json` beside the model: the class names, the positive
 class, the model's input shape and the preprocessing the training images had
 (see `cxrmodels.runs.run_folder.sidecar`).
 
-The SavedModel's `serving_default` signature takes the bytes of raw PNG or
-JPEG files of any size, as a clinic's system would send them, and applies the
-whole preprocessing of the run's training set inside the graph
-(`cxrdata.graph_preprocess`): decode (JPEG with libjpeg's integer IDCT, as
-Pillow), grayscale (Pillow's integer luma), resize with the dataset's
-`image_size`, `aspect` and filter (the converter's exact resampler), then
-`cxrdata.LocalEqualization(radius)` when the dataset was equalized with
-`equalize="local"`; a run that equalizes inside its model needs nothing more.
-Its probabilities are those of `cxr predict` on the same files. Not
-reproduced in the graph: EXIF orientation (a JPEG whose EXIF says "rotated" is
-used as stored), DICOM, and other formats. A run whose preprocessing the graph
-cannot reproduce exactly (`equalize` "clahe" or "global", filters "nearest"
-or "lanczos", or a dataset resized by Pillow before cxrdata recorded its
-`resampler`) is refused with a ValueError.
+The SavedModel's `serving_default` signature takes the bytes of raw PNG, JPEG
+or BMP files of any size, as a clinic's system would send them, and applies
+the whole preprocessing of the run's training set inside the graph
+(`cxrdata.graph_preprocess`): read the header (format, the pixel cap, EXIF
+orientation), decode (JPEG with libjpeg's integer IDCT, as Pillow), turn as
+the EXIF says (as Pillow's `exif_transpose`), grayscale (Pillow's integer
+luma), resize with the dataset's `image_size`, `aspect` and filter (the
+converter's exact resampler), then `cxrdata.LocalEqualization(radius)` when
+the dataset was equalized with `equalize="local"`; a run that equalizes
+inside its model needs nothing more. Its probabilities are those of `cxr
+predict` on the same files.
+
+The contract is per item: the signature never fails a batch for its content.
+Each item gets `ok` and `error`; an item that is refused (WebP, GIF, TIFF,
+DICOM or an unknown format, an image over the pixel cap, an EXIF orientation
+stored in an unusual way: see `cxrdata.graph_headers`) or that its decoder
+finds truncated or corrupt gets `ok=False`, its reason in `error` and NaN
+probabilities, and the other items of the batch are predicted. The pixel cap
+is `PIL.Image.MAX_IMAGE_PIXELS` when `export` runs (the cap `cxr convert` and
+`cxr predict` apply), recorded as `max_image_pixels` in `cxr.json`. A run
+whose preprocessing the graph cannot reproduce exactly (`equalize` "clahe" or
+"global", filters "nearest" or "lanczos", or a dataset resized by Pillow
+before cxrdata recorded its `resampler`) is refused with a ValueError.
 
 `predict_images` takes uint8 pixels as they are stored in the run's dataset
 (`cxrdata.load` batches): for checking the deployed model against `cxr
@@ -50,15 +59,16 @@ def export(
     a TF SavedModel into `out` (for `tf.saved_model.load` and TF Serving) and
     `out/cxr.json`, with two signatures:
 
-    * `serving_default(image_bytes)`: a `tf.string [None]` batch of raw PNG or
-      JPEG files of any size; the graph decodes, converts to gray, resizes
-      and equalizes them as the training set was (see the module docstring),
-      and
+    * `serving_default(image_bytes)`: a `tf.string [None]` batch of raw PNG,
+      JPEG or BMP files of any size; the graph decodes, turns, converts to
+      gray, resizes and equalizes them as the training set was (see the
+      module docstring). It returns `probabilities` (float32
+      `[None, num_classes]`, NaN for an item without an image), `ok` (bool
+      `[None]`), `error` (`tf.string [None]`: why an item has no image, ""
+      when it has one) and `class_names` (a constant `tf.string [num_classes]`).
     * `predict_images(images)`: uint8 pixels `[None, height, width, channels]`
-      as stored in the run's dataset.
-
-    Both return `probabilities` (float32 `[None, num_classes]`) and
-    `class_names` (a constant `tf.string [num_classes]`).
+      as stored in the run's dataset; it returns `probabilities` and
+      `class_names`.
 
     Args:
         run_dir: A run folder written by `cxrmodels.train`.
@@ -79,7 +89,8 @@ def export(
         >>> export("runs/a", "serving/cxr/1", format="savedmodel")  # doctest: +SKIP
         >>> import tensorflow as tf
         >>> serve = tf.saved_model.load("serving/cxr/1").signatures["serving_default"]  # doctest: +SKIP
-        >>> serve(image_bytes=tf.constant([open("case.png", "rb").read()]))["probabilities"]  # doctest: +SKIP
+        >>> out = serve(image_bytes=tf.constant([open("case.png", "rb").read()]))  # doctest: +SKIP
+        >>> out["probabilities"], out["ok"], out["error"]  # doctest: +SKIP
     """
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {', '.join(FORMATS)}. Received: format={format!r}")
