@@ -234,7 +234,7 @@ def _jpeg_markers(data):
     def body(pos, i, done, sof, frame, exif, has_exif, xmp, has_xmp, error):
         b = gb.at(data, pos, 4)
         marker, size = b[1], gb.number(b[2:4], True)
-        standalone = (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD8))
+        standalone = (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD8)) | (marker == 0xFF)  # 0xFF: fill
         segment = (marker >= 0xC0) & (marker <= 0xFE) & ~standalone & (marker != 0xD9) & (marker != 0xDA)
         fits = pos + 2 + size <= length
         error = tf.where(
@@ -270,7 +270,7 @@ def _jpeg_markers(data):
         is_exif = app1 & (gb.text(payload, 0, 6) == EXIF_PREFIX)
         is_xmp = app1 & (gb.text(payload, 0, len(_XMP_JPEG)) == _XMP_JPEG)
         more_exif = tf.where(has_exif, gb.text(payload, 6, tf.strings.length(payload)), payload)
-        step = tf.where(segment, 2 + size, tf.where(marker == 0xFF, gb.int64(1), 2))  # 0xFF 0xFF: a fill byte
+        step = tf.where(segment, 2 + size, tf.where(marker == 0xFF, gb.int64(1), 2))
         step = tf.where(b[0] == 0xFF, step, gb.int64(0))
         return (
             pos + step,

@@ -341,20 +341,23 @@ def preprocess_batch(
 def _decodable(image_bytes, kinds, readable, parallel: int):
     """The sorted positions among `readable` whose decode op succeeds.
 
-    Each format's decode op runs alone in a `tf.data` map whose `ignore_errors`
-    drops the files it fails on: the only way to catch an op's error inside a
-    graph. The map holds nothing but that op (a map function with control flow
-    is instantiated anew at each call, which costs far more than the decode).
+    Each file's decode op runs in a `tf.data` map whose `ignore_errors` drops
+    the files it fails on: the only way to catch an op's error inside a graph.
+    The map holds nothing but the three ops (a map function is instantiated
+    anew at each call, which costs more than a decode when it holds more),
+    and the dataset skips tf.data's graph rewrites (done at each call too).
     """
     tf = _tf()
-    found = []
-    for code, decoder in enumerate(_DECODERS):
-        picked = tf.boolean_mask(readable, tf.gather(kinds, readable) == code)
-        items = tf.data.Dataset.from_tensor_slices((picked, tf.gather(image_bytes, picked)))
-        items = items.map(lambda i, data, d=decoder: (i, tf.size(d(data))), num_parallel_calls=parallel)
-        found.append(
-            items.ignore_errors()
-            .batch(256)
-            .reduce(tf.zeros([0], tf.int64), lambda done, more: tf.concat([done, more[0]], 0))
-        )
-    return tf.sort(tf.concat(found, 0))
+
+    def decodes(i, data, kind):
+        return i, tf.switch_case(kind, [lambda d=d: tf.size(d(data)) for d in _DECODERS])
+
+    items = tf.data.Dataset.from_tensor_slices(
+        (readable, tf.gather(image_bytes, readable), tf.gather(kinds, readable))
+    )
+    items = items.map(decodes, num_parallel_calls=parallel).ignore_errors().batch(256)
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+    items = items.with_options(options)
+    return items.reduce(tf.zeros([0], tf.int64), lambda done, more: tf.concat([done, more[0]], 0))
