@@ -43,6 +43,7 @@ exactly 0-255 are refused where Pillow reads them.
 from __future__ import annotations
 
 from cxrdata.preprocess import PreprocessConfig
+from cxrdata.utils.argument_validation import check_int
 
 GRAPH_INTERPOLATIONS = ("bilinear", "bicubic")
 GRAPH_EQUALIZE = ("local", "none")
@@ -82,10 +83,14 @@ def decode_gray(data, *, max_image_pixels: int | None | str = "pillow"):
     """PNG, JPEG or BMP bytes (a scalar `tf.string`) to a uint8 `[height, width]` gray image.
 
     The image is turned as its EXIF orientation says (as `PIL.ImageOps.exif_transpose`).
-    A file that `cxrdata.graph_headers.read_header` refuses (another format, a
-    size over `max_image_pixels`: by default Pillow's `MAX_IMAGE_PIXELS` now)
-    raises `tf.errors.InvalidArgumentError` with the reason when run; so does
-    a file the decoder finds corrupt.
+    A file that `cxrdata.graph_headers.read_header` refuses raises
+    `tf.errors.InvalidArgumentError` with the reason when run; so does a file
+    the decoder finds corrupt.
+
+    Args:
+        data: A scalar `tf.string`: the bytes of one file.
+        max_image_pixels: The pixel cap; "pillow" (the default) takes
+            `PIL.Image.MAX_IMAGE_PIXELS` when the graph is built, None lifts it.
     """
     import tensorflow as tf
 
@@ -95,7 +100,7 @@ def decode_gray(data, *, max_image_pixels: int | None | str = "pillow"):
     header = read_header(data, _pixel_cap(max_image_pixels))
     check = tf.debugging.Assert(header["error"] == "", [header["error"]])
     with tf.control_dependencies([check]):
-        return orient(decode_as(data, header["format"]), header["orientation"])
+        return orient(_decode_as(data, header["format"]), header["orientation"])
 
 
 def _pixel_cap(max_image_pixels):
@@ -106,7 +111,7 @@ def _pixel_cap(max_image_pixels):
     return max_image_pixels
 
 
-def decode_as(data, kind):
+def _decode_as(data, kind):
     """Decodes `data` as `kind` (`read_header`'s format code: 0 PNG, 1 JPEG, 2 BMP) to uint8 gray `[h, w]`."""
     import tensorflow as tf
 
@@ -285,14 +290,16 @@ def preprocess_batch(
 
     Each item's header is read first (`cxrdata.graph_headers.read_header`:
     format, pixel cap, EXIF orientation); only the items it accepts reach a
-    decoder, and those run in a `tf.data` pipeline whose `ignore_errors` drops
-    an item the decoder fails on (a truncated or corrupt body), so one bad item
-    never fails the batch.
+    decoder. Each of those is decoded first in a `tf.data` map whose
+    `ignore_errors` drops an item its decoder fails on (a truncated or corrupt
+    body), then the others are decoded again, turned and resized; so one bad
+    item never fails the batch.
 
     Args:
         image_bytes: A `tf.string [n]` batch of file contents.
         config: The preprocessing to reproduce (`check_graph_preprocessing`).
-        max_image_pixels: The pixel cap, or None for none.
+        max_image_pixels: The pixel cap (an int or an int64 scalar tensor), or
+            None for none.
         parallel: Items decoded at once. Defaults to 4.
 
     Returns:
@@ -300,13 +307,24 @@ def preprocess_batch(
         decoded, in order), `indices` (int64 `[k]`, their positions in
         `image_bytes`), `ok` (bool `[n]`) and `error` (`tf.string [n]`: the
         reason an item has no image, "" for those that have one).
+
+    Raises:
+        ValueError: A preprocessing the graph cannot reproduce, or a bad `parallel`.
+
+    Example:
+        >>> import tensorflow as tf  # doctest: +SKIP
+        >>> files = tf.constant([open("a.png", "rb").read(), b"not an image"])  # doctest: +SKIP
+        >>> out = preprocess_batch(files, PreprocessConfig(image_size=64), max_image_pixels=None)  # doctest: +SKIP
+        >>> out["ok"], out["indices"]  # doctest: +SKIP
+        (<tf.Tensor: ... numpy=array([ True, False])>, <tf.Tensor: ... numpy=array([0])>)
     """
+    check_int("parallel", parallel, minimum=1)
+    check_graph_preprocessing(config)
     import tensorflow as tf
 
     from cxrdata.graph_headers import FORMATS, read_header
     from cxrdata.graph_orientation import orient
 
-    check_graph_preprocessing(config)
     height, width = config.image_size
     spec = {
         "format": tf.TensorSpec([], tf.int32),
@@ -319,7 +337,7 @@ def preprocess_batch(
     indices = _decodable(image_bytes, headers["format"], tf.where(headers["error"] == "")[:, 0], parallel)
     images = tf.map_fn(
         lambda i: resize_like_converter(
-            orient(decode_as(image_bytes[i], headers["format"][i]), headers["orientation"][i]), config
+            orient(_decode_as(image_bytes[i], headers["format"][i]), headers["orientation"][i]), config
         )[..., None],
         indices,
         fn_output_signature=tf.TensorSpec([height, width, 1], tf.uint8),

@@ -262,3 +262,10 @@ def test_hostile_bytes_never_fail_the_batch_and_what_is_read_is_pillows_image():
         else:
             assert out["error"][i] and i not in read
     assert 50 < out["ok"].sum() < len(items) - 50  # a real mix of read and refused items
+
+
+def test_bad_arguments_are_refused_before_any_graph_is_built():
+    with pytest.raises(ValueError, match="`parallel` must be an integer >= 1. Received: parallel=0"):
+        preprocess_batch(None, CONFIG, max_image_pixels=None, parallel=0)
+    with pytest.raises(ValueError, match="`equalize` must be one of local, none"):
+        preprocess_batch(None, PreprocessConfig(equalize="clahe"), max_image_pixels=None)
