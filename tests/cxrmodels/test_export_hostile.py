@@ -110,7 +110,7 @@ def test_bmp_is_served_and_webp_gif_tiff_dicom_are_refused_by_name(served, train
     assert errors[3].startswith("DICOM is not supported by the exported model")
 
 
-def test_the_pixel_cap_is_checked_from_the_header_before_decoding(served, trained_run, realdata):
+def test_the_pixel_cap_is_checked_from_the_header_before_decoding(served, realdata):
     from PIL import Image
 
     out, serve = served
