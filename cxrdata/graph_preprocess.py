@@ -1,9 +1,13 @@
 """The converter's decode, grayscale and resize as TensorFlow graph ops, pixel for pixel.
 
 `cxr export` puts these ops in the SavedModel's serving signature, so a raw
-PNG or JPEG sent by a clinic's system becomes the same uint8 image that
+PNG, JPEG or BMP sent by a clinic's system becomes the same uint8 image that
 `cxrdata.decode_image` and `cxrdata.preprocess_image` (Pillow) make of the
 same file, and the model sees the same input as in `cxr predict`.
+
+* Each file's header is read first with string ops
+  (`cxrdata.graph_headers`): its format, its size against the pixel cap, its
+  EXIF orientation. A file refused there never reaches a decoder.
 
 * PNG: decoded to 16 bits (`tf.io.decode_png`, 8-bit data comes out times
   257), then as Pillow reads it: one channel (L, I;16) becomes
@@ -11,6 +15,10 @@ same file, and the model sees the same input as in `cxr predict`.
   (LA, RGB, RGBA, 16-bit ones included) keep the high byte.
 * JPEG: `tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")`, libjpeg-turbo's
   "islow" IDCT with fancy upsampling, which is what Pillow uses.
+* BMP: `tf.io.decode_bmp`, for the kinds it reads as Pillow does (see
+  `cxrdata.graph_headers`).
+* The image is turned as its EXIF orientation says, as
+  `PIL.ImageOps.exif_transpose` turns it (`cxrdata.graph_orientation`).
 * Color becomes gray with Pillow's integer ITU-R 601 luma
   `(19595 R + 38470 G + 7471 B + 2**15) >> 16`; alpha is dropped.
 * Resizing is Pillow's two-pass convolution (`libImaging/Resample.c`),
@@ -20,16 +28,22 @@ same file, and the model sees the same input as in `cxr predict`.
   vertical one. Bilinear and bicubic filters; "stretch", "crop" and "pad"
   aspects, with Python's rounding (half to even).
 
-Not reproduced: EXIF orientation (Pillow's path turns an image whose EXIF
-says it is rotated; these ops do not), Pillow's pixel cap, formats other than
-PNG and JPEG, DICOM, the "nearest" and "lanczos" filters and Pillow's own
-`Image.resize` (`resampler="pillow"`); `check_graph_preprocessing` refuses
-the last three.
+`preprocess_batch` does it for a batch with a status per item: the decoders
+of TensorFlow fail the whole batch on one bad file, so each runs first alone
+in a `tf.data` map whose `ignore_errors` finds the files it fails on.
+
+Not reproduced: formats other than PNG, JPEG and BMP (DICOM included: refused
+by name), the "nearest" and "lanczos" filters and Pillow's own `Image.resize`
+(`resampler="pillow"`); `check_graph_preprocessing` refuses the last three.
+Stricter than Pillow: a PNG that lost its last chunk or whose checksum is
+wrong, a BMP with bytes missing or left over, a BMP whose gray palette is not
+exactly 0-255 are refused where Pillow reads them.
 """
 
 from __future__ import annotations
 
 from cxrdata.preprocess import PreprocessConfig
+from cxrdata.utils.argument_validation import check_int
 
 GRAPH_INTERPOLATIONS = ("bilinear", "bicubic")
 GRAPH_EQUALIZE = ("local", "none")
@@ -65,24 +79,72 @@ def check_graph_preprocessing(config: PreprocessConfig) -> None:
         )
 
 
-def decode_gray(data):
-    """PNG or JPEG bytes (a scalar `tf.string`) to a uint8 `[height, width]` gray image."""
+def decode_gray(data, *, max_image_pixels: int | None | str = "pillow"):
+    """PNG, JPEG or BMP bytes (a scalar `tf.string`) to a uint8 `[height, width]` gray image.
+
+    The image is turned as its EXIF orientation says (as `PIL.ImageOps.exif_transpose`).
+    A file that `cxrdata.graph_headers.read_header` refuses raises
+    `tf.errors.InvalidArgumentError` with the reason when run; so does a file
+    the decoder finds corrupt.
+
+    Args:
+        data: A scalar `tf.string`: the bytes of one file.
+        max_image_pixels: The pixel cap; "pillow" (the default) takes
+            `PIL.Image.MAX_IMAGE_PIXELS` when the graph is built, None lifts it.
+    """
     import tensorflow as tf
 
-    def jpeg():
-        image = tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")
-        return _to_gray(tf.cast(image, tf.int32))
+    from cxrdata.graph_headers import read_header
+    from cxrdata.graph_orientation import orient
+
+    header = read_header(data, _pixel_cap(max_image_pixels))
+    check = tf.debugging.Assert(header["error"] == "", [header["error"]])
+    with tf.control_dependencies([check]):
+        return orient(_decode_as(data, header["format"]), header["orientation"])
+
+
+def _pixel_cap(max_image_pixels):
+    if max_image_pixels == "pillow":
+        from PIL import Image
+
+        return Image.MAX_IMAGE_PIXELS
+    return max_image_pixels
+
+
+def _decode_as(data, kind):
+    """Decodes `data` as `kind` (`read_header`'s format code: 0 PNG, 1 JPEG, 2 BMP) to uint8 gray `[h, w]`."""
+    import tensorflow as tf
 
     def png():
-        image = tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.int32)
+        image = tf.cast(_DECODERS[0](data), tf.int32)
         return tf.cond(
             tf.shape(image)[-1] == 1,
             lambda: (image[..., 0] * 255 + 32767) // 65535,
             lambda: _to_gray(tf.bitwise.right_shift(image, 8)),
         )
 
-    gray = tf.cond(tf.io.is_jpeg(data), jpeg, png)
-    return tf.cast(gray, tf.uint8)
+    def jpeg():
+        return _to_gray(tf.cast(_DECODERS[1](data), tf.int32))
+
+    def bmp():
+        return _to_gray(tf.cast(_DECODERS[2](data), tf.int32))
+
+    return tf.cast(tf.switch_case(tf.maximum(kind, 0), [png, jpeg, bmp]), tf.uint8)
+
+
+# The decode op of each format code, with the attributes that reproduce Pillow's pixels. The same
+# ops run twice per file in `preprocess_batch`: once to find the files they fail on, once for real.
+_DECODERS = (
+    lambda data: _tf().io.decode_png(data, channels=0, dtype=_tf().uint16),
+    lambda data: _tf().io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE"),
+    lambda data: _tf().io.decode_bmp(data, channels=0),
+)
+
+
+def _tf():
+    import tensorflow as tf  # deferred: importing cxrdata does not import TensorFlow
+
+    return tf
 
 
 def _to_gray(image):
@@ -197,15 +259,16 @@ def resize_like_converter(image, config: PreprocessConfig):
 
 
 def preprocess_bytes(data, config: PreprocessConfig):
-    """Encoded PNG or JPEG bytes to the converter's resized uint8 image `[H, W, 1]`, as graph ops.
+    """Encoded PNG, JPEG or BMP bytes to the converter's resized uint8 image `[H, W, 1]`, as graph ops.
 
-    Decodes, converts to gray and resizes as `cxrdata.decode_image` then
+    Decodes, turns, converts to gray and resizes as `cxrdata.decode_image` then
     `cxrdata.preprocess.resize` do (see the module docstring for what is not
     reproduced). It does not equalize: put a `cxrdata.LocalEqualization`
-    after it.
+    after it. A file it cannot read fails the op (`decode_gray`); for a batch
+    with a status per item, use `preprocess_batch`.
 
     Args:
-        data: A scalar `tf.string`: the bytes of one PNG or JPEG file.
+        data: A scalar `tf.string`: the bytes of one PNG, JPEG or BMP file.
         config: The preprocessing to reproduce.
 
     Returns:
@@ -218,3 +281,101 @@ def preprocess_bytes(data, config: PreprocessConfig):
     check_graph_preprocessing(config)
     gray = decode_gray(data)
     return resize_like_converter(gray, config)[..., None]
+
+
+def preprocess_batch(
+    image_bytes, config: PreprocessConfig, *, max_image_pixels: int | None, parallel: int = 4
+):
+    """A batch of encoded files to the converter's images, with a status per item, as graph ops.
+
+    Each item's header is read first (`cxrdata.graph_headers.read_header`:
+    format, pixel cap, EXIF orientation); only the items it accepts reach a
+    decoder. Each of those is decoded first in a `tf.data` map whose
+    `ignore_errors` drops an item its decoder fails on (a truncated or corrupt
+    body), then the others are decoded again, turned and resized; so one bad
+    item never fails the batch.
+
+    Args:
+        image_bytes: A `tf.string [n]` batch of file contents.
+        config: The preprocessing to reproduce (`check_graph_preprocessing`).
+        max_image_pixels: The pixel cap (an int or an int64 scalar tensor), or
+            None for none.
+        parallel: Items decoded at once. Defaults to 4.
+
+    Returns:
+        A dict: `images` (uint8 `[k, height, width, 1]`, the items that were
+        decoded, in order), `indices` (int64 `[k]`, their positions in
+        `image_bytes`), `ok` (bool `[n]`) and `error` (`tf.string [n]`: the
+        reason an item has no image, "" for those that have one).
+
+    Raises:
+        ValueError: A preprocessing the graph cannot reproduce, or a bad `parallel`.
+
+    Example:
+        >>> import tensorflow as tf  # doctest: +SKIP
+        >>> files = tf.constant([open("a.png", "rb").read(), b"not an image"])  # doctest: +SKIP
+        >>> out = preprocess_batch(files, PreprocessConfig(image_size=64), max_image_pixels=None)  # doctest: +SKIP
+        >>> out["ok"], out["indices"]  # doctest: +SKIP
+        (<tf.Tensor: ... numpy=array([ True, False])>, <tf.Tensor: ... numpy=array([0])>)
+    """
+    check_int("parallel", parallel, minimum=1)
+    check_graph_preprocessing(config)
+    import tensorflow as tf
+
+    from cxrdata.graph_headers import FORMATS, read_header
+    from cxrdata.graph_orientation import orient
+
+    height, width = config.image_size
+    spec = {
+        "format": tf.TensorSpec([], tf.int32),
+        "height": tf.TensorSpec([], tf.int64),
+        "width": tf.TensorSpec([], tf.int64),
+        "orientation": tf.TensorSpec([], tf.int32),
+        "error": tf.TensorSpec([], tf.string),
+    }
+    headers = tf.map_fn(lambda d: read_header(d, max_image_pixels), image_bytes, fn_output_signature=spec)
+    indices = _decodable(image_bytes, headers["format"], tf.where(headers["error"] == "")[:, 0], parallel)
+    images = tf.map_fn(
+        lambda i: resize_like_converter(
+            orient(_decode_as(image_bytes[i], headers["format"][i]), headers["orientation"][i]), config
+        )[..., None],
+        indices,
+        fn_output_signature=tf.TensorSpec([height, width, 1], tf.uint8),
+        parallel_iterations=parallel,
+    )
+    n = tf.shape(image_bytes, out_type=tf.int64)
+    decoded = tf.scatter_nd(indices[:, None], tf.ones_like(indices, tf.int32), n) > 0
+    failed = tf.strings.join(
+        [
+            "truncated or corrupt ",
+            tf.gather(FORMATS, tf.maximum(headers["format"], 0)),
+            ": the decoder failed",
+        ]
+    )
+    error = tf.where(headers["error"] != "", headers["error"], tf.where(decoded, "", failed))
+    return {"images": images, "indices": indices, "ok": error == "", "error": error}
+
+
+def _decodable(image_bytes, kinds, readable, parallel: int):
+    """The sorted positions among `readable` whose decode op succeeds.
+
+    Each file's decode op runs in a `tf.data` map whose `ignore_errors` drops
+    the files it fails on: the only way to catch an op's error inside a graph.
+    The map holds nothing but the three ops (a map function is instantiated
+    anew at each call, which costs more than a decode when it holds more),
+    and the dataset skips tf.data's graph rewrites (done at each call too).
+    """
+    tf = _tf()
+
+    def decodes(i, data, kind):
+        return i, tf.switch_case(kind, [lambda d=d: tf.size(d(data)) for d in _DECODERS])
+
+    items = tf.data.Dataset.from_tensor_slices(
+        (readable, tf.gather(image_bytes, readable), tf.gather(kinds, readable))
+    )
+    items = items.map(decodes, num_parallel_calls=parallel).ignore_errors().batch(256)
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+    items = items.with_options(options)
+    return items.reduce(tf.zeros([0], tf.int64), lambda done, more: tf.concat([done, more[0]], 0))

@@ -98,6 +98,14 @@ def trained_run(converted_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def exported_savedmodel(trained_run, tmp_path_factory) -> pathlib.Path:
+    """`trained_run` exported once as a SavedModel, shared by the export and serving tests."""
+    from cxrmodels.serving.exporting import export
+
+    return pathlib.Path(export(trained_run, tmp_path_factory.mktemp("exported") / "sm", format="savedmodel"))
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A converted phantom dataset for tuning: 2 classes, 48x48, 28 train and 7 val images."""
     return _convert_phantoms(

@@ -4,20 +4,29 @@ Both formats get `cxr.json` beside the model: the class names, the positive
 class, the model's input shape and the preprocessing the training images had
 (see `cxrmodels.runs.run_folder.sidecar`).
 
-The SavedModel's `serving_default` signature takes the bytes of raw PNG or
-JPEG files of any size, as a clinic's system would send them, and applies the
-whole preprocessing of the run's training set inside the graph
-(`cxrdata.graph_preprocess`): decode (JPEG with libjpeg's integer IDCT, as
-Pillow), grayscale (Pillow's integer luma), resize with the dataset's
-`image_size`, `aspect` and filter (the converter's exact resampler), then
-`cxrdata.LocalEqualization(radius)` when the dataset was equalized with
-`equalize="local"`; a run that equalizes inside its model needs nothing more.
-Its probabilities are those of `cxr predict` on the same files. Not
-reproduced in the graph: EXIF orientation (a JPEG whose EXIF says "rotated" is
-used as stored), DICOM, and other formats. A run whose preprocessing the graph
-cannot reproduce exactly (`equalize` "clahe" or "global", filters "nearest"
-or "lanczos", or a dataset resized by Pillow before cxrdata recorded its
-`resampler`) is refused with a ValueError.
+The SavedModel's `serving_default` signature takes the bytes of raw PNG, JPEG
+or BMP files of any size, as a clinic's system would send them, and applies
+the whole preprocessing of the run's training set inside the graph
+(`cxrdata.graph_preprocess`): read the header (format, the pixel cap, EXIF
+orientation), decode (JPEG with libjpeg's integer IDCT, as Pillow), turn as
+the EXIF says (as Pillow's `exif_transpose`), grayscale (Pillow's integer
+luma), resize with the dataset's `image_size`, `aspect` and filter (the
+converter's exact resampler), then `cxrdata.LocalEqualization(radius)` when
+the dataset was equalized with `equalize="local"`; a run that equalizes
+inside its model needs nothing more. Its probabilities are those of `cxr
+predict` on the same files.
+
+The contract is per item: the signature never fails a batch for its content.
+Each item gets `ok` and `error`; an item that is refused (WebP, GIF, TIFF,
+DICOM or an unknown format, an image over the pixel cap, an EXIF orientation
+stored in an unusual way: see `cxrdata.graph_headers`) or that its decoder
+finds truncated or corrupt gets `ok=False`, its reason in `error` and NaN
+probabilities, and the other items of the batch are predicted. The pixel cap
+is `PIL.Image.MAX_IMAGE_PIXELS` when `export` runs (the cap `cxr convert` and
+`cxr predict` apply), recorded as `max_image_pixels` in `cxr.json`. A run
+whose preprocessing the graph cannot reproduce exactly (`equalize` "clahe" or
+"global", filters "nearest" or "lanczos", or a dataset resized by Pillow
+before cxrdata recorded its `resampler`) is refused with a ValueError.
 
 `predict_images` takes uint8 pixels as they are stored in the run's dataset
 (`cxrdata.load` batches): for checking the deployed model against `cxr
@@ -29,6 +38,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+
+from PIL import Image
 
 from cxrdata.utils.io import atomic_write_text
 from cxrmodels.models.saving import load_run_model
@@ -48,15 +59,16 @@ def export(
     a TF SavedModel into `out` (for `tf.saved_model.load` and TF Serving) and
     `out/cxr.json`, with two signatures:
 
-    * `serving_default(image_bytes)`: a `tf.string [None]` batch of raw PNG or
-      JPEG files of any size; the graph decodes, converts to gray, resizes
-      and equalizes them as the training set was (see the module docstring),
-      and
+    * `serving_default(image_bytes)`: a `tf.string [None]` batch of raw PNG,
+      JPEG or BMP files of any size; the graph decodes, turns, converts to
+      gray, resizes and equalizes them as the training set was (see the
+      module docstring). It returns `probabilities` (float32
+      `[None, num_classes]`, NaN for an item without an image), `ok` (bool
+      `[None]`), `error` (`tf.string [None]`: why an item has no image, ""
+      when it has one) and `class_names` (a constant `tf.string [num_classes]`).
     * `predict_images(images)`: uint8 pixels `[None, height, width, channels]`
-      as stored in the run's dataset.
-
-    Both return `probabilities` (float32 `[None, num_classes]`) and
-    `class_names` (a constant `tf.string [num_classes]`).
+      as stored in the run's dataset; it returns `probabilities` and
+      `class_names`.
 
     Args:
         run_dir: A run folder written by `cxrmodels.train`.
@@ -77,7 +89,8 @@ def export(
         >>> export("runs/a", "serving/cxr/1", format="savedmodel")  # doctest: +SKIP
         >>> import tensorflow as tf
         >>> serve = tf.saved_model.load("serving/cxr/1").signatures["serving_default"]  # doctest: +SKIP
-        >>> serve(image_bytes=tf.constant([open("case.png", "rb").read()]))["probabilities"]  # doctest: +SKIP
+        >>> out = serve(image_bytes=tf.constant([open("case.png", "rb").read()]))  # doctest: +SKIP
+        >>> out["probabilities"], out["ok"], out["error"]  # doctest: +SKIP
     """
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {', '.join(FORMATS)}. Received: format={format!r}")
@@ -101,6 +114,7 @@ def export(
             "--overwrite (overwrite=True) to replace it."
         )
     model = load_run_model(run_dir, config)
+    sidecar = {"format": format, **run_folder.sidecar(config)}
     tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.{os.getpid()}.tmp")
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
@@ -112,11 +126,9 @@ def export(
                 os.path.join(tmp, run_folder.MODEL_NAME),
             )
         else:
-            _write_savedmodel(model, config, tmp)
-        atomic_write_text(
-            os.path.join(tmp, SIDECAR_NAME),
-            json.dumps({"format": format, **run_folder.sidecar(config)}, indent=2) + "\n",
-        )
+            sidecar["max_image_pixels"] = Image.MAX_IMAGE_PIXELS  # the cap `cxr convert` applies now
+            _write_savedmodel(model, config, tmp, sidecar["max_image_pixels"])
+        atomic_write_text(os.path.join(tmp, SIDECAR_NAME), json.dumps(sidecar, indent=2) + "\n")
         if os.path.isdir(out):
             shutil.rmtree(out)
         elif os.path.exists(out):
@@ -128,11 +140,11 @@ def export(
     return out
 
 
-def _write_savedmodel(model, config: dict, path: str) -> None:
+def _write_savedmodel(model, config: dict, path: str, max_image_pixels: int | None) -> None:
     import keras
     import tensorflow as tf
 
-    from cxrdata.graph_preprocess import preprocess_bytes
+    from cxrdata.graph_preprocess import preprocess_batch
     from cxrdata.layers.local_equalization import LocalEqualization
     from cxrdata.preprocess import PreprocessConfig
 
@@ -148,23 +160,36 @@ def _write_savedmodel(model, config: dict, path: str) -> None:
         }
 
     def serving_default(image_bytes):
-        images = tf.map_fn(
-            lambda data: preprocess_bytes(data, preprocessing),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([height, width, 1], tf.uint8),
-        )
+        batch = preprocess_batch(image_bytes, preprocessing, max_image_pixels=max_image_pixels)
+        images = batch["images"]
         if equalizer is not None:
             images = equalizer(images)
         if channels == 3:
             images = tf.image.grayscale_to_rgb(images)
-        return predict_images(images)
+        probabilities = tf.cond(
+            tf.shape(images)[0] > 0,
+            lambda: predict_images(images)["probabilities"],
+            lambda: tf.zeros([0, len(class_names)], tf.float32),
+        )
+        # An item without an image gets NaN, never a number that could be read as a prediction.
+        unread = tf.fill([tf.shape(image_bytes)[0], len(class_names)], float("nan"))
+        return {
+            "probabilities": tf.tensor_scatter_nd_update(unread, batch["indices"][:, None], probabilities),
+            "ok": batch["ok"],
+            "error": batch["error"],
+            "class_names": tf.constant(class_names),
+        }
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         name="serving_default",
-        fn=serving_default,
-        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+        # No AutoGraph: the graph ops hold no Python control flow, and converting them takes long.
+        fn=tf.function(
+            serving_default,
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+            autograph=False,
+        ),
     )
     archive.add_endpoint(
         name="predict_images",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -11,6 +12,16 @@ from PIL import Image
 from cxrdata.decoding import decode_image
 from cxrdata.graph_preprocess import check_graph_preprocessing, decode_gray, resize_like_converter
 from cxrdata.preprocess import PreprocessConfig, resize
+from tests import image_bytes
+
+
+@functools.lru_cache(maxsize=1)
+def _graph_decode():
+    """`decode_gray` traced once for the module (eager while-loops would take seconds per file)."""
+    import tensorflow as tf
+
+    return tf.function(decode_gray, input_signature=[tf.TensorSpec([], tf.string)])
+
 
 CASES = [
     ((97, 80), (64, 64), "stretch", "bilinear"),
@@ -54,7 +65,7 @@ def test_graph_decode_equals_pillows(mode, fmt):
             image.putalpha(90)
     buf = io.BytesIO()
     image.save(buf, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
-    got = decode_gray(tf.constant(buf.getvalue())).numpy()
+    got = _graph_decode()(tf.constant(buf.getvalue())).numpy()
     np.testing.assert_array_equal(got, decode_image(buf.getvalue()))
 
 
@@ -65,3 +76,34 @@ def test_old_datasets_keep_pillows_resize_and_are_refused_by_the_graph():
         check_graph_preprocessing(old)
     with pytest.raises(ValueError, match="`equalize` must be one of local, none"):
         check_graph_preprocessing(PreprocessConfig(equalize="global"))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_graph_decode_turns_the_image_as_pillows_exif_transpose(orientation):
+    """EXIF orientation in a JPEG (either byte order), in a PNG's eXIf chunk (before or after the
+    pixels) and in XMP, applied as `ImageOps.exif_transpose` applies it (through `decode_image`)."""
+    import tensorflow as tf
+
+    gray, rgb = image_bytes.gradient(), image_bytes.gradient(mode="RGB")
+    files = [
+        image_bytes.exif_jpeg(gray, orientation, "<"),
+        image_bytes.exif_jpeg(rgb, orientation, ">"),
+        image_bytes.exif_png(gray, orientation, ">"),
+        image_bytes.exif_png(rgb, orientation, "<", before=b"IDAT"),
+        image_bytes.xmp_jpeg(rgb, orientation),
+    ]
+    for data in files:
+        expected = decode_image(data)
+        assert expected.shape == ((37, 53) if orientation < 5 else (53, 37))
+        np.testing.assert_array_equal(_graph_decode()(tf.constant(data)).numpy(), expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "top-down"])
+def test_graph_decode_reads_bmp_as_pillow(mode):
+    import tensorflow as tf
+
+    if mode == "top-down":
+        data = image_bytes.top_down_bmp(image_bytes.gradient(mode="RGB"))
+    else:
+        data = image_bytes.encode(image_bytes.gradient(mode=mode), "BMP")
+    np.testing.assert_array_equal(_graph_decode()(tf.constant(data)).numpy(), decode_image(data))

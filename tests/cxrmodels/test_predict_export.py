@@ -135,10 +135,11 @@ SERVE_SCRIPT = """
 import json, sys
 import tensorflow as tf
 serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-files = [open(p, "rb").read() for p in sys.argv[2:]]
-probs = serve(image_bytes=tf.constant(files))["probabilities"].numpy()
+files = [open(p, "rb").read() for p in sys.argv[2:]] + [b"not an image"]
+out = serve(image_bytes=tf.constant(files))
 assert not any(m.split(".")[0] in ("cxrdata", "cxrmodels") for m in sys.modules), "library imported"
-print(json.dumps(probs.tolist()))
+print(json.dumps({"probabilities": out["probabilities"].numpy()[:-1].tolist(),
+                  "ok": out["ok"].numpy().tolist(), "error": [e.decode() for e in out["error"].numpy()]}))
 """
 
 
@@ -159,14 +160,15 @@ def _raw_files(realdata, folder) -> list[str]:
 
 
 def test_savedmodel_turns_raw_png_and_jpeg_bytes_into_cxr_predicts_probabilities(
-    trained_run, realdata, tmp_path
+    trained_run, exported_savedmodel, realdata, tmp_path
 ):
-    """In a fresh process without this library, raw files of other sizes give `cxr predict`'s output."""
+    """In a fresh process without this library, raw files of other sizes give `cxr predict`'s output,
+    and an item that is not an image gets its own status without failing the others."""
     import subprocess
     import sys
 
-    out = export(trained_run, tmp_path / "sm", format="savedmodel")
-    sidecar = json.loads((tmp_path / "sm" / "cxr.json").read_text())
+    out = str(exported_savedmodel)
+    sidecar = json.loads((exported_savedmodel / "cxr.json").read_text())
     assert sidecar["class_names"] == ["COVID", "Normal"] and sidecar["input_shape"] == [64, 64, 1]
     assert sidecar["preprocessing"]["equalize"] == "local"
     paths = _raw_files(realdata, tmp_path)
@@ -179,14 +181,18 @@ def test_savedmodel_turns_raw_png_and_jpeg_bytes_into_cxr_predicts_probabilities
         [sys.executable, "-c", SERVE_SCRIPT, out, *paths], capture_output=True, text=True, env=env, cwd=root
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    served = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
-    np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(np.array(served["probabilities"]), expected, atol=1e-5, rtol=0)
+    assert served["ok"] == [True] * len(paths) + [False]
+    assert served["error"] == [""] * len(paths) + [
+        "unrecognized format: the exported model reads PNG, JPEG and BMP files"
+    ]
 
 
-def test_savedmodel_predict_images_takes_the_datasets_pixels(trained_run, model, test_batch, tmp_path):
+def test_savedmodel_predict_images_takes_the_datasets_pixels(exported_savedmodel, model, test_batch):
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(export(trained_run, tmp_path / "sm", format="savedmodel"))
+    loaded = tf.saved_model.load(str(exported_savedmodel))
     direct = loaded.signatures["predict_images"](images=tf.constant(test_batch[0]))
     np.testing.assert_allclose(
         direct["probabilities"].numpy(), model.predict(test_batch[0], verbose=0), atol=1e-5
