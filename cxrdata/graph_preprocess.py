@@ -42,6 +42,10 @@ exactly 0-255 are refused where Pillow reads them.
 
 from __future__ import annotations
 
+from cxrdata._decode_common import SOURCE_CONSTANT
+from cxrdata.decoding import JPEG_DRAFT_PIXELS
+from cxrdata.graph_headers import FORMATS, read_header
+from cxrdata.graph_orientation import orient
 from cxrdata.preprocess import PreprocessConfig
 from cxrdata.utils.argument_validation import check_int
 
@@ -93,9 +97,6 @@ def decode_gray(data, *, max_image_pixels: int | None | str = "pillow"):
             `PIL.Image.MAX_IMAGE_PIXELS` when the graph is built, None lifts it.
     """
     import tensorflow as tf
-
-    from cxrdata.graph_headers import read_header
-    from cxrdata.graph_orientation import orient
 
     header = read_header(data, _pixel_cap(max_image_pixels))
     check = tf.debugging.Assert(header["error"] == "", [header["error"]])
@@ -322,9 +323,6 @@ def preprocess_batch(
     check_graph_preprocessing(config)
     import tensorflow as tf
 
-    from cxrdata.graph_headers import FORMATS, read_header
-    from cxrdata.graph_orientation import orient
-
     height, width = config.image_size
     spec = {
         "format": tf.TensorSpec([], tf.int32),
@@ -334,17 +332,25 @@ def preprocess_batch(
         "error": tf.TensorSpec([], tf.string),
     }
     headers = tf.map_fn(lambda d: read_header(d, max_image_pixels), image_bytes, fn_output_signature=spec)
-    indices = _decodable(image_bytes, headers["format"], tf.where(headers["error"] == "")[:, 0], parallel)
-    images = tf.map_fn(
-        lambda i: resize_like_converter(
-            orient(_decode_as(image_bytes[i], headers["format"][i]), headers["orientation"][i]), config
-        )[..., None],
+    header_error = tf.where(
+        (headers["error"] == "") & _drafted_jpeg(headers), _DRAFT_REFUSAL, headers["error"]
+    )
+    indices = _decodable(image_bytes, headers["format"], tf.where(header_error == "")[:, 0], parallel)
+
+    def one(i):
+        gray = orient(_decode_as(image_bytes[i], headers["format"][i]), headers["orientation"][i])
+        flat = tf.reduce_min(gray) == tf.reduce_max(gray)  # `cxr predict` rejects a constant image too
+        return resize_like_converter(gray, config)[..., None], flat
+
+    images, flat = tf.map_fn(
+        one,
         indices,
-        fn_output_signature=tf.TensorSpec([height, width, 1], tf.uint8),
+        fn_output_signature=(tf.TensorSpec([height, width, 1], tf.uint8), tf.TensorSpec([], tf.bool)),
         parallel_iterations=parallel,
     )
     n = tf.shape(image_bytes, out_type=tf.int64)
     decoded = tf.scatter_nd(indices[:, None], tf.ones_like(indices, tf.int32), n) > 0
+    constant = tf.scatter_nd(indices[:, None], tf.cast(flat, tf.int32), n) > 0
     failed = tf.strings.join(
         [
             "truncated or corrupt ",
@@ -352,8 +358,32 @@ def preprocess_batch(
             ": the decoder failed",
         ]
     )
-    error = tf.where(headers["error"] != "", headers["error"], tf.where(decoded, "", failed))
-    return {"images": images, "indices": indices, "ok": error == "", "error": error}
+    error = tf.where(
+        header_error != "",
+        header_error,
+        tf.where(decoded, tf.where(constant, SOURCE_CONSTANT, ""), failed),
+    )
+    keep = ~flat
+    return {
+        "images": tf.boolean_mask(images, keep),
+        "indices": tf.boolean_mask(indices, keep),
+        "ok": error == "",
+        "error": error,
+    }
+
+
+# `cxr predict` decodes a JPEG over this many pixels at a reduced scale (Pillow's draft, in the
+# DCT), which the graph's decoder does not reproduce: the exported model refuses it by name.
+_DRAFT_REFUSAL = (
+    f"JPEG over {JPEG_DRAFT_PIXELS} pixels: cxr predict decodes it at a reduced scale and the exported "
+    "model would not match it; resize it first"
+)
+
+
+def _drafted_jpeg(headers):
+
+    jpeg = headers["format"] == FORMATS.index("JPEG")
+    return jpeg & (headers["height"] * headers["width"] > JPEG_DRAFT_PIXELS)
 
 
 def _decodable(image_bytes, kinds, readable, parallel: int):

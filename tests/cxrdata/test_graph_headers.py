@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrdata.decoding import decode_image
 from cxrdata.graph_preprocess import preprocess_batch
 from cxrdata.preprocess import PreprocessConfig, preprocess_image
-from cxrdata.sources import decode_image
 from tests import image_bytes
 
 CONFIG = PreprocessConfig(image_size=(24, 20), equalize="none")

@@ -133,3 +133,22 @@ def test_the_pixel_cap_is_checked_from_the_header_before_decoding(served, realda
         )
     assert got["error"][3].decode().startswith(f"image too large: 1x{cap + 1} = ")
     assert json.loads((out / "cxr.json").read_text())["max_image_pixels"] == cap
+
+
+def test_what_cxr_predict_refuses_the_exported_model_refuses(served, trained_run, tmp_path):
+    from PIL import Image
+
+    # A constant image (decoding refuses it) and a JPEG whose header claims more pixels than
+    # `cxr predict` decodes at full scale (it would decode it reduced in the DCT; the graph cannot).
+    constant = image_bytes.encode(Image.new("L", (40, 30), 77), "PNG")
+    big = image_bytes.jpeg_header(9000, 9000)
+    ordinary = image_bytes.encode(image_bytes.gradient(), "PNG")
+    got = served[1]([ordinary, constant, big])
+    assert got["ok"].tolist() == [True, False, False]
+    assert got["error"][1].decode() == "the source image is constant"
+    assert got["error"][2].decode().startswith("JPEG over 33554432 pixels")
+    expected = _predicted(trained_run, [ordinary, constant], tmp_path)
+    assert [row["ok"] for row in expected] == [True, False]  # cxr predict refuses the constant one too
+    _agrees_with_predict(
+        {k: v[:2] for k, v in got.items() if k != "class_names"}, expected, [ordinary, constant]
+    )
