@@ -19,7 +19,7 @@ import numpy as np
 from cxrdata._pool import OrderedResults
 from cxrdata.decoding import DecodeError, FlatImageError, decode_image
 from cxrdata.manifest import shard_name
-from cxrdata.preprocess import PreprocessConfig, preprocess_image
+from cxrdata.preprocess import PreprocessConfig, preprocess_image, resize
 from cxrdata.sources import Source
 from cxrdata.utils.io import atomic_write_text, open_regular
 
@@ -76,8 +76,6 @@ def _process_mask(path: str, shape: tuple[int, int], config_dict: dict) -> bytes
     import dataclasses
 
     from PIL import Image
-
-    from cxrdata.preprocess import resize
 
     try:
         mask = decode_image(path)

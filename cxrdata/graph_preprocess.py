@@ -381,7 +381,6 @@ _DRAFT_REFUSAL = (
 
 
 def _drafted_jpeg(headers):
-
     jpeg = headers["format"] == FORMATS.index("JPEG")
     return jpeg & (headers["height"] * headers["width"] > JPEG_DRAFT_PIXELS)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxrdata.manifest import Manifest, read_manifest
+from cxrdata.utils.figures import save_picture
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,6 @@ def inspect(
         draw.text((6, y + tile // 2 - 6), f"{cls}\n({info.counts.get(cls, 0)})", fill=255)
         for c, img in enumerate(images):
             grid.paste(Image.fromarray(img).resize((tile, tile)), (label_w + c * (tile + 4), y))
-    from cxrdata.utils.figures import save_picture
 
     path = save_picture(grid, os.fspath(output) if output else os.path.join(dataset_dir, "samples.png"))
     table = (

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from cxrdata.layers._base import ImageLayer
+from cxrdata.layers._image_data_generator import from_generator_kwargs
 from cxrdata.utils.argument_validation import check_seed
 from cxrdata.utils.argument_validation import is_number as _is_number
 
@@ -298,7 +299,6 @@ class RandomAffine(ImageLayer):
         >>> layer.zoom
         (0.8, 1.2)
         """
-        from cxrdata.layers._image_data_generator import from_generator_kwargs
 
         return cls(seed=seed, **from_generator_kwargs(kwargs))
 

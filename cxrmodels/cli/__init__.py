@@ -23,6 +23,8 @@ import signal
 import sys
 import threading
 
+from cxrdata import __version__
+
 RESUMABLE = frozenset({"convert", "train", "tune"})  # rerunning the same command resumes these
 COMMAND_MODULES = (
     "cxrmodels.cli.data",
@@ -63,8 +65,6 @@ def add_command(subparsers, name: str, *, help: str, examples: str, func) -> arg
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cxrdata import __version__
-
     parser = argparse.ArgumentParser(
         prog="cxr",
         description="Fast, trustworthy chest X-ray classification with TensorFlow and Keras.",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import cxrmodels
+from cxrmodels.cli import add_command
+
 
 def register(subparsers) -> None:
-    from cxrmodels.cli import add_command
-
     p = add_command(
         subparsers,
         "audit",
@@ -53,8 +54,6 @@ def register(subparsers) -> None:
 
 
 def _audit(args) -> int:
-    import cxrmodels
-
     thresholds = {
         k: v
         for k, v in (

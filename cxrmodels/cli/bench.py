@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from cxrmodels.cli import add_command
+
 # The benchmark scripts live in the source repository beside the packages, not in the wheel.
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BENCHMARKS = os.path.join(_ROOT, "benchmarks")
@@ -23,8 +25,6 @@ EXAMPLES = (
 
 
 def register(subparsers) -> None:
-    from cxrmodels.cli import add_command
-
     p = add_command(
         subparsers,
         "bench",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
+from cxrdata.conversion_config import ConvertConfig
+from cxrdata.synthetic import write_tree
+from cxrdata.utils.config import add_arguments, from_cli
+from cxrmodels.cli import add_command
+
 
 def register(subparsers) -> None:
-    from cxrdata.conversion_config import ConvertConfig
-    from cxrdata.utils.config import add_arguments
-    from cxrmodels.cli import add_command
-
     p = add_command(
         subparsers,
         "synth",
@@ -86,8 +87,6 @@ def register(subparsers) -> None:
 
 
 def _synth(args) -> int:
-    from cxrdata.synthetic import write_tree
-
     rows = write_tree(
         args.out,
         classes=tuple(args.classes),
@@ -105,9 +104,7 @@ def _synth(args) -> int:
 
 
 def _convert(args) -> int:
-    from cxrdata.conversion import convert
-    from cxrdata.conversion_config import ConvertConfig
-    from cxrdata.utils.config import from_cli
+    from cxrdata.conversion import convert  # deferred: `cxr --help` stays light
 
     config = from_cli(ConvertConfig, args)
     if not sys.stderr.isatty():
@@ -118,7 +115,7 @@ def _convert(args) -> int:
 
 
 def _verify(args) -> int:
-    from cxrdata.verification import verify
+    from cxrdata.verification import verify  # deferred: `cxr --help` stays light
 
     result = verify(args.dataset, progress=not args.quiet and sys.stderr.isatty())
     print(result.summary(args.dataset))
@@ -126,7 +123,7 @@ def _verify(args) -> int:
 
 
 def _inspect(args) -> int:
-    from cxrdata.verification import inspect
+    from cxrdata.verification import inspect  # deferred: `cxr --help` stays light
 
     table, path = inspect(args.dataset, output=args.output, per_class=args.per_class, split=args.split)
     print(table)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 
+import cxrmodels
+from cxrdata.utils.config import add_arguments, from_cli
+from cxrmodels.cli import add_command
+from cxrmodels.metrics.clinical import _auc_text
+from cxrmodels.metrics.tables import format_metrics_table
+from cxrmodels.runs import run_folder
+from cxrmodels.training.config import TrainConfig
+
 
 def register(subparsers) -> None:
-    from cxrdata.utils.config import add_arguments
-    from cxrmodels.cli import add_command
-    from cxrmodels.training.config import TrainConfig
-
     p = add_command(
         subparsers,
         "train",
@@ -58,8 +62,6 @@ def register(subparsers) -> None:
 
 
 def _register_evaluate(subparsers) -> None:
-    from cxrmodels.cli import add_command
-
     p = add_command(
         subparsers,
         "evaluate",
@@ -104,10 +106,6 @@ def _register_evaluate(subparsers) -> None:
 
 
 def _train(args) -> int:
-    import cxrmodels
-    from cxrdata.utils.config import from_cli
-    from cxrmodels.training.config import TrainConfig
-
     config = from_cli(TrainConfig, args)
     result = cxrmodels.train(config=config)
     # A multi-worker run's other workers return None: the chief wrote the run folder.
@@ -116,10 +114,7 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    import cxrmodels
-    from cxrmodels.evaluation.evaluator import _headline
-    from cxrmodels.metrics.clinical import _auc_text
-    from cxrmodels.metrics.tables import format_metrics_table
+    from cxrmodels.evaluation.evaluator import _headline  # deferred: `cxr --help` stays light
 
     metrics = cxrmodels.evaluate(
         args.run,
@@ -144,8 +139,7 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    import cxrmodels
-    from cxrmodels.runs import run_folder
+    # deferred: `cxr --help` stays light
     from cxrmodels.serving.prediction import format_predictions
 
     results = cxrmodels.predict(args.run, args.images, gradcam_dir=args.gradcam, batch_size=args.batch_size)
@@ -162,8 +156,6 @@ def _predict(args) -> int:
 
 
 def _export(args) -> int:
-    import cxrmodels
-
     out = cxrmodels.export(args.run, args.out, format=args.format, overwrite=args.overwrite)
     print(f"Exported {args.run} as {args.format} to {out}")
     return 0

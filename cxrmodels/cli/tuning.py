@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import cxrmodels
+from cxrdata.utils.config import add_arguments, from_cli
 from cxrmodels.cli import add_command
 from cxrmodels.tuning.config import SearchConfig, parse_hp
 
@@ -37,8 +39,6 @@ trial's TrainConfig), best_model.keras and search_plot.png.
 
 
 def register(subparsers) -> None:
-    from cxrdata.utils.config import add_arguments
-
     p = add_command(
         subparsers,
         "tune",
@@ -50,9 +50,6 @@ def register(subparsers) -> None:
 
 
 def _tune_run(args) -> int:
-    import cxrmodels
-    from cxrdata.utils.config import from_cli
-
     result = cxrmodels.search(config=from_cli(SearchConfig, args))
     print(result.summary())
     return 0

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import warnings
 
+from cxrdata.dicom import MULTI_FRAME_POLICY
+from cxrdata.manifest import dicom_window_of
+
 
 def split_names(manifest, split: str) -> list[str]:
     """The splits that `split` means: every split of the dataset for "all"."""
@@ -133,8 +136,6 @@ def check_dataset(
 
 def _normalized(preprocessing: dict) -> dict:
     """`preprocessing` with the defaults of keys older manifests lack (their DICOM reading)."""
-    from cxrdata.dicom import MULTI_FRAME_POLICY
-    from cxrdata.manifest import dicom_window_of
 
     return {
         **preprocessing,

@@ -41,6 +41,9 @@ import shutil
 
 from PIL import Image
 
+from cxrdata.graph_preprocess import check_graph_preprocessing, preprocess_batch
+from cxrdata.layers.local_equalization import LocalEqualization
+from cxrdata.preprocess import PreprocessConfig
 from cxrdata.utils.io import atomic_write_text
 from cxrmodels.models.saving import load_run_model
 from cxrmodels.runs import run_folder
@@ -97,9 +100,6 @@ def export(
     out = os.fspath(out)
     config = run_folder.read_config(run_dir)
     if format == "savedmodel":
-        from cxrdata.graph_preprocess import check_graph_preprocessing
-        from cxrdata.preprocess import PreprocessConfig
-
         try:
             check_graph_preprocessing(PreprocessConfig.from_dict(config["preprocessing"]))
         except ValueError as e:
@@ -143,10 +143,6 @@ def export(
 def _write_savedmodel(model, config: dict, path: str, max_image_pixels: int | None) -> None:
     import keras
     import tensorflow as tf
-
-    from cxrdata.graph_preprocess import preprocess_batch
-    from cxrdata.layers.local_equalization import LocalEqualization
-    from cxrdata.preprocess import PreprocessConfig
 
     height, width, channels = (int(d) for d in config["model"]["input_shape"])
     class_names = [str(c) for c in config["class_names"]]

@@ -15,6 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from cxrdata.decoding import DecodeError, decode_image
+from cxrdata.manifest import dicom_window_of
+from cxrdata.preprocess import PreprocessConfig, preprocess_image
+from cxrdata.utils.figures import save_picture
+from cxrmodels.models import last_conv_layer_name
 from cxrmodels.models.saving import load_run_model
 from cxrmodels.runs import run_folder
 
@@ -93,9 +98,6 @@ def predict(
 
 def _read_images(paths: list[str], config: dict) -> tuple[dict[int, np.ndarray], list[dict]]:
     """Decodes and preprocesses each file as `cxr convert` did for the run's dataset."""
-    from cxrdata.decoding import DecodeError, decode_image
-    from cxrdata.manifest import dicom_window_of
-    from cxrdata.preprocess import PreprocessConfig, preprocess_image
 
     preprocessing = PreprocessConfig.from_dict(config["preprocessing"])
     dicom_window = dicom_window_of(config["preprocessing"])  # as the training set's DICOMs were read
@@ -168,8 +170,6 @@ def gradcam(model, images, *, class_index=None, layer_name: str | None = None) -
     """
     import tensorflow as tf
 
-    from cxrmodels.models import last_conv_layer_name
-
     grad_model = _feature_model(model, (layer_name or last_conv_layer_name(model)).split("/"))
     x = tf.convert_to_tensor(images)
     with tf.GradientTape() as tape:
@@ -235,8 +235,6 @@ def write_overlay(image: np.ndarray, heatmap: np.ndarray, path: str | os.PathLik
 
     from matplotlib import colormaps
     from PIL import Image
-
-    from cxrdata.utils.figures import save_picture
 
     gray = np.repeat(image.astype(np.float32)[..., None] / 255.0, 3, axis=-1)
     heat = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]

@@ -16,8 +16,12 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
+import cxrdata
 from cxrdata.utils.argument_validation import check_bool
+from cxrmodels.metrics.clinical import positive_class_index
+from cxrmodels.models import model_info, model_options
 from cxrmodels.models.input_stack import build_model
+from cxrmodels.models.inputs import check_input_shape, check_num_classes
 from cxrmodels.training.config import TrainConfig, augmentation_layer
 from cxrmodels.training.session import compile_model, dtype_policy
 from cxrmodels.tuning import space as _tuning_space
@@ -123,10 +127,6 @@ class CXRHyperModel(kt.HyperModel):
         config: TrainConfig | None = None,
         **train_options: Any,
     ):
-        from cxrmodels.metrics.clinical import positive_class_index
-        from cxrmodels.models import model_info, model_options
-        from cxrmodels.models.inputs import check_input_shape, check_num_classes
-
         check_bool("dataset_equalized", dataset_equalized)
         if model is not None:
             train_options["model"] = model
@@ -245,8 +245,6 @@ class CXRHyperModel(kt.HyperModel):
         the trial. Anything else goes to `model.fit` unchanged.
         """
         if args and isinstance(args[0], (str, os.PathLike)):
-            import cxrdata
-
             config = self.train_config(self.resolve(hp), dataset=os.fspath(args[0]))
             args = args[1:]
             train_ds = cxrdata.load(

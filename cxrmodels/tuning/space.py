@@ -17,6 +17,8 @@ from typing import Any
 from keras_tuner.engine import hyperparameters as hpt
 
 from cxrdata.utils.argument_validation import is_int
+from cxrmodels.models import model_info
+from cxrmodels.models.cnn import min_input_size
 from cxrmodels.training.config import MAX_AUGMENT_STRENGTH
 
 REFERENCE_LEARNING_RATE = 1e-3  # Adam's default, as in the reference training
@@ -165,8 +167,6 @@ def space_for(model: str, options: dict[str, Any], input_shape, *, dataset_equal
     the radius of the equalization inside the model, `equalize_radius`, is
     searched too (reference 70, as the study; 0 turns it off).
     """
-    from cxrmodels.models import model_info
-    from cxrmodels.models.cnn import min_input_size
 
     info = model_info(model)
     size = min(input_shape[0], input_shape[1])
@@ -198,13 +198,10 @@ def space_for(model: str, options: dict[str, Any], input_shape, *, dataset_equal
 
 def check_input_size(space: Space, overrides: hpt.HyperParameters, input_shape) -> None:
     """Raises ValueError when the model cannot take `input_shape` with its reference block count."""
-    from cxrmodels.models import model_info
 
     info = model_info(space.model)
     if info.family == "cnn" and "blocks" not in {e.name for e in overrides.space}:
         if not space.params["blocks"].valid(space.reference["blocks"]):
-            from cxrmodels.models.cnn import min_input_size
-
             need = min_input_size(space.reference["blocks"])
             raise ValueError(
                 f"`input_shape` must be at least {need}x{need} for {space.model}'s {space.reference['blocks']} "
