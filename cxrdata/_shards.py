@@ -148,7 +148,7 @@ def _write_shard(out, partial, name, results, class_names, *, tmp_path=None) -> 
     counts, rejects) is saved in `partial` before it is renamed, so a shard under
     its final name always has one. Each runner calls this once per shard.
     """
-    from cxrdata.records import ShardWriter, serialize_example
+    from cxrdata.records import ShardWriter, serialize_example  # deferred: records imports TensorFlow
 
     writer = ShardWriter(os.path.join(out, name), tmp_path=tmp_path)
     counts = {c: 0 for c in class_names}

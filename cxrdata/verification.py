@@ -37,7 +37,7 @@ def _check_shard(
 ) -> tuple[int, dict[str, int], list[str]]:
     import tensorflow as tf
 
-    from cxrdata.records import parse_record
+    from cxrdata.records import parse_record  # deferred: records imports TensorFlow
 
     name = os.path.basename(path)
     problems: list[str] = []
@@ -167,7 +167,7 @@ def inspect(
     import tensorflow as tf
     from PIL import Image, ImageDraw
 
-    from cxrdata.records import parse_record
+    from cxrdata.records import parse_record  # deferred: records imports TensorFlow
 
     dataset_dir = os.fspath(dataset_dir)
     manifest = read_manifest(dataset_dir)

@@ -26,6 +26,7 @@ from cxrdata.utils.figures import save_figure
 from cxrdata.utils.io import atomic_write_text
 from cxrdata.utils.output_dir import OVERWRITE, RESUME, check_output_dir, refuse_other_options
 from cxrmodels.tuning.config import SearchConfig
+from cxrmodels.tuning.tuners import read_sidecar
 
 SEARCH_NAME = "search.json"
 TRIALS_NAME = "trials.csv"
@@ -154,7 +155,6 @@ def clear(out: str, project_name: str | None) -> None:
 
 def trial_rows(tuner, hypermodel, objective: str) -> list[dict[str, Any]]:
     """One dict per trial, in trial order: id, hyperparameters, objective, status, epochs, seconds."""
-    from cxrmodels.tuning.tuners import read_sidecar
 
     oracle = tuner.oracle
     trials = sorted(oracle.trials.values(), key=lambda t: (len(t.trial_id), t.trial_id))
