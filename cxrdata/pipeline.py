@@ -344,15 +344,15 @@ def _check_cluster(cfg: LoadConfig) -> None:
 def _check_share_classes(plan: Plan) -> None:
     """Raises unless every class of the split has a record in this input pipeline's files.
 
-    The manifest counts classes per split, not per file, so this reads: in
-    every file at once, up to the first record of each class (all of the share
-    for a class it lacks).
+    The manifest counts classes per split, not per file, so this reads: up to
+    64 files at once, one record of each in turn, until the first record of
+    each class (all of the share for a class it lacks).
     """
     for c, count in enumerate(plan.class_counts):
         if not count:
             continue
         with tf.init_scope():  # eagerly, also when `load` is traced into a tf.function
-            records = _reading.read(plan, shuffle=False, ordered=True, cycle_length=len(plan.paths))
+            records = _reading.read(plan, shuffle=False, ordered=True, cycle_length=min(len(plan.paths), 64))
             found = next(iter(records.filter(_reading.has_label(c, False)).take(1)), None)
         if found is None:
             i, n = plan.share
