@@ -1,17 +1,36 @@
-"""tf.data service helpers: hand a pipeline's preprocessing to remote workers.
+"""tf.data service helpers: hand a pipeline's reading and preprocessing to remote workers.
 
 The service is TensorFlow's own (`tf.data.experimental.service`): a dispatcher
 and workers started with `DispatchServer` / `WorkerServer`, for example on CPU
 hosts beside a GPU trainer. `cxrdata.load(..., service="grpc://host:port")`
-applies `distribute` below to the expensive part of the pipeline.
+runs its pipeline there through `distribute_epochs` below.
+
+Epochs. The service serializes a dataset's graph to its workers, and each
+iteration of the client's dataset (each Keras epoch) starts a new job whose
+workers build that graph afresh: a shuffle seeded inside it starts from the
+same state every time, so every epoch would replay one order (and, with
+`drop_remainder`, drop the same records). `distribute_epochs` therefore
+draws one seed per iteration on the client, from a seeded stream that
+advances each time the dataset is iterated (as a local shuffle's does), and
+registers the pipeline built with that seed as the job of this epoch.
+
+The same holds for an augmentation layer's random state: the service copies
+the value its seed generators hold when the pipeline is registered, and the
+workers would restart from it every epoch (batch `k` of each epoch drawing the
+same transforms). `distribute_epochs` sets those states from the epoch's seed
+before each registration, so the draws move on with the epochs too.
 """
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
 PROTOCOL = "grpc://"
 MODES = ("distributed_epoch", "parallel_epochs")
+DEFAULT_TIMEOUT = 60.0  # seconds `load` waits for a dispatcher before it raises
 
 
 def check_service(service: str | None, mode: str = "distributed_epoch") -> None:
@@ -34,34 +53,64 @@ def check_service(service: str | None, mode: str = "distributed_epoch") -> None:
         )
 
 
-def distribute(dataset: tf.data.Dataset, service: str, mode: str = "distributed_epoch") -> tf.data.Dataset:
-    """Runs `dataset` on the service's workers; this process only receives its elements.
+def wait_for_dispatcher(service: str, timeout: float) -> None:
+    """Returns once the dispatcher at `service` accepts a connection; raises after `timeout` seconds.
 
-    `distributed_epoch`: the dispatcher hands the shard files out one at a
-    time (dynamic sharding of the file list, the dataset's first source), so
-    an epoch holds each record once whatever the number of workers; each
-    worker batches what it read, so the caller rebatches. `parallel_epochs`:
-    every worker produces the whole dataset, so with `n` workers each record
-    comes `n` times per epoch (in different orders when unseeded). Each new
-    iteration (a Keras epoch) starts a new anonymous job.
+    TensorFlow itself would retry for an hour: registering a dataset with an
+    unreachable dispatcher blocks `load`, silently, for that long.
+
+    Raises:
+        ConnectionError: nothing answered at the address within `timeout`.
     """
-    return dataset.apply(tf.data.experimental.service.distribute(processing_mode=mode, service=service))
+    import grpc  # deferred with TensorFlow, which depends on it
+
+    channel = grpc.insecure_channel(service[len(PROTOCOL) :])
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise ConnectionError(
+            f"No tf.data service dispatcher answered at {service!r} within {timeout:g} s. Start one "
+            f"(tf.data.experimental.service.DispatchServer) and its workers, or pass `service_timeout` "
+            f"to wait longer."
+        ) from None
+    finally:
+        channel.close()
 
 
-def start_local_service(num_workers: int = 1):
-    """Starts a dispatcher and `num_workers` workers on free loopback ports.
+def distribute_epochs(
+    build: Callable[[tf.Tensor], tf.data.Dataset],
+    service: str,
+    mode: str,
+    seed: int | None,
+    states: Sequence = (),
+) -> tf.data.Dataset:
+    """Runs `build(epoch_seed)` on the service's workers, with a new seed each iteration.
 
-    For tests and single-host experiments. Keep the returned servers referenced
-    while the service is in use; they stop when garbage collected.
-
-    Returns:
-        `(dispatcher, workers)`; pass `dispatcher.target` as `service`.
+    The seeds are a stream seeded with `seed` (None: different in every run)
+    that advances each time the returned dataset is iterated, so the same
+    `seed` gives the same sequence of epoch seeds. `distributed_epoch`: the
+    dispatcher hands the pipeline's shard files out one at a time (dynamic
+    sharding of its first source), so an epoch holds each record once whatever
+    the number of workers; each worker batches what it read, so the caller
+    rebatches. `parallel_epochs`: every worker produces the whole epoch, so
+    with `n` workers each record comes `n` times. `states`: the seed-generator
+    state variables (`[seed, counter]`) of what `build` draws from; each is set
+    to `[epoch seed + i, 0]` before the epoch's pipeline is registered.
     """
-    service = tf.data.experimental.service
-    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
-    address = dispatcher.target[len(PROTOCOL) :]
-    workers = [
-        service.WorkerServer(service.WorkerConfig(dispatcher_address=address, port=0))
-        for _ in range(num_workers)
-    ]
-    return dispatcher, workers
+
+    def epoch(epoch_seed: tf.Tensor) -> tf.data.Dataset:
+        reseed = [
+            state.assign(tf.cast(tf.stack([epoch_seed + i, 0]), state.dtype))
+            for i, state in enumerate(states)
+        ]
+        with warnings.catch_warnings(), tf.control_dependencies(reseed):
+            dataset = build(epoch_seed)
+            # register_dataset reads the options of a dataset built in a graph (this function).
+            warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
+            dataset_id = tf.data.experimental.service.register_dataset(service, dataset)
+        return tf.data.experimental.service.from_dataset_id(
+            mode, service, dataset_id, element_spec=dataset.element_spec
+        )
+
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return seeds.map(lambda s: tf.math.floormod(s, 2**31 - 1)).flat_map(epoch)

@@ -37,8 +37,10 @@ PLAN_NAME = "beam-plan.json"
 def pipeline_options(beam_options: Sequence[str] | None, workers: int) -> PipelineOptions:
     """Beam options: the DirectRunner with `workers` processes, unless `beam_options` say otherwise.
 
-    Later flags win, so any flag in `beam_options` (`--runner=FlinkRunner`,
-    `--direct_num_workers=4`...) replaces the default of the same name.
+    Later flags win, so any flag in `beam_options` (`--runner=PrismRunner`,
+    `--direct_num_workers=4`...) replaces the default of the same name; other
+    runners ignore the DirectRunner's flags. A released apache-beam fetches the
+    Prism binary from GitHub at first use; offline, pass `--prism_location=PATH`.
     """
     defaults = [
         "--runner=DirectRunner",

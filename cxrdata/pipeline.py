@@ -4,7 +4,9 @@ The pipeline follows the tf.data performance guide: shard files are read in
 parallel (`interleave`), records are shuffled while still serialized, then
 batched and parsed with one vectorized `parse_example` per batch. Images stay
 uint8 end to end: they cross to the accelerator at a quarter of float32's size,
-and the model casts and scales them.
+and the model casts and scales them. The stages live in `_reading`; which files
+a pipeline reads, and how workers share a split, in `_sharding`; the tf.data
+service in `_service`.
 
 Shards are checked against the manifest twice: their sizes when `load` is
 called (a truncated shard is named before anything is read), and their record
@@ -18,49 +20,20 @@ when reading fails) names the damaged shard.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
-import warnings
-from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
 
-from cxrdata import _service
+from cxrdata import _reading, _service, _sharding
+from cxrdata._load_config import LoadConfig, resolve_config
+from cxrdata._sharding import Plan
 from cxrdata.manifest import read_manifest
 from cxrdata.records import feature_spec
-from cxrdata.utils.argument_validation import check_seed
 
-LABEL_MODES = ("categorical", "int")
-BALANCE_MODES = (None, "none", "oversample")
 AUTOTUNE = tf.data.AUTOTUNE
-
-# The record shuffle buffer holds about this many bytes (split between the
-# per-class buffers when oversampling), and between these many records.
-_SHUFFLE_BUFFER_BYTES = 256 * 2**20
-_MIN_SHUFFLE_BUFFER, _MAX_SHUFFLE_BUFFER = 256, 10_000
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What the pipeline needs to know about one split, taken from the manifest."""
-
-    paths: tuple[str, ...]
-    records: tuple[int, ...]
-    image_shape: tuple[int, int, int]
-    encoding: str
-    class_counts: tuple[int, ...]
-    stored_record_bytes: int
-
-    @property
-    def num_examples(self) -> int:
-        return sum(self.records)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_counts)
+_OFF = tf.data.experimental.AutoShardPolicy.OFF
 
 
 def load(
@@ -81,6 +54,8 @@ def load(
     input_context: tf.distribute.InputContext | None = None,
     service_mode: str = "distributed_epoch",
     with_masks: bool = False,
+    service_timeout: float = _service.DEFAULT_TIMEOUT,
+    config: LoadConfig | None = None,
 ) -> tf.data.Dataset:
     """Loads one split of a converted dataset as batches of `(images, labels)`.
 
@@ -91,193 +66,199 @@ def load(
         shuffle: shuffle shard order and records. When False, records come in
             manifest order (shard by shard). Defaults to True.
         seed: seed for every shuffle and for class sampling; the same seed gives
-            the same batches. Defaults to None (different every run).
+            the same batches. Each new iteration of the dataset (each `Model.fit`
+            epoch) gives a new order, in a sequence the seed fixes. Defaults to
+            None (different every run).
         repeat: repeat forever (pass `steps_per_epoch` to `Model.fit`). Without
             `cache` the file list repeats before the record shuffle, so epochs
-            blur: within `steps_per_epoch` a record may come twice before
-            another comes once (every record keeps the same rate). Defaults to
-            False (one epoch per iteration: each record exactly once).
+            blur (every record keeps the same rate). Defaults to False (one epoch
+            per iteration: each record exactly once).
         augment: a Keras layer applied to each uint8 batch on the CPU as
-            `augment(images, training=True)`; float output is rounded back to
-            uint8. Batches go through it one at a time (so a seeded layer gives
-            the same batches) unless `deterministic=False`. On a GPU, put the
-            layer in the model instead. Defaults to None.
+            `augment(images, training=True)`, output rounded back to uint8; one
+            batch at a time (a seeded layer gives the same batches) unless
+            `deterministic=False`. On a GPU, put it in the model. Defaults to None.
         label_mode: `"categorical"` (one-hot float32 `[batch, num_classes]`)
             or `"int"` (int32 `[batch]`). Defaults to `"categorical"`.
         balance: `"oversample"` draws every class present in the split equally
-            often (minority classes repeat; each class reads the shards on its
-            own); one epoch then holds as many examples as the split. None or
+            often (each class reads the shards on its own); an epoch holds as
+            many examples as the split (or the input pipeline's share). None or
             `"none"` reads each record once. Defaults to None.
         cache: `"memory"`, or a file path prefix for `Dataset.cache` (one file
             cache per class, suffixed `-class{i}`, when oversampling): records
             are cached, PNGs decoded, in shard order on the first epoch, and
             reshuffled through the record buffer every epoch. Defaults to None.
-        deterministic: whether parallel reads and maps keep their order.
-            Defaults to None (tf.data's default, which is deterministic).
+        deterministic: False lets parallel reads and maps deliver out of order
+            (faster; the order then depends on timing). Defaults to None, which
+            is True: every order-shaping parameter is fixed by the library.
         drop_remainder: drop the last, smaller batch. Defaults to False.
         service: a tf.data service dispatcher, `"grpc://host:port"`, whose
-            workers run the reading, parsing and augmentation. Defaults to
-            None (this process does it).
-        service_mode: `"distributed_epoch"`: the dispatcher hands each shard
-            file to one worker, so an epoch holds every record once whatever
-            the number of workers (this process rebatches what they send; the
-            order across workers is not reproducible). `"parallel_epochs"`:
-            every worker yields every record, so `n` workers make each epoch
-            `n` times longer. Defaults to `"distributed_epoch"`.
-        input_context: for `Strategy.distribute_datasets_from_function`:
-            read only this input pipeline's shard files (file `i` goes to
-            pipeline `i % num_input_pipelines`), so each record is read by
-            one pipeline per epoch. Defaults to None (all files).
-        with_masks: also yield each image's lung mask (see `cxr convert`'s
-            masks): batches become `(images, labels, masks)`, masks uint8
-            `[batch, height, width, 1]` of 0 and 1, all 0 for a record without a
-            mask. Not for `Model.fit`, which would take the masks for sample
-            weights; `augment`, `balance` and `cache` are refused with it.
-            Defaults to False.
+            workers run the reading, parsing and augmentation. Defaults to None.
+        input_context: for `Strategy.distribute_datasets_from_function`: read
+            only this input pipeline's shard files (file `i` goes to pipeline
+            `i % num_input_pipelines`), through `service` if given. Defaults to
+            None (all files).
+        service_mode: `"distributed_epoch"`: each shard file goes to one service
+            worker, an epoch holds every record once (this process rebatches).
+            `"parallel_epochs"`: every worker yields every record, so `n` workers
+            make each epoch `n` times longer. Defaults to `"distributed_epoch"`.
+        with_masks: also yield each image's lung mask: batches become `(images,
+            labels, masks)`, masks uint8 `[batch, height, width, 1]` of 0 and 1,
+            all 0 for a record without one. Not for `Model.fit`; takes no
+            `augment`, `balance`, `cache` or `service`. Defaults to False.
+        service_timeout: seconds to wait for the dispatcher to answer before
+            raising ConnectionError. Defaults to 60.
+        config: all of the above as one `LoadConfig` (then pass no other
+            keyword). Defaults to None.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)` (`(images, labels, masks)` with `with_masks`): images uint8
         `[batch, height, width, channels]`. Under a `tf.distribute` strategy it
         shards by file (by batch when there are fewer files than workers, or
-        when oversampling; all workers then share one seed, so each batch goes
-        to one worker).
+        when oversampling; all workers then share one seed).
 
     Raises:
         ValueError: an argument is invalid or the split does not exist.
         TypeError: an argument has the wrong type.
         FileNotFoundError: the folder, its manifest or a shard is missing.
+        ConnectionError: `service` did not answer within `service_timeout`.
 
     Example:
         >>> train = cxrdata.load("data/cxr", "train", batch_size=64, seed=1)  # doctest: +SKIP
-        >>> val = cxrdata.load("data/cxr", "val", shuffle=False)  # doctest: +SKIP
-        >>> model.fit(train, validation_data=val)  # doctest: +SKIP
+        >>> model.fit(train, validation_data=cxrdata.load("data/cxr", "val", shuffle=False))  # doctest: +SKIP
     """
-    _check_args(
-        batch_size=batch_size,
-        seed=seed,
-        augment=augment,
-        label_mode=label_mode,
-        balance=balance,
-        cache=cache,
-        deterministic=deterministic,
-    )
-    _service.check_service(service, service_mode)
-    # Dynamically sharded, each service worker batches only its share: the epoch
-    # length and `drop_remainder` are applied here, after the service.
-    if not isinstance(with_masks, bool):
-        raise TypeError(f"`with_masks` must be True or False. Received: with_masks={with_masks!r}")
-    if with_masks and (
-        augment is not None or balance not in (None, "none") or cache is not None or service is not None
-    ):
-        raise ValueError(
-            "`with_masks=True` reads images with their masks as stored: it takes no `augment`, "
-            f"`balance`, `cache` or `service`. Received: augment={augment!r}, balance={balance!r}, "
-            f"cache={cache!r}, service={service!r}"
-        )
-    rebatch = service is not None and service_mode == "distributed_epoch"
-    if rebatch and cache is not None:
-        raise ValueError(
-            f"`cache` cannot be used with `service_mode='distributed_epoch'`: each service worker "
-            f"would cache only the files it was handed in the first epoch. Use "
-            f"service_mode='parallel_epochs' with one worker, or no cache. Received: cache={cache!r}"
-        )
-    plan = _plan(dataset_dir, split)
-    if input_context is not None:
-        plan = _pipeline_plan(plan, input_context, split)
-    if with_masks:
-        return _with_masks(
-            plan,
-            split,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            repeat=repeat,
-            label_mode=label_mode,
-            deterministic=deterministic,
-            drop_remainder=drop_remainder,
-        )
-    policy = None
-    if service is None and input_context is None:
-        policy = _shard_policy(len(plan.paths), split, balance)
-        if policy == tf.data.experimental.AutoShardPolicy.DATA and _num_input_workers() > 1:
-            # Each worker keeps every n-th batch of its own copy of the stream: the
-            # copies must agree batch for batch, or records are lost and repeated.
-            seed = _shared_seed(dataset_dir, split) if seed is None else seed
-            deterministic = None
+    passed = locals()  # the first statement: only the arguments are local yet
+    keywords = {f.name: passed[f.name] for f in dataclasses.fields(LoadConfig)}
+    return _load(dataset_dir, split, resolve_config(config, keywords))
 
-    n = plan.num_examples
-    steps = n // batch_size if drop_remainder else math.ceil(n / batch_size)
-    worker_drop = drop_remainder and not rebatch
-    if balance == "oversample":
-        ds = _oversampled(
-            plan,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            cache=cache,
-            deterministic=deterministic,
-            drop_remainder=worker_drop,
-        )
-        if not repeat and not rebatch:
+
+def _load(dataset_dir: str | os.PathLike, split: str, cfg: LoadConfig) -> tf.data.Dataset:
+    """`load` with its options checked."""
+    _check_cluster(cfg)
+    plan = _sharding.plan(dataset_dir, split)
+    if cfg.input_context is not None:
+        plan = _sharding.pipeline_share(plan, cfg.input_context)
+        if cfg.oversample:
+            _check_share_classes(plan)
+    if cfg.service is not None:
+        _service.wait_for_dispatcher(cfg.service, cfg.service_timeout)
+    if cfg.with_masks:
+        return _with_masks(plan, cfg)
+    cfg, policy = _for_cluster(cfg, plan, dataset_dir)
+    augment = (
+        None if cfg.augment is None else _reading.augment_fn(cfg.augment, [cfg.batch_size, *plan.image_shape])
+    )
+    if cfg.service is None:
+        ds = _batches(plan, cfg, cfg.seed, augment)
+    else:
+        ds = _served(plan, cfg, augment)
+    options = tf.data.Options()
+    options.deterministic = cfg.ordered
+    options.experimental_distribute.auto_shard_policy = policy
+    return ds.prefetch(AUTOTUNE).with_options(options)
+
+
+def _batches(plan: Plan, cfg: LoadConfig, seed, augment, *, served: bool = False) -> tf.data.Dataset:
+    """One epoch of finished batches (endless with `repeat` or when served for rebatching).
+
+    `seed` is a Python int, None, or (under the service) the epoch's seed tensor.
+    Served in `distributed_epoch` mode, each worker batches only its share of
+    the files: batch size, `drop_remainder` and the epoch length are the client's.
+    """
+    whole = not (served and cfg.rebatch)
+    drop = cfg.drop_remainder and whole
+    steps = _steps(plan, cfg)
+    if cfg.oversample:
+        ds = _oversampled(plan, cfg, seed, drop)
+        if whole and not cfg.repeat:
             ds = ds.take(max(steps, 1))
     else:
-        # Without a cache, repeating the (reshuffled) file list before the record
-        # shuffle keeps its buffer full across epochs instead of draining and
-        # refilling it at each boundary, as the tf.data guide describes.
-        repeat_files = repeat and not cache
-        ds = _read(
-            plan, shuffle=shuffle and not cache, deterministic=deterministic, seed=seed, repeat=repeat_files
-        )
-        decoded = bool(cache) and plan.encoding == "png"
-        if cache:
-            ds = _decode(ds, plan, deterministic).cache(_cache_name(cache))
-        if shuffle:
-            ds = ds.shuffle(_buffer_size(plan, decoded, n), seed=seed)
-        if repeat and not repeat_files:
-            ds = ds.repeat()
-        if not decoded:
-            ds = _decode(ds, plan, deterministic)
-        ds = ds.batch(batch_size, drop_remainder=worker_drop)
-        if not repeat and not rebatch:
+        ds = _records(plan, cfg, seed, drop)
+        if whole and not cfg.repeat:
             # Keras can then size its progress bar from the first epoch on.
             ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
-
-    ds = ds.map(
-        _batch_fn(plan, label_mode, batch_size if worker_drop else None),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
-    )
+    parse = _reading.batch_fn(plan, cfg.label_mode, cfg.batch_size if drop else None)
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=cfg.ordered)
     if augment is not None:
-        fn, compiled = _augment_fn(augment, [batch_size, *plan.image_shape])
+        fn, compiled = augment
         # The layer's random state advances once per call, so parallel calls would
         # draw in a racy order and break "same seed, same batches". Compiled by XLA,
         # one call at a time is as fast (XLA spreads each call over the cores);
         # uncompiled layers run in parallel only when determinism is waived.
-        sequential = compiled or deterministic is not False
-        ds = ds.map(fn, num_parallel_calls=None if sequential else AUTOTUNE, deterministic=deterministic)
-    options = tf.data.Options()
-    if input_context is not None:  # this pipeline already reads only its own files
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    elif service is not None:
-        ds = _service.distribute(ds, service, service_mode)
-        if rebatch:
-            ds = ds.rebatch(batch_size, drop_remainder=drop_remainder)
-            if not repeat:
-                ds = (
-                    ds.take(max(steps, 1))
-                    if balance == "oversample"
-                    else ds.apply(tf.data.experimental.assert_cardinality(steps))
-                )
-        # The service already spreads the work; the client holds no files to shard.
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    else:
-        options.experimental_distribute.auto_shard_policy = policy
-    return ds.prefetch(AUTOTUNE).with_options(options)
+        if compiled or cfg.ordered:
+            ds = ds.map(fn)
+        else:
+            ds = ds.map(fn, num_parallel_calls=AUTOTUNE, deterministic=False)
+    return ds
 
 
-def _with_masks(
-    plan: _Plan, split: str, *, batch_size, shuffle, seed, repeat, label_mode, deterministic, drop_remainder
-) -> tf.data.Dataset:
+def _served(plan: Plan, cfg: LoadConfig, augment) -> tf.data.Dataset:
+    """The pipeline run by the tf.data service's workers, a new seed each epoch (see `_service`)."""
+    ds = _service.distribute_epochs(
+        lambda seed: _batches(plan, cfg, seed, augment, served=True),
+        cfg.service,
+        cfg.service_mode,
+        cfg.seed,
+        states=_reading.seed_states(cfg.augment) if cfg.augment is not None else (),
+    )
+    if cfg.rebatch:
+        ds = ds.rebatch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+        if not cfg.repeat:
+            steps = _steps(plan, cfg)
+            if cfg.oversample:
+                steps = max(steps, 1)
+                ds = ds.take(steps)
+            ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
+    return ds
+
+
+def _records(plan: Plan, cfg: LoadConfig, seed, drop: bool) -> tf.data.Dataset:
+    """Batches of serialized (or, cached PNG, decoded) records, each record once per epoch."""
+    # Without a cache, repeating the (reshuffled) file list before the record
+    # shuffle keeps its buffer full across epochs instead of draining and
+    # refilling it at each boundary, as the tf.data guide describes.
+    repeat_files = cfg.repeat and not cfg.cache
+    ds = _reading.read(
+        plan, shuffle=cfg.shuffle and not cfg.cache, ordered=cfg.ordered, seed=seed, repeat=repeat_files
+    )
+    decoded = bool(cfg.cache) and plan.encoding == "png"
+    if cfg.cache:
+        ds = _reading.decode(ds, plan, cfg.ordered).cache(_reading.cache_name(cfg.cache))
+    if cfg.shuffle:
+        ds = ds.shuffle(_reading.buffer_size(plan, decoded, plan.num_examples), seed=seed)
+    if cfg.repeat and not repeat_files:
+        ds = ds.repeat()
+    if not decoded:
+        ds = _reading.decode(ds, plan, cfg.ordered)
+    return ds.batch(cfg.batch_size, drop_remainder=drop)
+
+
+def _oversampled(plan: Plan, cfg: LoadConfig, seed, drop: bool) -> tf.data.Dataset:
+    """Endless batches drawing each class present in the split with equal probability."""
+    classes = [c for c, n in enumerate(plan.class_counts) if n > 0]
+    decoded = bool(cfg.cache) and plan.encoding == "png"
+    streams = []
+    for c in classes:
+        # Each class has its own seeds, so the class streams are not in lockstep.
+        class_seed = None if seed is None else seed * 1009 + c + 1
+        ds = _reading.read(plan, shuffle=cfg.shuffle and not cfg.cache, ordered=cfg.ordered, seed=class_seed)
+        if decoded:
+            ds = _reading.decode(ds, plan, cfg.ordered)
+        ds = ds.filter(_reading.has_label(c, decoded))
+        if cfg.cache:
+            ds = ds.cache(_reading.cache_name(cfg.cache, f"-class{c}"))
+        if cfg.shuffle:
+            size = _reading.buffer_size(plan, decoded, plan.class_counts[c], streams=len(classes))
+            ds = ds.shuffle(size, seed=class_seed)
+        streams.append(ds.repeat())
+    ds = tf.data.Dataset.sample_from_datasets(
+        streams, weights=[1.0 / len(streams)] * len(streams), seed=seed, rerandomize_each_iteration=True
+    )
+    if not decoded:
+        ds = _reading.decode(ds, plan, cfg.ordered)
+    return ds.batch(cfg.batch_size, drop_remainder=drop)
+
+
+def _with_masks(plan: Plan, cfg: LoadConfig) -> tf.data.Dataset:
     """Batches of `(images, labels, masks)`, each record parsed on its own (masks are optional)."""
     spec = {k: feature_spec()[k] for k in ("image", "label", "mask")}
     shape, num_classes = plan.image_shape, plan.num_classes
@@ -295,19 +276,22 @@ def _with_masks(
         )
         mask = tf.cast(tf.ensure_shape(mask, [*shape[:2], 1]) > 127, tf.uint8)
         label = f["label"]
-        if label_mode == "categorical":
+        if cfg.label_mode == "categorical":
             label = tf.one_hot(label, num_classes, dtype=tf.float32)
         else:
             label = tf.cast(label, tf.int32)
         return tf.ensure_shape(image, shape), label, mask
 
-    ds = _read(plan, shuffle=shuffle, deterministic=deterministic, seed=seed, repeat=repeat)
-    if shuffle:
-        ds = ds.shuffle(_buffer_size(plan, False, plan.num_examples), seed=seed)
-    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = _reading.read(plan, shuffle=cfg.shuffle, ordered=cfg.ordered, seed=cfg.seed, repeat=cfg.repeat)
+    if cfg.shuffle:
+        ds = ds.shuffle(_reading.buffer_size(plan, False, plan.num_examples), seed=cfg.seed)
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=cfg.ordered)
+    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = _shard_policy(len(plan.paths), split)
+    options.deterministic = cfg.ordered
+    options.experimental_distribute.auto_shard_policy = (
+        _OFF if cfg.input_context is not None else _sharding.shard_policy(len(plan.paths), plan.split)
+    )
     return ds.prefetch(AUTOTUNE).with_options(options)
 
 
@@ -342,275 +326,65 @@ def class_weights(dataset_dir: str | os.PathLike, split: str = "train") -> dict[
     return {i: (n / (present * c) if c else 0.0) for i, c in enumerate(counts)}
 
 
-def _check_args(*, batch_size, seed, augment, label_mode, balance, cache, deterministic) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    check_seed(seed)
-    if augment is not None and not isinstance(augment, keras.layers.Layer):
-        raise TypeError(
-            f"`augment` must be a Keras layer (for example `cxrdata.RandomAffine(...)`) or None. "
-            f"Received: augment={augment!r} of type {type(augment).__name__}"
-        )
-    if label_mode not in LABEL_MODES:
-        raise ValueError(f"`label_mode` must be one of {LABEL_MODES}. Received: label_mode={label_mode!r}")
-    if balance not in BALANCE_MODES:
-        raise ValueError(f"`balance` must be one of {BALANCE_MODES}. Received: balance={balance!r}")
-    if deterministic is not None and not isinstance(deterministic, bool):
-        raise TypeError(
-            f"`deterministic` must be True, False or None. Received: deterministic={deterministic!r}"
-        )
-    if cache is not None:
-        if not isinstance(cache, (str, os.PathLike)) or not os.fspath(cache):
-            raise ValueError(
-                f"`cache` must be 'memory', a file path prefix, or None. Received: cache={cache!r}"
-            )
-        parent = os.path.dirname(os.path.abspath(os.fspath(cache)))
-        if cache != "memory" and not os.path.isdir(parent):
-            raise FileNotFoundError(
-                f"`cache` must be a path in an existing folder; {parent!r} does not exist. "
-                f"Received: cache={cache!r}"
-            )
+# --- cluster rules ----------------------------------------------------------------------
 
 
-def _plan(dataset_dir: str | os.PathLike, split: str) -> _Plan:
-    """Reads the manifest and checks that every shard of `split` is there at its size."""
-    dataset_dir = os.fspath(dataset_dir)
-    manifest = read_manifest(dataset_dir)
-    info = manifest.split(split)
-    if manifest.encoding not in ("raw", "png"):
+def _check_cluster(cfg: LoadConfig) -> None:
+    """Refuses what would read each record once per worker in a TF_CONFIG cluster."""
+    workers = _sharding.num_input_workers()
+    if cfg.service is not None and cfg.input_context is None and workers > 1:
         raise ValueError(
-            f"Unknown image encoding {manifest.encoding!r} in {dataset_dir!r}: "
-            f"expected 'raw' or 'png'. Upgrade cxr."
+            f"`service` without `input_context` in a cluster of {workers} workers (TF_CONFIG): every "
+            f"worker would read the whole split each epoch through the service. Build the dataset in "
+            f"`strategy.distribute_datasets_from_function` and pass its `input_context`. "
+            f"Received: service={cfg.service!r}, input_context=None"
         )
-    if not info.shards:
-        raise ValueError(f"Split {split!r} of {dataset_dir!r} has no shards.")
-    paths = tuple(os.path.join(dataset_dir, s.name) for s in info.shards)
-    for shard, path in zip(info.shards, paths):
-        try:
-            size = os.path.getsize(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"Shard {path!r} is listed in the manifest but missing. Check the dataset with "
-                f"`cxr verify {dataset_dir}`, or convert it again."
-            ) from None
-        if size != shard.size:
+
+
+def _check_share_classes(plan: Plan) -> None:
+    """Raises unless every class of the split has a record in this input pipeline's files.
+
+    The manifest counts classes per split, not per file, so this reads: up to
+    64 files at once, one record of each in turn, until the first record of
+    each class (all of the share for a class it lacks).
+    """
+    for c, count in enumerate(plan.class_counts):
+        if not count:
+            continue
+        with tf.init_scope():  # eagerly, also when `load` is traced into a tf.function
+            records = _reading.read(plan, shuffle=False, ordered=True, cycle_length=min(len(plan.paths), 64))
+            found = next(iter(records.filter(_reading.has_label(c, False)).take(1)), None)
+        if found is None:
+            i, n = plan.share
             raise ValueError(
-                f"Shard {path!r} is {size} bytes but the manifest lists {shard.size}: it is "
-                f"truncated or was replaced. Check the dataset with `cxr verify {dataset_dir}`."
+                f"`balance='oversample'` draws every class of split {plan.split!r} equally often, but "
+                f"the files of input pipeline {i} of {n} ({len(plan.paths)} of {plan.split_files} shard "
+                f"files) hold no record of class {c} ({plan.class_names[c]!r}), so its batches cannot be "
+                f"balanced. Convert with a smaller --shard-size (more, smaller files spread every class "
+                f"over the workers), or balance with class weights instead."
             )
-    records = sum(s.records for s in info.shards)
-    return _Plan(
-        paths=paths,
-        records=tuple(s.records for s in info.shards),
-        image_shape=tuple(manifest.image_shape),
-        encoding=manifest.encoding,
-        class_counts=tuple(info.counts.get(name, 0) for name in manifest.class_names),
-        stored_record_bytes=max(1, sum(s.size for s in info.shards) // max(records, 1)),
-    )
 
 
-def _pipeline_plan(plan: _Plan, context: tf.distribute.InputContext, split: str) -> _Plan:
-    """The part of `plan` that input pipeline `context.input_pipeline_id` reads: every n-th file."""
-    i, n = context.input_pipeline_id, context.num_input_pipelines
-    if len(plan.paths) < n:
-        raise ValueError(
-            f"Split {split!r} has {len(plan.paths)} shard files for {n} input pipelines (workers): "
-            f"each needs at least one file. Convert again with a smaller --shard-size."
-        )
-    return dataclasses.replace(plan, paths=plan.paths[i::n], records=plan.records[i::n])
+def _for_cluster(
+    cfg: LoadConfig, plan: Plan, dataset_dir
+) -> tuple[LoadConfig, tf.data.experimental.AutoShardPolicy]:
+    """The auto-shard policy for a strategy that shards the dataset itself, and the config it needs.
 
-
-def _read(
-    plan: _Plan, *, shuffle: bool, deterministic: bool | None, seed=None, repeat: bool = False
-) -> tf.data.Dataset:
-    """Serialized records of all shards, read in parallel."""
-    files = tf.data.Dataset.from_tensor_slices((list(plan.paths), tf.constant(plan.records, dtype=tf.int64)))
-    if shuffle:
-        files = files.shuffle(len(plan.paths), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        files = files.repeat()
-    # Unshuffled, shards are read one after another: a larger cycle would mix their records.
-    return files.interleave(
-        _read_shard,
-        cycle_length=None if shuffle else 1,
-        num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
-    )
-
-
-def _read_shard(path: tf.Tensor, expected: tf.Tensor) -> tf.data.Dataset:
-    """One shard's records; raises unless exactly `expected` come out.
-
-    TFRecordDataset stops silently at a truncated end; the cardinality assertion
-    (checked in C++, free per record) turns that into an error. A bad CRC raises
-    DataLossError from the reader itself.
+    A pipeline of `input_context` or of the service holds no files to shard
+    again. Sharded by DATA, each worker keeps every n-th batch of its own copy
+    of the stream: the copies must agree batch for batch, so all workers share
+    one seed and keep order, or records would be lost and repeated.
     """
-    return tf.data.TFRecordDataset(path).apply(tf.data.experimental.assert_cardinality(expected))
+    if cfg.service is not None or cfg.input_context is not None:
+        return cfg, _OFF
+    policy = _sharding.shard_policy(len(plan.paths), plan.split, cfg.balance)
+    if policy == tf.data.experimental.AutoShardPolicy.DATA and _sharding.num_input_workers() > 1:
+        seed = _sharding.shared_seed(dataset_dir, plan.split) if cfg.seed is None else cfg.seed
+        cfg = dataclasses.replace(cfg, seed=seed, deterministic=True)
+    return cfg, policy
 
 
-def _decode(ds: tf.data.Dataset, plan: _Plan, deterministic: bool | None) -> tf.data.Dataset:
-    """Decodes PNG records one by one into `(image, label)`; raw ones wait for the batch."""
-    if plan.encoding != "png":
-        return ds
-    spec = _features()
-    shape = plan.image_shape
-
-    def decode(serialized):
-        features = tf.io.parse_single_example(serialized, spec)
-        image = tf.ensure_shape(tf.io.decode_png(features["image"], channels=shape[2]), shape)
-        return image, features["label"]
-
-    return ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-
-
-def _batch_fn(plan: _Plan, label_mode: str, batch: int | None):
-    """The per-batch map: parse raw records (vectorized), then shape the labels."""
-    shape, num_classes, spec = plan.image_shape, plan.num_classes, _features()
-
-    def finish(images, labels):
-        images.set_shape([batch, *shape])
-        if label_mode == "categorical":
-            labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
-            labels.set_shape([batch, num_classes])
-        else:
-            labels = tf.cast(labels, tf.int32)
-            labels.set_shape([batch])
-        return images, labels
-
-    if plan.encoding == "png":
-        return finish
-
-    def parse(serialized):
-        features = tf.io.parse_example(serialized, spec)
-        images = tf.reshape(tf.io.decode_raw(features["image"], tf.uint8), [-1, *shape])
-        return finish(images, features["label"])
-
-    return parse
-
-
-def _augment_fn(layer: keras.layers.Layer, batch_shape: list):
-    """The augment map `(fn, compiled)`: `layer` on each uint8 batch, by XLA when it can be.
-
-    On the CPU, XLA runs `RandomAffine` about 4 times faster than the plain
-    graph of its ops. A layer with an op that XLA cannot compile (Keras'
-    RandomRotation, RandomZoom and RandomTranslation rest on
-    ImageProjectiveTransformV3) is found here, once, and runs uncompiled.
-    """
-
-    def apply(images):
-        out = layer(images, training=True)
-        if out.dtype != tf.uint8:
-            # Most Keras image layers compute in float; keep the uint8 contract.
-            if out.dtype.is_floating:
-                out = tf.round(out)
-            out = tf.saturate_cast(out, tf.uint8)
-        return out
-
-    run = tf.function(apply, jit_compile=True)
-    try:
-        # Lowers to XLA's HLO without running: fails on an op without an XLA kernel.
-        run.experimental_get_compiler_ir(tf.TensorSpec(batch_shape, tf.uint8))(stage="hlo")
-        compiled = True
-    except (ValueError, TypeError, tf.errors.OpError):
-        run, compiled = apply, False
-
-    def augment(images, labels):
-        out = run(images)
-        out.set_shape(images.shape)
-        return out, labels
-
-    return augment, compiled
-
-
-def _oversampled(
-    plan: _Plan, *, batch_size, shuffle, seed, cache, deterministic, drop_remainder
-) -> tf.data.Dataset:
-    """Endless batches drawing each class present in the split with equal probability."""
-    classes = [c for c, n in enumerate(plan.class_counts) if n > 0]
-    decoded = bool(cache) and plan.encoding == "png"
-    streams = []
-    for c in classes:
-        # Each class has its own seeds, so the class streams are not in lockstep.
-        class_seed = None if seed is None else seed * 1009 + c + 1
-        ds = _read(plan, shuffle=shuffle and not cache, deterministic=deterministic, seed=class_seed)
-        if decoded:
-            ds = _decode(ds, plan, deterministic)
-        ds = ds.filter(_has_label(c, decoded))
-        if cache:
-            ds = ds.cache(_cache_name(cache, f"-class{c}"))
-        if shuffle:
-            size = _buffer_size(plan, decoded, plan.class_counts[c], streams=len(classes))
-            ds = ds.shuffle(size, seed=class_seed)
-        streams.append(ds.repeat())
-    ds = tf.data.Dataset.sample_from_datasets(
-        streams, weights=[1.0 / len(streams)] * len(streams), seed=seed, rerandomize_each_iteration=True
-    )
-    if not decoded:
-        ds = _decode(ds, plan, deterministic)
-    return ds.batch(batch_size, drop_remainder=drop_remainder)
-
-
-def _has_label(label: int, decoded: bool):
-    if decoded:
-        return lambda image, record_label: tf.equal(record_label, label)
-    spec = {"label": feature_spec()["label"]}
-    return lambda serialized: tf.equal(tf.io.parse_single_example(serialized, spec)["label"], label)
-
-
-def _features() -> dict:
-    spec = feature_spec()
-    return {"image": spec["image"], "label": spec["label"]}
-
-
-def _buffer_size(plan: _Plan, decoded: bool, examples: int, streams: int = 1) -> int:
-    """Records per shuffle buffer: `_SHUFFLE_BUFFER_BYTES` in all, at most `examples`."""
-    h, w, c = plan.image_shape
-    per_record = h * w * c if decoded else plan.stored_record_bytes
-    size = _SHUFFLE_BUFFER_BYTES // streams // per_record
-    size = min(_MAX_SHUFFLE_BUFFER, max(_MIN_SHUFFLE_BUFFER, size))
-    return max(1, min(size, examples))
-
-
-def _cache_name(cache, suffix: str = "") -> str:
-    return "" if cache == "memory" else os.fspath(cache) + suffix
-
-
-def _shard_policy(
-    num_files: int, split: str, balance: str | None = None
-) -> tf.data.experimental.AutoShardPolicy:
-    """FILE sharding across workers, or DATA when there are fewer files than workers.
-
-    Oversampling reads the files once per class (`sample_from_datasets` over
-    several sources), which FILE sharding cannot split: it shards by DATA.
-    """
-    workers = _num_input_workers()
-    if balance == "oversample":
-        return tf.data.experimental.AutoShardPolicy.DATA
-    if num_files < workers:
-        warnings.warn(
-            f"Split {split!r} has {num_files} shard files for {workers} workers, so each worker "
-            f"reads every file and keeps 1/{workers} of the batches (AutoShardPolicy.DATA, in "
-            f"order, with one seed for all workers). Convert with at least {workers} shards per "
-            f"split to shard by file.",
-            stacklevel=3,
-        )
-        return tf.data.experimental.AutoShardPolicy.DATA
-    return tf.data.experimental.AutoShardPolicy.FILE
-
-
-def _shared_seed(dataset_dir, split: str) -> int:
-    """A seed every worker of the TF_CONFIG cluster derives alike (the same in every run)."""
-    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
-    key = json.dumps(
-        [cluster, os.path.basename(os.path.abspath(os.fspath(dataset_dir))), split], sort_keys=True
-    )
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") >> 1
-
-
-def _num_input_workers() -> int:
-    """Workers in the multi-worker cluster described by TF_CONFIG (1 without one)."""
-    try:
-        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
-    except (ValueError, AttributeError):
-        return 1
-    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+def _steps(plan: Plan, cfg: LoadConfig) -> int:
+    """Batches per epoch."""
+    n = plan.num_examples
+    return n // cfg.batch_size if cfg.drop_remainder else math.ceil(n / cfg.batch_size)

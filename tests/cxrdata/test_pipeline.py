@@ -28,19 +28,25 @@ def _image(uid: int) -> np.ndarray:
     return ((np.arange(SIZE)[None, :] * 4 + uid) % 256).astype(np.uint8).repeat(SIZE, axis=0)
 
 
-def _write_dataset(directory, encoding="raw"):
-    """Writes the dataset; returns {split: [(id, label), ...] in manifest order}."""
+def _write_dataset(directory, encoding="raw", *, counts=None, shards=None, sort_labels=False):
+    """Writes the dataset; returns {split: [(id, label), ...] in manifest order}.
+
+    `counts` and `shards` default to COUNTS and SHARDS; `sort_labels` writes each split's
+    records class by class (so some shards hold one class only) instead of shuffled.
+    """
+    counts_by_split, shards_by_split = counts or COUNTS, shards or SHARDS
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(0)
     splits, order, uid = {}, {}, 0
-    for split, counts in COUNTS.items():
+    for split, counts in counts_by_split.items():
         labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
-        rng.shuffle(labels)
+        if not sort_labels:
+            rng.shuffle(labels)
         items = [(uid + i, int(label)) for i, label in enumerate(labels)]
         uid += len(items)
-        shards = []
-        for index, part in enumerate(np.array_split(np.arange(len(items)), SHARDS[split])):
-            with ShardWriter(os.path.join(directory, shard_name(split, index, SHARDS[split]))) as w:
+        shards, num_shards = [], shards_by_split[split]
+        for index, part in enumerate(np.array_split(np.arange(len(items)), num_shards)):
+            with ShardWriter(os.path.join(directory, shard_name(split, index, num_shards))) as w:
                 for i in part:
                     image = _image(items[i][0])
                     data = (
@@ -300,9 +306,23 @@ def test_fewer_files_than_workers_falls_back_to_data(raw, monkeypatch):
     )
 
 
-def test_tf_data_service_yields_every_record_once(raw):
-    from cxrdata._service import start_local_service
+def start_local_service(num_workers: int = 1):
+    """A dispatcher and `num_workers` workers in this process, on free loopback ports.
 
+    Keep the returned servers referenced while the service is in use; they stop when garbage
+    collected. (`tests/cxrdata/test_service.py` runs them as separate processes.)
+    """
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
+    address = dispatcher.target[len("grpc://") :]
+    workers = [
+        service.WorkerServer(service.WorkerConfig(dispatcher_address=address, port=0))
+        for _ in range(num_workers)
+    ]
+    return dispatcher, workers
+
+
+def test_tf_data_service_yields_every_record_once(raw):
     directory, order = raw
     dispatcher, workers = start_local_service()
     ds = cxrdata.load(directory, "train", batch_size=8, seed=0, service=dispatcher.target)
@@ -317,8 +337,8 @@ def test_tf_data_service_yields_every_record_once(raw):
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        (dict(batch_size=0), ValueError, "`batch_size` must be a positive integer. Received: batch_size=0"),
-        (dict(batch_size=2.0), ValueError, "Received: batch_size=2.0"),
+        (dict(batch_size=0), ValueError, "`batch_size` must be an integer >= 1. Received: batch_size=0"),
+        (dict(batch_size=2.0), TypeError, "Received: batch_size=2.0"),
         (dict(augment=lambda x: x), TypeError, "`augment` must be a Keras layer .* of type function"),
         (dict(label_mode="binary"), ValueError, "`label_mode` must be one of .*'binary'"),
         (dict(balance="undersample"), ValueError, "`balance` must be one of .*'undersample'"),
@@ -434,8 +454,6 @@ def _batches(ds):
 
 @pytest.mark.parametrize("balance", [None, "oversample"])
 def test_tf_data_service_two_workers_epoch_holds_every_record_once(raw, balance):
-    from cxrdata._service import start_local_service
-
     directory, order = raw
     dispatcher, workers = start_local_service(2)
     ds = cxrdata.load(directory, "train", batch_size=8, seed=0, service=dispatcher.target, balance=balance)
@@ -518,3 +536,37 @@ def test_augment_layer_without_xla_gives_same_batches_with_same_seed(raw):
 
     first = batches()
     assert all(np.array_equal(first, batches()) for _ in range(3))
+
+
+def test_load_config_gives_the_batches_of_the_same_keywords(raw):
+    import dataclasses
+
+    from cxrdata.pipeline import LoadConfig
+
+    directory, _ = raw
+    config = LoadConfig(batch_size=8, seed=11, label_mode="int")
+    assert _batches(cxrdata.load(directory, "train", config=config)) == _batches(
+        cxrdata.load(directory, "train", batch_size=8, seed=11, label_mode="int")
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 2
+    with pytest.raises(ValueError, match="either as `config` or as keywords, not both.* seed=3"):
+        cxrdata.load(directory, "train", config=config, seed=3)
+    with pytest.raises(TypeError, match="`config` must be a LoadConfig or None"):
+        cxrdata.load(directory, "train", config={"batch_size": 8})
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(shuffle="yes"), TypeError, "`shuffle` must be True or False. Received: shuffle='yes'"),
+        (dict(seed=-1), ValueError, "`seed` must be an integer >= 0 or None. Received: seed=-1"),
+        (dict(seed=1.5), TypeError, "Received: seed=1.5"),
+        (dict(deterministic=1), TypeError, "`deterministic` must be True, False or None"),
+        (dict(input_context=(0, 2)), TypeError, "`input_context` must be a tf.distribute.InputContext"),
+        (dict(with_masks=True, balance="oversample"), ValueError, "`with_masks=True` reads images"),
+    ],
+)
+def test_options_are_checked_before_any_file_is_read(tmp_path, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        cxrdata.load(tmp_path / "no-such-dataset", **kwargs)  # a missing folder would say FileNotFoundError
