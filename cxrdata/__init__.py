@@ -17,6 +17,8 @@ from cxrdata.utils.lazy import lazy_exports  # noqa: E402  (after __version__)
 # these functions, so importing a module never shadows its function.
 _EXPORTS = {
     "convert": "cxrdata.conversion",
+    "ConvertConfig": "cxrdata.conversion_config",
+    "LoadConfig": "cxrdata._load_config",
     "ConversionResult": "cxrdata.conversion",
     "verify": "cxrdata.verification",
     "inspect": "cxrdata.verification",
@@ -35,7 +37,9 @@ _SUBMODULES = ("synthetic", "layers", "utils")
 
 if TYPE_CHECKING:  # what IDEs and type checkers see
     from cxrdata import layers, synthetic, utils
+    from cxrdata._load_config import LoadConfig
     from cxrdata.conversion import ConversionResult, convert
+    from cxrdata.conversion_config import ConvertConfig
     from cxrdata.decoding import decode_image
     from cxrdata.layers.local_equalization import LocalEqualization
     from cxrdata.layers.random_affine import RandomAffine, augmentation
