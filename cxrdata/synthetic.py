@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from cxrdata._phantom import SHORTCUTS, plant_shortcut, render, sample_acquisition, sample_anatomy
-from cxrdata.utils.argument_validation import check_seed, is_int
+from cxrdata.utils.argument_validation import check_bool, check_seed, is_int
 from cxrdata.utils.io import atomic_write_text
 
 KINDS = ("normal", "covid", "pneumonia")
@@ -70,8 +70,7 @@ def make_phantom(
     kind = _check_kind(label)
     if rng is not None and seed is not None:
         raise ValueError(f"Give `rng` or `seed`, not both. Received: rng={rng!r}, seed={seed!r}")
-    if not isinstance(return_mask, bool):
-        raise ValueError(f"`return_mask` must be True or False. Received: return_mask={return_mask!r}")
+    check_bool("return_mask", return_mask)
     if rng is None:
         rng = np.random.default_rng(seed)
     elif not isinstance(rng, np.random.Generator):
@@ -190,8 +189,7 @@ def write_tree(
     _check_shortcut(shortcut, shortcut_strength)
     if isinstance(severity, bool) or not isinstance(severity, (int, float)) or not 0 <= severity <= 1:
         raise ValueError(f"`severity` must be a number from 0 to 1. Received: severity={severity!r}")
-    if not isinstance(findings, bool):
-        raise ValueError(f"`findings` must be True or False. Received: findings={findings!r}")
+    check_bool("findings", findings)
     tree = _Tree(
         root,
         shape,

@@ -328,7 +328,7 @@ def test_without_findings_the_lungs_carry_no_class_information(tmp_path):
         lungs = _read(tmp_path / "plain", r["mask"]) > 0
         assert not (a != b)[~lungs].any()
         assert (a != b)[lungs].any() == (r["label"] == "COVID")  # only the COVID films lost their findings
-    with pytest.raises(ValueError, match="`findings` must be True or False"):
+    with pytest.raises(TypeError, match="`findings` must be True or False"):
         write_tree(tmp_path / "bad", findings="no")
 
 
@@ -366,5 +366,5 @@ def test_acquisition_shortcuts_change_the_whole_film_of_the_class_that_carries_t
 
 
 def test_make_phantom_return_mask_is_checked():
-    with pytest.raises(ValueError, match="`return_mask` must be True or False"):
+    with pytest.raises(TypeError, match="`return_mask` must be True or False"):
         make_phantom(32, return_mask=1)
