@@ -195,6 +195,8 @@ def share_check(shares: dict, limits: dict, skill: dict, counts, resolution: dic
     ci = figures["ratio_ci"]
     if reason:
         status, why = "inconclusive", reason
+    elif figures["ratio"] is None:
+        status, why = "inconclusive", "the maps hold no class evidence on any film"
     elif ci is None:
         status, why = "inconclusive", "no interval"
     elif ci[1] < limit:

@@ -89,6 +89,9 @@ def _draw_shares(ax, check: dict, thresholds: dict) -> None:
     names = ["all classes", *check["per_class"]]
     for x, name in enumerate(names):
         c = check if x == 0 else check["per_class"][name]
+        if c["ratio"] is None:
+            ax.text(x, 0.02, "n/a", ha="center", va="bottom")
+            continue
         ax.bar(x, c["ratio"], color=_COLORS.get(check["status"], "0.5") if x == 0 else "0.6", width=0.6)
         if c["ratio_ci"]:
             lo, hi = c["ratio_ci"]
