@@ -190,8 +190,12 @@ def main(argv=None) -> int:
             r = json.loads(line)
             done[(r["kind"], r["seed"], r["config"])] = r
     config = f"pc{args.per_class}-e{args.epochs}-b{args.n_bootstrap}-{args.finer_layer}"
-    plan = [(k, s) for k in args.shortcuts for s in range(args.seeds)] + [
-        ("clean", s) for s in range(args.clean_seeds)
+    # Seed by seed across the cues, so a battery stopped early is still balanced.
+    plan = [
+        (kind, seed)
+        for seed in range(max(args.seeds, args.clean_seeds))
+        for kind in [*args.shortcuts, "clean"]
+        if seed < (args.clean_seeds if kind == "clean" else args.seeds)
     ]
     rows = []
     for i, (kind, seed) in enumerate(plan, 1):
