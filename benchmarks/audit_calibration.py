@@ -15,7 +15,8 @@ says so, "missed" when it says ok; a clean run is "ok", "inconclusive" or a "fal
 (flagged). The same is counted for the lungs-blanked check alone, and for the Grad-CAM check
 at the default (last) feature map and at a finer one (`--finer-layer`). Prints the tables and
 the targets (>= 95% of learned shortcuts flagged, <= 5% of clean runs flagged) and writes JSON.
-Each finished run is kept in `--work`/runs.jsonl, so an interrupted battery resumes.
+Each finished run is kept in `--work`/runs.jsonl, so an interrupted battery resumes; a run
+whose model is already trained there (same films per class and epochs) is only audited again.
 
 Usage:
     python benchmarks/audit_calibration.py [--seeds 4] [--clean-seeds 12]
@@ -43,6 +44,7 @@ SHORTCUTS = ("marker", "brightness", "border", "laterality", "noise", "blur")
 IMAGE_SIZE, RADIUS = 64, 20
 MODEL = {"filters": (8, 16, 16), "dense_units": 16}
 TARGETS = {"detected": 0.95, "false_alarm": 0.05}
+AUDIT_VERSION = "tiled-fill"  # runs.jsonl rows of another audit are measured again
 
 
 def parse_args(argv=None):
@@ -81,32 +83,39 @@ def one_run(kind: str, seed: int, args) -> dict:
     from cxrdata.synthetic import write_tree
 
     base = os.path.join(args.work, f"{kind}-{seed}")
-    shutil.rmtree(base, ignore_errors=True)
     start = time.perf_counter()
-    tree = {"findings": True} if kind == "clean" else {"findings": False, "shortcut": kind}
-    write_tree(f"{base}/src", per_class=args.per_class, image_size=IMAGE_SIZE, masks=True, seed=seed, **tree)
-    cxrdata.convert(
-        f"{base}/src",
-        f"{base}/data",
-        image_size=IMAGE_SIZE,
-        radius=RADIUS,
-        workers=1,
-        progress=False,
-        splits=(0.5, 0.2, 0.3),
-        seed=seed,
-    )
-    cxrmodels.train(
-        f"{base}/data",
-        out=f"{base}/run",
-        epochs=args.epochs,
-        batch_size=16,
-        learning_rate=3e-3,
-        augment="none",
-        patience=args.epochs,
-        verbose=0,
-        seed=seed,
-        model_kwargs=MODEL,
-    )
+    trained = f"pc{args.per_class}-e{args.epochs}"  # what the films and the model depend on
+    stamp = os.path.join(base, "trained.txt")
+    if not (os.path.isfile(stamp) and open(stamp).read() == trained):  # else the audit alone is rerun
+        shutil.rmtree(base, ignore_errors=True)
+        tree = {"findings": True} if kind == "clean" else {"findings": False, "shortcut": kind}
+        write_tree(
+            f"{base}/src", per_class=args.per_class, image_size=IMAGE_SIZE, masks=True, seed=seed, **tree
+        )
+        cxrdata.convert(
+            f"{base}/src",
+            f"{base}/data",
+            image_size=IMAGE_SIZE,
+            radius=RADIUS,
+            workers=1,
+            progress=False,
+            splits=(0.5, 0.2, 0.3),
+            seed=seed,
+        )
+        cxrmodels.train(
+            f"{base}/data",
+            out=f"{base}/run",
+            epochs=args.epochs,
+            batch_size=16,
+            learning_rate=3e-3,
+            augment="none",
+            patience=args.epochs,
+            verbose=0,
+            seed=seed,
+            model_kwargs=MODEL,
+        )
+        with open(stamp, "w") as f:
+            f.write(trained)
     report = cxrmodels.audit(f"{base}/run", f"{base}/data", n_bootstrap=args.n_bootstrap, seed=seed)
     row = {"kind": kind, "seed": seed, **_figures(report)}
     if args.finer_layer:
@@ -189,7 +198,7 @@ def main(argv=None) -> int:
         for line in open(log):
             r = json.loads(line)
             done[(r["kind"], r["seed"], r["config"])] = r
-    config = f"pc{args.per_class}-e{args.epochs}-b{args.n_bootstrap}-{args.finer_layer}"
+    config = f"pc{args.per_class}-e{args.epochs}-b{args.n_bootstrap}-{args.finer_layer}-{AUDIT_VERSION}"
     # Seed by seed across the cues, so a battery stopped early is still balanced.
     plan = [
         (kind, seed)

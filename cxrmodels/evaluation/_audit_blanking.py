@@ -34,6 +34,7 @@ import numpy as np
 
 VARIANTS = ("lungs_blanked", "lungs_only", "placebo_blanked", "placebo_only")
 _BLOCKS = 8  # the placebo's pieces: the mask cut into blocks of 1/8 of the shorter side
+_TILES = 16  # the fill's texture: tiles of 1/16 of the shorter side (at least 2 pixels)
 MARGIN = 0.01  # the lungs blanked: the mask grown by 1% of the shorter side (at least one pixel)
 
 
@@ -45,9 +46,9 @@ def fill(image: np.ndarray, hole: np.ndarray, rng: np.random.Generator) -> np.nd
     """`image` (2-D uint8) with `hole` replaced by what the rest of the image continues into.
 
     The fill is the kept pixels' smooth continuation (a push-pull pyramid: weighted means of
-    kept pixels over ever larger blocks, blended back from coarse to fine) plus residuals
-    (kept pixel minus its local mean) drawn at random from the kept region. Only kept pixels
-    and `rng` decide it.
+    kept pixels over ever larger blocks, blended back from coarse to fine) plus texture:
+    residuals (kept pixel minus its local mean) copied in tiles from random places of the kept
+    region. Only kept pixels and `rng` decide it.
 
     Args:
         image: 2-D uint8.
@@ -64,11 +65,36 @@ def fill(image: np.ndarray, hole: np.ndarray, rng: np.random.Generator) -> np.nd
     levels = _pyramid(values * kept, kept.astype(np.float32))
     smooth = _pull(levels)
     local = _pull(levels[2:], shape=image.shape)  # the mean of the kept pixels around each one
-    residuals = (values - local)[kept]
-    residuals = np.clip(residuals, *np.percentile(residuals, [1, 99]))  # texture, not the kept edges
+    residuals = np.where(kept, values - local, 0.0)
+    low, high = np.percentile(residuals[kept], [1, 99])
+    residuals = np.clip(residuals, low, high)  # texture, not the kept region's edges
     out = values.copy()
-    out[hole] = smooth[hole] + rng.choice(residuals, size=int(hole.sum()))
+    out[hole] = smooth[hole] + _texture(residuals, kept, hole, rng)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _texture(
+    residuals: np.ndarray, kept: np.ndarray, hole: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Residuals for the hole's pixels, copied in square tiles from random places of the kept region.
+
+    Tiles keep the texture's grain (a blurred film's smooth noise, a noisy detector's coarse one);
+    where no tile fits wholly in the kept region, single kept pixels are drawn instead.
+    """
+    from scipy import ndimage
+
+    h, w = hole.shape
+    t = max(2, round(min(h, w) / _TILES))
+    whole = ndimage.minimum_filter(kept.astype(np.uint8), size=t, origin=-(t // 2)) > 0
+    whole[h - t + 1 :], whole[:, w - t + 1 :] = False, False  # a tile starting here would leave the image
+    ys, xs = np.nonzero(hole)
+    starts = np.argwhere(whole)
+    if len(starts) == 0:
+        return rng.choice(residuals[kept], size=len(ys))
+    tiles = (ys // t) * (w // t + 1) + xs // t
+    _, index = np.unique(tiles, return_inverse=True)
+    pick = starts[rng.integers(0, len(starts), size=index.max() + 1)][index]
+    return residuals[pick[:, 0] + ys % t, pick[:, 1] + xs % t]
 
 
 def _pyramid(values: np.ndarray, weights: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
