@@ -15,9 +15,10 @@ leave the lungs' information in their surroundings. The audit therefore blanks t
 The removed region is not painted one gray (a flat region in the lungs' exact shape is
 itself a cue, and a model's own equalization turns a flat region white): it is filled
 from the kept region only, with its smooth continuation (a push-pull pyramid of the kept
-pixels) plus texture, residuals of the kept pixels drawn at random with a seed. Nothing
-of the removed region enters the fill, so two films that differ only inside the lungs
-are identical after lungs-blanking and preprocessing.
+pixels) plus texture, residuals of the kept pixels copied in tiles from random places of
+it (seeded), so the film's grain carries over. Nothing of the removed region enters the
+fill, so two films that differ only inside the lungs are identical after lungs-blanking
+and preprocessing.
 
 A placebo region has the lungs' area and their shape piece by piece: the lung mask cut
 into blocks, each moved (seeded) to where it overlaps neither the lungs nor another

@@ -192,3 +192,52 @@ def test_without_intervals_nothing_is_judged():
         "inconclusive"
     }
     assert "n_bootstrap=0" in found["original"]["verdict"]
+
+
+def test_every_compared_auc_comes_from_the_same_records():
+    # Films that could not be blanked (no mask, no source) are predicted perfectly wrong here: if the
+    # original AUC the blanked one is compared with included them, it would not be the audited films'.
+    rng = np.random.default_rng(9)
+    y = _labels(200)
+    original = _probs(_scores(y, 4.0, rng))
+    data = _data(y, original, _probs(_scores(y, 0.0, rng)))
+    left_out = np.arange(200) % 4 == 0
+    data.audited = ~left_out
+    data.original[left_out] = data.original[left_out][:, ::-1]
+    found, _ = _checks(data, CLASSES, LIMITS, 300, 0, "test")
+    audited_auc = stats.auc(y[~left_out] == 0, data.original[~left_out][:, 0])
+    assert found["lungs_blanked"]["original_auc"] == pytest.approx(audited_auc) and audited_auc > 0.95
+    assert (
+        found["original"]["auc"] < 0.85
+        and found["original"]["n"] == 200
+        and found["lungs_blanked"]["n"] == 150
+    )
+    assert found["lungs_blanked"]["status"] == "ok"
+
+
+def test_class_maps_are_class_discriminative_and_leave_no_film_out():
+    import keras
+
+    from cxrmodels.evaluation import _audit_gradcam as cams
+    from cxrmodels.models import create_model
+    from cxrmodels.serving.prediction import gradcam_model
+
+    keras.utils.set_random_seed(0)
+    model = create_model("seed_cnn", input_shape=(64, 64, 1), num_classes=2, filters=(4, 8, 8), dense_units=4)
+    images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 1)).astype(np.uint8)
+    maps, feature_map = cams.class_maps(gradcam_model(model), images)
+    assert maps.shape == (6, 2, 64, 64) and feature_map == (9, 9) and (maps >= 0).all()
+    # Two classes: the evidence for one is the evidence against the other (ReLU of opposite maps on the
+    # feature grid), so where one is strong the other is not; upsampling blends them only between cells.
+    peak = maps.max(axis=(2, 3), keepdims=True)
+    strong = maps > 0.6 * np.maximum(peak, 1e-12)
+    assert not (strong[:, 0] & strong[:, 1]).any() and (maps.sum(axis=(1, 2, 3)) > 0).all()
+    masks = np.zeros((6, 64, 64), bool)
+    masks[:, 16:48, 8:56] = True
+    inside, blind, evidence = cams.share_terms(maps, masks)
+    np.testing.assert_allclose(evidence.sum(axis=1), 1.0, rtol=1e-5)  # every film weighs 1
+    np.testing.assert_allclose(blind.sum(axis=1), masks.mean(axis=(1, 2)), rtol=1e-5)
+    ideal = cams.ideal_shares(masks, feature_map)
+    assert (ideal > 0.5).all() and cams.resolution(ideal, feature_map)["feature_map"] == "9x9"
+    assert cams.resolution(np.full(3, 0.9), (26, 26))["resolved"]
+    assert not cams.resolution(np.full(3, 0.72), (9, 9))["resolved"]
