@@ -19,7 +19,7 @@ Each finished run is kept in `--work`/runs.jsonl, so an interrupted battery resu
 whose model is already trained there (same films per class and epochs) is only audited again.
 
 Usage:
-    python benchmarks/audit_calibration.py [--seeds 4] [--clean-seeds 12]
+    python benchmarks/audit_calibration.py [--seeds 5] [--clean-seeds 10]
         [--shortcuts marker,brightness,border,laterality,noise,blur] [--per-class 100] [--epochs 12]
         [--n-bootstrap 500] [--work bench-output/audit_calibration] [--out bench-output/audit_calibration.json]
     python benchmarks/audit_calibration.py --smoke    # one marker and one clean run, tiny: a few minutes
@@ -49,8 +49,8 @@ AUDIT_VERSION = "tiled-fill"  # runs.jsonl rows of another audit are measured ag
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=4, help="seeds per shortcut (default: 4)")
-    p.add_argument("--clean-seeds", type=int, default=12, help="clean runs (default: 12)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per shortcut (default: 5)")
+    p.add_argument("--clean-seeds", type=int, default=10, help="clean runs (default: 10)")
     p.add_argument("--shortcuts", default=",".join(SHORTCUTS), help="comma-separated cues (default: all)")
     p.add_argument(
         "--per-class", type=int, default=100, help="films per class, split 50/20/30 (default: 100)"
