@@ -157,10 +157,13 @@ class _Batches:
         for key, terms in zip(("inside", "blind", "evidence"), cams.share_terms(maps, masks)):
             acc[key].append(terms)
         acc["ideal"].append(cams.ideal_shares(masks, self.feature_map))
-        for j, i in enumerate(audited[: max(0, self.examples - len(acc["examples"]))]):
+        share = -(-self.examples // len(self.manifest.class_names))  # examples per class, so all show
+        for j, i in enumerate(audited):
+            label = int(batch[i][1]["label"])
+            if sum(e[3] == label for e in acc["examples"]) >= share or len(acc["examples"]) >= self.examples:
+                continue
             pooled = maps[j].sum(axis=0)
             pooled = pooled / max(float(pooled.max()), 1e-12)
-            label = int(batch[i][1]["label"])
             acc["examples"].append((images[i, ..., 0], pooled, masks[j], label, blanked["lungs_blanked"][j]))
 
     def _variants(self, index, record, image, mask) -> dict | None:
