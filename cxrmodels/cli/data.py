@@ -34,10 +34,16 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--shortcut",
-        choices=["marker", "brightness", "border"],
+        choices=["marker", "brightness", "border", "laterality", "noise", "blur"],
         default=None,
-        help="plant a class-correlated cue outside the lungs (corner label, global brightness, "
-        "bright frame)",
+        help="plant a class-correlated cue (corner label, global brightness, bright frame, side letter "
+        "placed by class, detector noise, blur; see cxrdata.synthetic.write_tree)",
+    )
+    p.add_argument(
+        "--no-findings",
+        dest="findings",
+        action="store_false",
+        help="draw every film without findings: the lungs carry no class information, only a --shortcut",
     )
     p.add_argument(
         "--shortcut-strength",
@@ -98,6 +104,7 @@ def _synth(args) -> int:
         masks=args.masks,
         shortcut=args.shortcut,
         shortcut_strength=args.shortcut_strength,
+        findings=args.findings,
     )
     print(f"Wrote {len(rows)} phantoms to {args.out}")
     return 0

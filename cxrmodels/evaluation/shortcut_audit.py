@@ -2,24 +2,25 @@
 
 Classifiers trained on public chest X-ray collections often learn the source
 instead of the disease (DeGrave et al., 2021). On a split whose records carry
-lung masks (`cxr convert` with masks), the audit measures:
+lung masks (`cxr convert` with masks), the audit measures, on the same records:
 
-1. the AUC on the original images, with the lungs blanked and with everything
-   but the lungs blanked. The blanked region is filled with the median of the
-   region kept (lungs blanked: the image's median outside-lung value; lungs
-   only: its median lung value), so no intensity from the removed region
-   survives and no gray level the image does not hold is introduced. A model
-   that still separates the classes with its lungs blanked uses something else;
-2. the share of positive Grad-CAM energy inside the
-   lung mask, per image, summarised by class, beside the lungs' share of the
-   image (what a map blind to anatomy would give). With two classes the map is
-   the positive (disease) class's, wherever its evidence lies; images with no
-   positive energy for it are left out. With more, the predicted class's;
+1. the AUC on the original films, with the lungs blanked, and with everything but
+   the lungs blanked; and the same with a placebo region of the lungs' area blanked
+   (or kept) instead. The unequalized film is blanked, then the dataset's own
+   preprocessing runs (see `_audit_blanking`): no lung information survives, and the
+   fill continues the kept region with its texture instead of one gray. The
+   lungs-blanked AUC is judged as a signal |AUC - 0.5| in either direction; lungs
+   only is reported, not judged (a whole-film model loses AUC on such films anyway);
+2. class-discriminative Grad-CAM: per class, the share of the evidence for it inside
+   the lungs, over what a map blind to anatomy would put there (see `_audit_gradcam`),
+   with the feature map's resolution, and "inconclusive" when that cannot resolve the lungs;
 3. with an external dataset, the drop from the internal AUC to the external one.
 
-Each check gets a verdict against a documented, overridable threshold
-(`DEFAULT_THRESHOLDS`); checks that need masks are skipped, saying why, when
-the records carry none.
+Each check is `flagged`, `ok` or `inconclusive`, decided by its 95% bootstrap interval
+against a documented, overridable threshold (`DEFAULT_THRESHOLDS`, see `_audit_checks`);
+all are inconclusive when the model shows no skill on the audited records. With more
+than two classes each check is made per class, one vs rest. Checks that need masks are
+skipped, saying why, when no record can be blanked.
 """
 
 from __future__ import annotations
@@ -31,16 +32,15 @@ from typing import Any
 import numpy as np
 
 from cxrdata.utils.io import atomic_write_text
+from cxrmodels.evaluation import _audit_checks as checks_
+from cxrmodels.evaluation import _audit_stats as stats
+from cxrmodels.evaluation._audit_checks import DEFAULT_THRESHOLDS
 from cxrmodels.models.saving import load_run_model
 from cxrmodels.runs import run_folder
 
-# lungs_blanked_auc: flagged at or above it (0.5 is chance; 0.7 is "acceptable discrimination", Hosmer-Lemeshow).
-# lung_share: flagged when the median share of Grad-CAM energy inside the lungs is below this multiple of the
-#   median lungs' share of the image area (1.0: the evidence is no more in the lungs than a map blind to
-#   anatomy would put there; Grad-CAM maps are coarse, so an absolute share would punish small images).
-# external_drop: flagged when internal AUC - external AUC exceeds it.
-DEFAULT_THRESHOLDS = {"lungs_blanked_auc": 0.7, "lung_share": 1.0, "external_drop": 0.05}
 AUDIT_DIR = "audit"
+EXIT_CODES = {"ok": 0, "flagged": 1, "inconclusive": 3}
+_MASKED = ("lungs_blanked", "lungs_only", "gradcam_lung_share")
 
 
 def audit(
@@ -57,17 +57,20 @@ def audit(
     batch_size: int = 32,
     n_bootstrap: int = 1000,
     examples: int = 4,
+    seed: int = 0,
+    gradcam_layer: str | None = None,
 ) -> dict[str, Any]:
     """Audits whether a run's model separates the classes by the lungs or by something else.
 
-    Writes `audit.json` and `audit.png` (AUC bars original / lungs blanked /
-    lungs only [/ external], the distribution of the Grad-CAM share inside the
-    lungs by class, and a few example overlays) into `out`.
+    Writes `audit.json` and `audit.png` (AUC bars original / lungs blanked / lungs only /
+    placebos [/ external] with CIs, the Grad-CAM evidence inside the lungs per class, and a
+    few example overlays with their lungs-blanked films) into `out`.
 
     Args:
         run_dir: A run folder written by `cxrmodels.train`.
-        dataset_dir: A converted dataset fed like the run's training data,
-            preferably with lung masks.
+        dataset_dir: A converted dataset fed like the run's training data, with lung masks,
+            whose source files are still where the manifest says (or converted with
+            `equalize="none"`): blanking needs the unequalized films.
         split: The split to audit. Defaults to "test".
         external: Another converted dataset (another hospital), for the
             internal-vs-external check. Defaults to None (check skipped).
@@ -76,17 +79,23 @@ def audit(
             (see `cxrmodels.evaluate`). Defaults to None.
         allow_preprocessing_mismatch: Accept an external dataset preprocessed
             differently. Defaults to False.
-        thresholds: Overrides of `DEFAULT_THRESHOLDS` ("lungs_blanked_auc",
-            "lung_share", "external_drop"). Defaults to None.
+        thresholds: Overrides of `DEFAULT_THRESHOLDS` ("lungs_blanked_signal",
+            "lung_share", "external_drop", "min_skill_auc"). Defaults to None.
         out: Output folder. Defaults to `run_dir/audit/<dataset folder>-<split>`.
         batch_size: Images per batch. Defaults to 32.
-        n_bootstrap: Bootstrap resamples for the AUC CIs. Defaults to 1000.
+        n_bootstrap: Bootstrap resamples for the intervals; 0 leaves every judged check
+            inconclusive. Defaults to 1000.
         examples: Example overlays in the figure. Defaults to 4.
+        seed: Seed of the fill's texture, the placebo regions and the resamples.
+            Defaults to 0.
+        gradcam_layer: The feature layer of Grad-CAM (`"outer/inner"` inside a nested
+            model). Defaults to None: the last convolutional one.
 
     Returns:
-        The audit, as written to `audit.json`: `checks` (per check its figures,
-        `status` "ok", "flagged" or "skipped", and `verdict`), `flagged`
-        (the names of flagged checks), `thresholds` and `files`.
+        The audit, as written to `audit.json`: `checks` (per check its figures, `status`
+        "ok", "flagged", "inconclusive", "reported" or "skipped", and `verdict`),
+        `status` (the worst judged status), `flagged`, `inconclusive`, `thresholds`,
+        `dataset` (with the records left out of the blanking and why) and `files`.
 
     Raises:
         FileNotFoundError: The run or a dataset is missing.
@@ -94,146 +103,49 @@ def audit(
 
     Example:
         >>> report = audit("runs/a", "data/", external="hospital-b/")  # doctest: +SKIP
-        >>> print("\\n".join(c["verdict"] for c in report["checks"].values()))  # doctest: +SKIP
+        >>> report["status"], [c["verdict"] for c in report["checks"].values()]  # doctest: +SKIP
     """
-    limits = _check_args(split, thresholds, batch_size, n_bootstrap, examples)
-    import cxrdata
-    from cxrmodels.evaluation import evaluator
-
-    run_dir, dataset_dir = os.fspath(run_dir), os.fspath(dataset_dir)
-    config = run_folder.read_config(run_dir)
-    manifest = cxrdata.read_manifest(dataset_dir)
-    manifest.split(split)
-    notes = evaluator.check_dataset(config, manifest, dataset_dir)
-    ext_manifest = None
-    if external is not None:
-        external = os.fspath(external)
-        ext_manifest = cxrdata.read_manifest(external)
-        ext_splits = evaluator.split_names(ext_manifest, external_split)
-        ext_map = evaluator.parse_class_map(class_map)
-        notes += evaluator.check_dataset(
-            config,
-            ext_manifest,
-            external,
-            class_map=ext_map,
-            allow_preprocessing_mismatch=allow_preprocessing_mismatch,
-        )
-    model = load_run_model(run_dir, config)
-    class_names = list(config["class_names"])
-
-    from cxrmodels.metrics.clinical import positive_class_index
-
-    target = positive_class_index(class_names) if len(class_names) == 2 else None
-    data = _predict_variants(
-        model, dataset_dir, split, batch_size=batch_size, examples=examples, target=target
+    limits = _check_args(split, thresholds, batch_size, n_bootstrap, examples, seed, gradcam_layer)
+    ctx = _open(
+        run_dir, dataset_dir, split, external, external_split, class_map, allow_preprocessing_mismatch
     )
-    checks: dict[str, dict] = {}
-    original = _auc(data["y"], data["probs"]["original"], class_names, n_bootstrap)
-    with_masks = data["has_mask"]
-    n_masks = int(with_masks.sum())
-    skip_reason = (
-        None
-        if n_masks
-        else f"skipped: no record of split {split!r} carries a lung mask (convert with masks: Kaggle "
-        "masks/ beside images/, --masks DIR, or a CSV mask column)"
+    from cxrmodels.evaluation._audit_data import collect
+
+    model = load_run_model(ctx["run_dir"], ctx["config"])
+    data = collect(
+        model,
+        ctx["dataset_dir"],
+        ctx["manifest"],
+        split,
+        batch_size=batch_size,
+        seed=seed,
+        examples=examples,
+        layer=gradcam_layer,
     )
-    checks["original"] = {
-        "auc": original[0],
-        "auc_ci": original[1],
-        "n": int(len(data["y"])),
-        "status": "ok",
-        "verdict": f"original images: AUC {_text(*original)}",
-    }
-    if skip_reason:
-        for name in ("lungs_blanked", "lungs_only", "gradcam_lung_share"):
-            checks[name] = {"status": "skipped", "verdict": f"{name.replace('_', ' ')}: {skip_reason}"}
-    else:
-        y = data["y"][with_masks]
-        for name in ("lungs_blanked", "lungs_only"):
-            auc, ci = _auc(y, data["probs"][name][with_masks], class_names, n_bootstrap)
-            checks[name] = {"auc": auc, "auc_ci": ci, "n": n_masks}
-        checks["lungs_blanked"].update(_blanked_verdict(checks["lungs_blanked"], limits["lungs_blanked_auc"]))
-        lo = checks["lungs_only"]
-        checks["lungs_only"].update(
-            status="ok",
-            verdict=(
-                f"lungs only: AUC {_text(lo['auc'], lo['auc_ci'])} (original {_text(*original)}): "
-                + (
-                    "what the lungs alone carry"
-                    if lo["auc"] is None
-                    else "the lungs alone carry the signal"
-                    if original[0] is None or lo["auc"] >= original[0] - 0.05
-                    else "part of the signal lies outside the lungs"
-                )
-            ),
-        )
-        checks["gradcam_lung_share"] = _share_check(data, class_names, limits["lung_share"])
-    if n_masks and n_masks < len(data["y"]):
-        notes.append(
-            f"{len(data['y']) - n_masks} of {len(data['y'])} records carry no lung mask: the checks "
-            "that need one use the other {n_masks}".replace("{n_masks}", str(n_masks))
-        )
+    checks, internal = _checks(data, ctx["class_names"], limits, n_bootstrap, seed, split)
     if external is None:
         checks["external"] = {
             "status": "skipped",
-            "verdict": "internal vs external: skipped: no external dataset "
-            "given (--external OTHER_DATASET)",
+            "verdict": "internal vs external: skipped: no external dataset given (--external OTHER_DATASET)",
         }
     else:
-        checks["external"] = _external_check(
-            model,
-            config,
-            external,
-            ext_manifest,
-            ext_splits,
-            ext_map,
-            original,
-            batch_size,
-            n_bootstrap,
-            limits["external_drop"],
-        )
-
-    folder = (
-        os.fspath(out)
-        if out is not None
-        else os.path.join(
-            run_dir, AUDIT_DIR, f"{os.path.basename(os.path.normpath(os.path.abspath(dataset_dir)))}-{split}"
-        )
-    )
-    os.makedirs(folder, exist_ok=True)
-    report = {
-        "run": os.path.abspath(run_dir),
-        "model": config["model"]["name"],
-        "dataset": {
-            "path": os.path.abspath(dataset_dir),
-            "split": split,
-            "digest": manifest.digest(),
-            "with_masks": n_masks,
-            "n": int(len(data["y"])),
-        },
-        "class_names": class_names,
-        "thresholds": limits,
-        "fill": "lungs blanked: the image's median outside-lung value; lungs only: its median lung value",
-        "checks": checks,
-        "flagged": [k for k, c in checks.items() if c["status"] == "flagged"],
-        "warnings": notes,
-        "files": {"audit": os.path.join(folder, "audit.json"), "figure": os.path.join(folder, "audit.png")},
-    }
-    from cxrmodels.evaluation.audit_figure import plot_audit
-
-    plot_audit(report, data, path=report["files"]["figure"])
-    atomic_write_text(report["files"]["audit"], json.dumps(report, indent=2) + "\n")
-    return report
+        checks["external"] = _external_check(model, ctx, internal, limits, batch_size, n_bootstrap, seed)
+    return _write(ctx, data, checks, limits, out=out, split=split, seed=seed, n_bootstrap=n_bootstrap)
 
 
-def _check_args(split, thresholds, batch_size, n_bootstrap, examples) -> dict:
-    from cxrdata.utils.argument_validation import check_int
+def _check_args(split, thresholds, batch_size, n_bootstrap, examples, seed, gradcam_layer) -> dict:
+    from cxrdata.utils.argument_validation import check_int, check_seed
 
     if not isinstance(split, str) or not split:
         raise ValueError(f"`split` must be a split name such as 'test'. Received: split={split!r}")
     check_int("batch_size", batch_size, minimum=1)
     check_int("n_bootstrap", n_bootstrap, minimum=0)
     check_int("examples", examples, minimum=0)
+    check_seed(seed, allow_none=False)
+    if gradcam_layer is not None and (not isinstance(gradcam_layer, str) or not gradcam_layer):
+        raise TypeError(
+            f"`gradcam_layer` must be a layer name or None. Received: gradcam_layer={gradcam_layer!r}"
+        )
     if thresholds is not None and not isinstance(thresholds, dict):
         raise TypeError(f"`thresholds` must be a dict or None. Received: thresholds={thresholds!r}")
     unknown = sorted(set(thresholds or {}) - set(DEFAULT_THRESHOLDS))
@@ -242,187 +154,185 @@ def _check_args(split, thresholds, batch_size, n_bootstrap, examples) -> dict:
             f"`thresholds` takes the keys {sorted(DEFAULT_THRESHOLDS)}. Received: thresholds={thresholds}"
         )
     limits = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    tops = {"lungs_blanked_signal": 0.5, "lung_share": 10, "external_drop": 1, "min_skill_auc": 1}
     for k, v in limits.items():
-        top = 10 if k == "lung_share" else 1
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top:
-            raise ValueError(f"`thresholds[{k!r}]` must be a number from 0 to {top}. Received: {k}={v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= tops[k]:
+            raise ValueError(f"`thresholds[{k!r}]` must be a number from 0 to {tops[k]}. Received: {k}={v!r}")
     return {k: float(v) for k, v in limits.items()}
 
 
-def blank(images: np.ndarray, masks: np.ndarray, *, keep: str) -> np.ndarray:
-    """Images with the lungs (`keep="outside"`) or all but the lungs (`keep="lungs"`) blanked.
-
-    The blanked region is filled, per image, with the median of the region kept.
-
-    Args:
-        images: uint8 `[N, H, W, C]`.
-        masks: `[N, H, W, 1]`, nonzero inside the lungs.
-        keep: "outside" (lungs blanked) or "lungs" (everything but the lungs blanked).
-
-    Returns:
-        uint8 images of the same shape.
-    """
-    inside = np.broadcast_to(masks > 0, images.shape)
-    out = images.copy()
-    for i in range(len(images)):
-        region = ~inside[i] if keep == "outside" else inside[i]
-        if not region.any() or region.all():
-            continue  # no mask: nothing to blank
-        out[i][~region] = np.uint8(np.median(images[i][region]))
-    return out
-
-
-def _predict_variants(model, dataset_dir, split, *, batch_size, examples, target=None) -> dict:
-    """Labels, masks, probabilities of the three image variants, Grad-CAM shares and a few examples."""
+def _open(run_dir, dataset_dir, split, external, external_split, class_map, allow_mismatch) -> dict:
+    """The run's config and the datasets' manifests, checked against each other before any work."""
     import cxrdata
-    from cxrmodels.serving.prediction import gradcam
-
-    ys, has, shares, areas = [], [], [], []
-    probs = {"original": [], "lungs_blanked": [], "lungs_only": []}
-    shown: list[tuple] = []
-    for images, labels, masks in cxrdata.load(
-        dataset_dir, split, batch_size=batch_size, shuffle=False, label_mode="int", with_masks=True
-    ):
-        images, masks = images.numpy(), masks.numpy()
-        ys.append(labels.numpy())
-        present = masks.reshape(len(masks), -1).any(axis=1)
-        has.append(present)
-        probs["original"].append(np.asarray(model.predict_on_batch(images), np.float64))
-        probs["lungs_blanked"].append(
-            np.asarray(model.predict_on_batch(blank(images, masks, keep="outside")), np.float64)
-        )
-        probs["lungs_only"].append(
-            np.asarray(model.predict_on_batch(blank(images, masks, keep="lungs")), np.float64)
-        )
-        cams = gradcam(model, images, class_index=target)
-        inside = masks[..., 0] > 0
-        total = cams.reshape(len(cams), -1).sum(axis=1)
-        within = (cams * inside).reshape(len(cams), -1).sum(axis=1)
-        shares.append(np.where(present & (total > 0), within / np.maximum(total, 1e-12), np.nan))
-        areas.append(np.where(present, inside.reshape(len(inside), -1).mean(axis=1), np.nan))
-        for i in range(len(images)):
-            if len(shown) < examples and present[i]:
-                shown.append((images[i, ..., 0], cams[i], inside[i], int(labels[i])))
-    return {
-        "y": np.concatenate(ys).astype(np.int64),
-        "has_mask": np.concatenate(has),
-        "probs": {k: np.concatenate(v) for k, v in probs.items()},
-        "share": np.concatenate(shares),
-        "area": np.concatenate(areas),
-        "examples": shown,
-    }
-
-
-def _auc(y, probs, class_names, n_bootstrap) -> tuple[float | None, list | None]:
-    from cxrmodels.evaluation.evaluator import _headline
-    from cxrmodels.metrics.clinical import evaluate_predictions
-
-    if len(y) == 0:
-        return None, None
-    return _headline(evaluate_predictions(y, probs, class_names=class_names, n_bootstrap=n_bootstrap, seed=0))
-
-
-def _text(auc, ci) -> str:
-    if auc is None:
-        return "n/a (one class only)"
-    return f"{auc:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-
-
-def _blanked_verdict(check: dict, limit: float) -> dict:
-    auc = check["auc"]
-    if auc is None:
-        return {
-            "status": "skipped",
-            "verdict": "lungs blanked: skipped: the masked records hold one class only",
-        }
-    flagged = auc >= limit
-    return {
-        "status": "flagged" if flagged else "ok",
-        "verdict": (
-            f"lungs blanked: AUC {_text(auc, check['auc_ci'])}: the model "
-            + (
-                "separates the classes without the lungs"
-                if flagged
-                else "does not separate the classes without the lungs"
-            )
-            + f" (flagged at AUC >= {limit:.2f})"
-        ),
-    }
-
-
-def _share_check(data, class_names, limit) -> dict:
-    share, area, y = data["share"], data["area"], data["y"]
-    valid = ~np.isnan(share)
-    if not valid.any():
-        return {
-            "status": "skipped",
-            "verdict": "Grad-CAM share inside the lungs: skipped: no positive Grad-CAM "
-            "energy on any masked image",
-        }
-    by_class = {}
-    for c, name in enumerate(class_names):
-        s = share[valid & (y == c)]
-        if len(s):
-            by_class[name] = {
-                "n": int(len(s)),
-                "median": float(np.median(s)),
-                "q25": float(np.percentile(s, 25)),
-                "q75": float(np.percentile(s, 75)),
-            }
-    median, lung_area = float(np.median(share[valid])), float(np.nanmedian(area))
-    cutoff = limit * lung_area
-    flagged = median < cutoff
-    verdict = (
-        f"Grad-CAM share inside the lungs: median {median:.2f} ("
-        + ", ".join(f"{k} {v['median']:.2f}" for k, v in by_class.items())
-        + f"; the lungs cover {lung_area:.2f} of the image): the model's evidence is "
-        + ("no more in the lungs than elsewhere" if flagged else "concentrated in the lungs")
-        + f" (flagged below {cutoff:.2f} = {limit:g} x lung area)"
-    )
-    return {
-        "status": "flagged" if flagged else "ok",
-        "verdict": verdict,
-        "median": median,
-        "lung_area": lung_area,
-        "cutoff": cutoff,
-        "by_class": by_class,
-        "n": int(valid.sum()),
-        "per_image": [None if np.isnan(v) else round(float(v), 4) for v in share],
-    }
-
-
-def _external_check(
-    model, config, external, manifest, splits, class_map, internal, batch_size, n_bootstrap, limit
-) -> dict:
     from cxrmodels.evaluation import evaluator
 
-    labels = evaluator.label_mapping(config, manifest, class_map)
-    y, probs = evaluator.predict_splits(model, external, splits, batch_size=batch_size, labels=labels)
-    auc, ci = _auc(y, probs, list(config["class_names"]), n_bootstrap)
-    out = {
-        "path": os.path.abspath(external),
-        "splits": splits,
-        "n": int(len(y)),
-        "auc": auc,
-        "auc_ci": ci,
-        "internal_auc": internal[0],
-        "internal_auc_ci": internal[1],
+    run_dir, dataset_dir = os.fspath(run_dir), os.fspath(dataset_dir)
+    config = run_folder.read_config(run_dir)
+    manifest = cxrdata.read_manifest(dataset_dir)
+    manifest.split(split)
+    ctx = {
+        "run_dir": run_dir,
+        "dataset_dir": dataset_dir,
+        "config": config,
+        "manifest": manifest,
+        "class_names": list(config["class_names"]),
+        "notes": evaluator.check_dataset(config, manifest, dataset_dir),
     }
-    if auc is None or internal[0] is None:
-        return {
-            **out,
-            "status": "skipped",
-            "verdict": "internal vs external: skipped: an AUC is undefined " "(one class only)",
-        }
-    drop = internal[0] - auc
-    flagged = drop > limit
-    return {
-        **out,
-        "drop": drop,
-        "status": "flagged" if flagged else "ok",
-        "verdict": (
-            f"internal vs external: AUC {_text(*internal)} internal, {_text(auc, ci)} external (drop {drop:+.2f}): "
-            + ("the model does not carry over to the other source" if flagged else "the model carries over")
-            + f" (flagged at a drop > {limit:.2f})"
+    if external is not None:
+        ctx["external"] = os.fspath(external)
+        ctx["ext_manifest"] = cxrdata.read_manifest(ctx["external"])
+        ctx["ext_splits"] = evaluator.split_names(ctx["ext_manifest"], external_split)
+        ctx["ext_map"] = evaluator.parse_class_map(class_map)
+        ctx["notes"] += evaluator.check_dataset(
+            config,
+            ctx["ext_manifest"],
+            ctx["external"],
+            class_map=ctx["ext_map"],
+            allow_preprocessing_mismatch=allow_mismatch,
+        )
+    return ctx
+
+
+def _positive(class_names) -> int | None:
+    from cxrmodels.metrics.clinical import positive_class_index
+
+    return positive_class_index(class_names) if len(class_names) == 2 else None
+
+
+def _checks(data, class_names, limits, n_bootstrap, seed, split) -> tuple[dict, dict]:
+    """Every check on the split's records; also the internal headline AUC for the external check."""
+    from cxrmodels.evaluation._audit_blanking import VARIANTS
+    from cxrmodels.evaluation._audit_gradcam import resolution
+
+    positive = _positive(class_names)
+    counts = stats.stratified_resamples(data.y, n_bootstrap, seed) if n_bootstrap else None
+    whole = {
+        name: stats.paired_aucs(labels, {"o": scores}, counts)["o"]
+        for name, (labels, scores) in stats.one_vs_rest(data.y, data.original, class_names, positive).items()
+    }
+    checks = {"original": checks_.original_check(whole, limits, len(data.y))}
+    internal = stats.headline(data.y, data.original, class_names, positive, counts)
+    a = data.audited
+    if not a.any():
+        for name in _MASKED:
+            checks[name] = {
+                "status": "skipped",
+                "verdict": f"{name.replace('_', ' ')}: skipped: {_why_none(data, split)}",
+            }
+        return checks, internal
+    y = data.y[a]
+    counts = stats.stratified_resamples(y, n_bootstrap, seed + 1) if n_bootstrap else None
+    results, shares, skill = {}, {}, {}
+    for name, (labels, _) in stats.one_vs_rest(y, data.original[a], class_names, positive).items():
+        c = class_names.index(name)
+        scores = {"original": data.original[a][:, c], **{v: data.variants[v][a][:, c] for v in VARIANTS}}
+        results[name] = stats.paired_aucs(labels, scores, counts)
+    for c, name in enumerate(class_names):
+        shares[name] = (data.inside[a][:, c], data.blind[a][:, c], data.evidence[a][:, c])
+        skill[name] = results[name if name in results else next(iter(results))]["original"]
+    n = int(a.sum())
+    checks["lungs_blanked"] = checks_.blanked_check(results, limits, n)
+    checks["lungs_only"] = checks_.only_check(results, n)
+    checks["gradcam_lung_share"] = checks_.share_check(
+        shares, limits, skill, counts, resolution(data.ideal, data.feature_map)
+    )
+    return checks, internal
+
+
+def _why_none(data, split) -> str:
+    if not data.has_mask.any():
+        return (
+            f"no record of split {split!r} carries a lung mask (convert with masks: Kaggle masks/ beside "
+            "images/, --masks DIR, or a CSV mask column)"
+        )
+    reasons = sorted({r["reason"] for r in data.left_out})
+    return "no masked record could be blanked before equalization: " + "; ".join(reasons[:3])
+
+
+def _external_check(model, ctx, internal, limits, batch_size, n_bootstrap, seed) -> dict:
+    from cxrmodels.evaluation import evaluator
+
+    labels = evaluator.label_mapping(ctx["config"], ctx["ext_manifest"], ctx["ext_map"])
+    y, probs = evaluator.predict_splits(
+        model, ctx["external"], ctx["ext_splits"], batch_size=batch_size, labels=labels
+    )
+    counts = stats.stratified_resamples(y, n_bootstrap, seed + 2) if n_bootstrap else None
+    external = stats.headline(y, probs, ctx["class_names"], _positive(ctx["class_names"]), counts)
+    check = checks_.drop_check(internal, external, limits)
+    return {"path": os.path.abspath(ctx["external"]), "splits": ctx["ext_splits"], "n": int(len(y)), **check}
+
+
+def _write(ctx, data, checks, limits, *, out, split, seed, n_bootstrap) -> dict:
+    """Assembles the report, writes `audit.json` and `audit.png`, returns the report."""
+    from cxrmodels.evaluation._audit_blanking import MARGIN
+
+    dataset_dir = ctx["dataset_dir"]
+    folder = (
+        os.fspath(out)
+        if out is not None
+        else os.path.join(
+            ctx["run_dir"],
+            AUDIT_DIR,
+            f"{os.path.basename(os.path.normpath(os.path.abspath(dataset_dir)))}-{split}",
+        )
+    )
+    os.makedirs(folder, exist_ok=True)
+    notes = list(ctx["notes"])
+    if data.left_out:
+        reasons = sorted({r["reason"].split(":")[0] for r in data.left_out})
+        notes.append(
+            f"{len(data.left_out)} masked record(s) left out of the blanking checks ({'; '.join(reasons)}): "
+            "see dataset.left_out"
+        )
+    if data.has_mask.any() and not data.has_mask.all():
+        notes.append(f"{int((~data.has_mask).sum())} of {len(data.y)} records carry no lung mask")
+    judged = {k: c["status"] for k, c in checks.items() if c["status"] in checks_.STATES}
+    report = {
+        "run": os.path.abspath(ctx["run_dir"]),
+        "model": ctx["config"]["model"]["name"],
+        "dataset": {
+            "path": os.path.abspath(dataset_dir),
+            "split": split,
+            "digest": ctx["manifest"].digest(),
+            "n": int(len(data.y)),
+            "with_masks": int(data.has_mask.sum()),
+            "audited": int(data.audited.sum()),
+            "blanked_from": data.blanked_from,
+            "left_out": data.left_out,
+        },
+        "class_names": ctx["class_names"],
+        "thresholds": limits,
+        "seed": seed,
+        "n_bootstrap": n_bootstrap,
+        "blanking": (
+            f"the unequalized film (its source file, or the record of a dataset converted without "
+            f"equalization), the lung mask grown by {MARGIN:.0%} of the shorter side blanked (or everything "
+            "but it), filled with the kept region's smooth continuation and texture, then the dataset's "
+            "preprocessing; placebo: a region of the same area made of the mask's pieces, outside the lungs; "
+            f"placebo area / lung area: mean {np.mean(data.placebo_area) if data.placebo_area else float('nan'):.2f}"
         ),
+        "checks": checks,
+        "status": checks_.worst(judged.values()),
+        "flagged": [k for k, s in judged.items() if s == "flagged"],
+        "inconclusive": [k for k, s in judged.items() if s == "inconclusive"],
+        "warnings": notes,
+        "files": {"audit": os.path.join(folder, "audit.json"), "figure": os.path.join(folder, "audit.png")},
     }
+    from cxrmodels.evaluation.audit_figure import plot_audit
+
+    plot_audit(report, data, path=report["files"]["figure"])
+    atomic_write_text(report["files"]["audit"], json.dumps(_plain(report), indent=2) + "\n")
+    return report
+
+
+def _plain(value):
+    """`value` with numpy scalars and arrays turned into JSON's types (bootstrap samples dropped)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k != "samples"}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

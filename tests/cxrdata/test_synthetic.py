@@ -301,3 +301,70 @@ def test_shortcut_arguments_are_checked(tmp_path):
     with pytest.raises(ValueError, match="`severity` must be a number from 0 to 1"):
         write_tree(tmp_path, severity=2)
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("size", [64, 299])
+@pytest.mark.parametrize("kind", ["covid", "pneumonia"])
+def test_findings_lie_inside_the_mask_only(size, kind):
+    # The mask is the truth: the same seed's film without findings is the same outside it.
+    for seed in range(4):
+        film, mask = make_phantom(size, label=kind, seed=seed, return_mask=True)
+        plain, plain_mask = make_phantom(size, label="normal", seed=seed, return_mask=True)
+        np.testing.assert_array_equal(mask, plain_mask)
+        differ = film != plain
+        assert (
+            differ & ~mask
+        ).sum() == 0, f"seed {seed}: {(differ & ~mask).sum()} pixels outside the mask differ"
+        assert differ[mask].mean() > 0.05  # and the findings are there, inside it
+
+
+def test_without_findings_the_lungs_carry_no_class_information(tmp_path):
+    kwargs = dict(per_class=4, image_size=48, masks=True, seed=3)
+    rows = write_tree(tmp_path / "plain", findings=False, **kwargs)
+    sick = write_tree(tmp_path / "sick", **kwargs)
+    for r, s in zip(rows, sick):
+        assert r == s
+        a, b = _read(tmp_path / "plain", r["path"]), _read(tmp_path / "sick", s["path"])
+        lungs = _read(tmp_path / "plain", r["mask"]) > 0
+        assert not (a != b)[~lungs].any()
+        assert (a != b)[lungs].any() == (r["label"] == "COVID")  # only the COVID films lost their findings
+    with pytest.raises(TypeError, match="`findings` must be True or False"):
+        write_tree(tmp_path / "bad", findings="no")
+
+
+def test_laterality_marks_every_film_on_the_side_its_class_chooses(tmp_path):
+    rows = write_tree(tmp_path / "a", per_class=3, image_size=64, masks=True, shortcut="laterality", seed=2)
+    write_tree(tmp_path / "b", per_class=3, image_size=64, masks=True, seed=2)
+    for r in rows:
+        image, plain = (_read(tmp_path / root, r["path"]).astype(int) for root in ("a", "b"))
+        changed = image != plain
+        lungs = _read(tmp_path / "a", r["mask"]) > 0
+        assert not (changed & lungs).any() and 8 <= changed.sum() <= 60
+        right = changed[:, 32:].sum() > changed[:, :32].sum()
+        assert (
+            right == r["shortcut"] == (r["label"] == "COVID")
+        )  # every film marked; the side follows the class
+        assert not changed[12:].any() and image[changed].min() > 200  # a bright letter at the top
+
+
+@pytest.mark.parametrize("shortcut", ["noise", "blur"])
+def test_acquisition_shortcuts_change_the_whole_film_of_the_class_that_carries_them(tmp_path, shortcut):
+    rows = write_tree(tmp_path / "a", per_class=3, image_size=64, shortcut=shortcut, seed=4)
+    write_tree(tmp_path / "b", per_class=3, image_size=64, seed=4)
+    for r in rows:
+        image, plain = (_read(tmp_path / root, r["path"]).astype(int) for root in ("a", "b"))
+        if not r["shortcut"]:
+            np.testing.assert_array_equal(image, plain)
+            continue
+        body = plain > 40  # inside the body, where neither cue is clipped
+        roughness = [np.abs(np.diff(x, axis=1))[body[:, 1:]].mean() for x in (image, plain)]
+        if shortcut == "noise":
+            assert roughness[0] > roughness[1] + 2 and abs((image - plain)[body].mean()) < 1
+        else:
+            assert roughness[0] < 0.8 * roughness[1]
+    assert [r["shortcut"] for r in rows] == [True] * 3 + [False] * 3
+
+
+def test_make_phantom_return_mask_is_checked():
+    with pytest.raises(TypeError, match="`return_mask` must be True or False"):
+        make_phantom(32, return_mask=1)
