@@ -189,7 +189,7 @@ def test_imports_inside_functions_say_why():
                 above = source[inner.lineno - 2] if inner.lineno > 1 else ""
                 if "#" not in line and not above.strip().startswith("#"):
                     silent.append(f"{path}:{inner.lineno} {line.strip()}")
-    assert len(silent) <= 200, silent  # ratchet: lowered as modules are cleaned (see README Layout)
+    assert silent == []
 
 
 def test_every_module_has_its_place_in_an_import_layer():

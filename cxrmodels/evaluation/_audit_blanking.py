@@ -33,6 +33,10 @@ import os
 
 import numpy as np
 
+from cxrdata.decoding import DecodeError, decode_image
+from cxrdata.preprocess import PreprocessConfig, preprocess_image
+from cxrdata.sources import find_mask
+
 VARIANTS = ("lungs_blanked", "lungs_only", "placebo_blanked", "placebo_only")
 _BLOCKS = 8  # the placebo's pieces: the mask cut into blocks of 1/8 of the shorter side
 _TILES = 16  # the fill's texture: tiles of 1/16 of the shorter side (at least 2 pixels)
@@ -206,8 +210,6 @@ def unequalized(record: dict, manifest, *, record_image: np.ndarray, record_mask
 
 def _from_source(record, manifest, record_image, record_mask):
     """The source file's decoded pixels and its lung mask at that resolution, checked against the record."""
-    from cxrdata.preprocess import PreprocessConfig, preprocess_image
-    from cxrdata.sources import DecodeError, decode_image, find_mask
 
     src = manifest.source.get("src")
     path = os.path.join(src, record["path"]) if src else None
@@ -235,8 +237,6 @@ def _from_source(record, manifest, record_image, record_mask):
 def _source_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     """A lung mask file brought to the source image's size as `cxr convert` does (nearest), as bools."""
     from PIL import Image
-
-    from cxrdata.sources import DecodeError, decode_image
 
     try:
         mask = decode_image(path)

@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cxrdata.preprocess import PreprocessConfig, preprocess_image
+from cxrdata.records import iter_records, parse_record
 from cxrmodels.evaluation import _audit_blanking as blanking
 from cxrmodels.evaluation import _audit_gradcam as cams
+from cxrmodels.serving.prediction import gradcam_model
 
 
 @dataclass
@@ -44,8 +47,6 @@ def records(dataset_dir: str, manifest, split: str):
 
     from PIL import Image
 
-    from cxrdata.records import iter_records, parse_record
-
     for shard in manifest.split(split).shards:
         for raw in iter_records(os.path.join(dataset_dir, shard.name)):
             r = parse_record(raw)
@@ -59,8 +60,6 @@ def records(dataset_dir: str, manifest, split: str):
 
 def collect(model, dataset_dir: str, manifest, split: str, *, batch_size, seed, examples, layer) -> AuditData:
     """Runs the model on every record of `split` and on the blanked variants of the audited ones."""
-    from cxrdata.preprocess import PreprocessConfig
-    from cxrmodels.serving.prediction import gradcam_model
 
     run = _Batches(
         model,
@@ -128,8 +127,6 @@ class _Batches:
         self.acc = {k: [] for k in (*keys, "examples", *blanking.VARIANTS)}
 
     def __call__(self, batch: list[tuple]) -> None:
-        from cxrdata.preprocess import preprocess_image
-
         acc = self.acc
         images = np.stack([image for _, _, image, _ in batch])[..., None]
         acc["original"].append(np.asarray(self.model.predict_on_batch(images), np.float64))

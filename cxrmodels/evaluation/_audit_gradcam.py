@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxrmodels.evaluation._audit_checks import MIN_RESOLVED_SHARE
+
 
 def class_maps(grad_model, images: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     """`(maps [N, K, H, W] >= 0, feature map (h, w))`: each class's contrast Grad-CAM at input size.
@@ -79,7 +81,6 @@ def ideal_shares(masks: np.ndarray, feature_map: tuple[int, int]) -> np.ndarray:
 
 def resolution(shares: np.ndarray, feature_map: tuple[int, int] | None) -> dict:
     """Whether the map resolves the lungs: the median of `ideal_shares` reaches `MIN_RESOLVED_SHARE`."""
-    from cxrmodels.evaluation._audit_checks import MIN_RESOLVED_SHARE
 
     grid = "n/a" if feature_map is None else f"{feature_map[0]}x{feature_map[1]}"
     median = float(np.median(shares)) if len(shares) else 0.0

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from cxrdata.utils.figures import save_figure
+from cxrmodels.evaluation.plots import draw_auc_bars
 
 _COLORS = {"flagged": "C3", "inconclusive": "C1", "ok": "C2"}
 
@@ -21,8 +22,6 @@ def plot_audit(report: dict, data, *, path: str | os.PathLike) -> str:
     each beside its lungs-blanked film as the model saw it.
     """
     from matplotlib.figure import Figure
-
-    from cxrmodels.evaluation.plots import draw_auc_bars
 
     checks = report["checks"]
     shown = data.examples

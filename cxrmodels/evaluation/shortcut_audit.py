@@ -31,10 +31,18 @@ from typing import Any
 
 import numpy as np
 
+import cxrdata
+from cxrdata.utils.argument_validation import check_int, check_seed
 from cxrdata.utils.io import atomic_write_text
 from cxrmodels.evaluation import _audit_checks as checks_
 from cxrmodels.evaluation import _audit_stats as stats
+from cxrmodels.evaluation import evaluator
+from cxrmodels.evaluation._audit_blanking import MARGIN, VARIANTS
 from cxrmodels.evaluation._audit_checks import DEFAULT_THRESHOLDS
+from cxrmodels.evaluation._audit_data import collect
+from cxrmodels.evaluation._audit_gradcam import resolution
+from cxrmodels.evaluation.audit_figure import plot_audit
+from cxrmodels.metrics.clinical import positive_class_index
 from cxrmodels.models.saving import load_run_model
 from cxrmodels.runs import run_folder
 
@@ -109,7 +117,6 @@ def audit(
     ctx = _open(
         run_dir, dataset_dir, split, external, external_split, class_map, allow_preprocessing_mismatch
     )
-    from cxrmodels.evaluation._audit_data import collect
 
     model = load_run_model(ctx["run_dir"], ctx["config"])
     data = collect(
@@ -134,8 +141,6 @@ def audit(
 
 
 def _check_args(split, thresholds, batch_size, n_bootstrap, examples, seed, gradcam_layer) -> dict:
-    from cxrdata.utils.argument_validation import check_int, check_seed
-
     if not isinstance(split, str) or not split:
         raise ValueError(f"`split` must be a split name such as 'test'. Received: split={split!r}")
     check_int("batch_size", batch_size, minimum=1)
@@ -163,8 +168,6 @@ def _check_args(split, thresholds, batch_size, n_bootstrap, examples, seed, grad
 
 def _open(run_dir, dataset_dir, split, external, external_split, class_map, allow_mismatch) -> dict:
     """The run's config and the datasets' manifests, checked against each other before any work."""
-    import cxrdata
-    from cxrmodels.evaluation import evaluator
 
     run_dir, dataset_dir = os.fspath(run_dir), os.fspath(dataset_dir)
     config = run_folder.read_config(run_dir)
@@ -194,15 +197,11 @@ def _open(run_dir, dataset_dir, split, external, external_split, class_map, allo
 
 
 def _positive(class_names) -> int | None:
-    from cxrmodels.metrics.clinical import positive_class_index
-
     return positive_class_index(class_names) if len(class_names) == 2 else None
 
 
 def _checks(data, class_names, limits, n_bootstrap, seed, split) -> tuple[dict, dict]:
     """Every check on the split's records; also the internal headline AUC for the external check."""
-    from cxrmodels.evaluation._audit_blanking import VARIANTS
-    from cxrmodels.evaluation._audit_gradcam import resolution
 
     positive = _positive(class_names)
     counts = stats.stratified_resamples(data.y, n_bootstrap, seed) if n_bootstrap else None
@@ -250,8 +249,6 @@ def _why_none(data, split) -> str:
 
 
 def _external_check(model, ctx, internal, limits, batch_size, n_bootstrap, seed) -> dict:
-    from cxrmodels.evaluation import evaluator
-
     labels = evaluator.label_mapping(ctx["config"], ctx["ext_manifest"], ctx["ext_map"])
     y, probs = evaluator.predict_splits(
         model, ctx["external"], ctx["ext_splits"], batch_size=batch_size, labels=labels
@@ -264,7 +261,6 @@ def _external_check(model, ctx, internal, limits, batch_size, n_bootstrap, seed)
 
 def _write(ctx, data, checks, limits, *, out, split, seed, n_bootstrap) -> dict:
     """Assembles the report, writes `audit.json` and `audit.png`, returns the report."""
-    from cxrmodels.evaluation._audit_blanking import MARGIN
 
     dataset_dir = ctx["dataset_dir"]
     folder = (
@@ -318,7 +314,6 @@ def _write(ctx, data, checks, limits, *, out, split, seed, n_bootstrap) -> dict:
         "warnings": notes,
         "files": {"audit": os.path.join(folder, "audit.json"), "figure": os.path.join(folder, "audit.png")},
     }
-    from cxrmodels.evaluation.audit_figure import plot_audit
 
     plot_audit(report, data, path=report["files"]["figure"])
     atomic_write_text(report["files"]["audit"], json.dumps(_plain(report), indent=2) + "\n")

@@ -192,7 +192,6 @@ def gradcam(model, images, *, class_index=None, layer_name: str | None = None) -
 def gradcam_model(model, layer_name: str | None = None):
     """A model from `model`'s input to [feature map, class scores (logits where the head has them),
     probabilities]: what `gradcam` differentiates, for other Grad-CAM variants (the audit's)."""
-    from cxrmodels.models import last_conv_layer_name
 
     return _feature_model(model, (layer_name or last_conv_layer_name(model)).split("/"))
 
