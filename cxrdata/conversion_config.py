@@ -266,7 +266,7 @@ class ConvertConfig(Config):
             image_size=self.image_size,
             aspect=self.aspect,
             equalize=self.equalize,
-            radius=self.equalize_radius,
+            equalize_radius=self.equalize_radius,
             clip_limit=self.clip_limit,
             interpolation=self.interpolation,
         )

@@ -52,7 +52,8 @@ class PreprocessConfig:
         equalize: "local" (rank equalization over a disk, the reference
             method), "clahe", "global" (histogram equalization) or "none".
             Defaults to "local".
-        radius: disk radius in pixels for `equalize="local"`. Defaults to 70.
+        equalize_radius: disk radius in pixels for `equalize="local"` (one name
+            for it everywhere: conversion, training, tuning, the manifest). Defaults to 70.
         clip_limit: CLAHE clip limit. Defaults to 0.01.
         interpolation: resampling filter for resizing. Defaults to "bilinear".
         resampler: "cxrdata" (Pillow's algorithm with a fixed pass order, the
@@ -65,7 +66,7 @@ class PreprocessConfig:
     image_size: tuple[int, int] = (299, 299)
     aspect: str = "stretch"
     equalize: str = "local"
-    radius: int = 70
+    equalize_radius: int = 70
     clip_limit: float = 0.01
     interpolation: str = "bilinear"
     resampler: str = "cxrdata"
@@ -87,8 +88,10 @@ class PreprocessConfig:
         _check_choice("resampler", self.resampler, RESAMPLERS)
         if self.resampler == "cxrdata" and self.interpolation not in _SUPPORTS:
             object.__setattr__(self, "resampler", "pillow")  # nearest, lanczos: Pillow's own
-        if not isinstance(self.radius, (int, np.integer)) or self.radius < 1:
-            raise ValueError(f"`radius` must be a positive int. Received: radius={self.radius!r}")
+        if not isinstance(self.equalize_radius, (int, np.integer)) or self.equalize_radius < 1:
+            raise ValueError(
+                f"`equalize_radius` must be a positive int. Received: equalize_radius={self.equalize_radius!r}"
+            )
         if not 0 < float(self.clip_limit) <= 1:
             raise ValueError(f"`clip_limit` must be in (0, 1]. Received: clip_limit={self.clip_limit!r}")
 
@@ -100,6 +103,7 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
+        d = {("equalize_radius" if k == "radius" else k): v for k, v in d.items()}  # manifests before 0.2
         kwargs = {k: v for k, v in d.items() if k in fields}
         if "image_size" in kwargs:
             kwargs["image_size"] = tuple(kwargs["image_size"])
@@ -232,7 +236,7 @@ def equalize(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     if config.equalize == "local":
         from skimage.filters.rank import equalize as rank_equalize
 
-        return rank_equalize(image, footprint=_disk(config.radius))
+        return rank_equalize(image, footprint=_disk(config.equalize_radius))
     from skimage import exposure
     from skimage.util import img_as_ubyte
 

@@ -137,8 +137,9 @@ def check_dataset(
 def _normalized(preprocessing: dict) -> dict:
     """`preprocessing` with the defaults of keys older manifests lack (their DICOM reading)."""
 
+    renamed = {("equalize_radius" if k == "radius" else k): v for k, v in preprocessing.items()}  # before 0.2
     return {
-        **preprocessing,
+        **renamed,
         "dicom_window": dicom_window_of(preprocessing),
         "dicom_frames": preprocessing.get("dicom_frames", MULTI_FRAME_POLICY),
     }

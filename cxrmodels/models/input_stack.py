@@ -117,4 +117,6 @@ def serving_equalizer(preprocessing: dict[str, Any]):
     """For export: the equalization conversion applied, as a layer (None when the model does its own)."""
     if preprocessing.get("equalize") != "local":
         return None
-    return equalization_layer(preprocessing.get("radius") or preprocessing.get("equalize_radius"))
+    return equalization_layer(
+        preprocessing.get("equalize_radius", preprocessing.get("radius"))
+    )  # "radius": before 0.2

@@ -33,7 +33,7 @@ HISTORY_NAME = "history.csv"
 CURVES_NAME = "learning_curves.png"
 BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the TrainConfig under "config", the decision threshold, backup/state.json
 # Everything `train` writes into a run folder; `overwrite` removes only these.
 RUN_FILES = (
     CONFIG_NAME,

@@ -147,7 +147,9 @@ def _write_savedmodel(model, config: dict, path: str, max_image_pixels: int | No
     height, width, channels = (int(d) for d in config["model"]["input_shape"])
     class_names = [str(c) for c in config["class_names"]]
     preprocessing = PreprocessConfig.from_dict(config["preprocessing"])
-    equalizer = LocalEqualization(preprocessing.radius) if preprocessing.equalize == "local" else None
+    equalizer = (
+        LocalEqualization(preprocessing.equalize_radius) if preprocessing.equalize == "local" else None
+    )
 
     def predict_images(images):
         return {

@@ -42,7 +42,7 @@ def test_class_folder_tree_converts_every_image_exactly(phantom_tree, tmp_path):
     assert manifest.class_names == ("COVID", "Normal") and manifest.image_shape == (48, 48, 1)
     assert result.num_converted == 20 == len(rows) and not result.rejects
     assert sum(len(i.shards) for i in manifest.splits.values()) > 3  # small shards: several per split
-    config = PreprocessConfig(image_size=48, radius=12)
+    config = PreprocessConfig(image_size=48, equalize_radius=12)
     for row in rows[:6]:
         expected = preprocess_image(decode_image(src / row["path"]), config)
         np.testing.assert_array_equal(np.frombuffer(row["image"], np.uint8).reshape(48, 48), expected)

@@ -20,7 +20,7 @@ def test_local_equalization_is_bit_identical_to_skimage(realdata):
 @pytest.mark.parametrize("mode", ["local", "clahe", "global", "none"])
 def test_equalize_modes_keep_shape_and_dtype(mode):
     image = np.tile(np.arange(100, dtype=np.uint8), (80, 1))
-    out = preprocess_image(image, PreprocessConfig(image_size=(40, 50), equalize=mode, radius=5))
+    out = preprocess_image(image, PreprocessConfig(image_size=(40, 50), equalize=mode, equalize_radius=5))
     assert out.shape == (40, 50) and out.dtype == np.uint8
     if mode == "none":
         assert out.max() < 100  # only resized
@@ -56,7 +56,7 @@ def test_stretch_ignores_aspect():
         ({"image_size": 4}, "image_size"),
         ({"aspect": "squash"}, "aspect"),
         ({"equalize": "adaptive"}, "equalize"),
-        ({"radius": 0}, "radius"),
+        ({"equalize_radius": 0}, "equalize_radius"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):
@@ -65,7 +65,7 @@ def test_config_rejects_bad_values(kwargs, match):
 
 
 def test_config_round_trips_through_dict():
-    config = PreprocessConfig(image_size=(128, 96), equalize="clahe", radius=10)
+    config = PreprocessConfig(image_size=(128, 96), equalize="clahe", equalize_radius=10)
     assert PreprocessConfig.from_dict(config.to_dict()) == config
 
 

@@ -18,6 +18,7 @@ import cxrdata
 import cxrmodels
 from cxrdata.synthetic import SHORTCUTS, write_tree
 from cxrmodels.cli import main
+from cxrmodels.evaluation.evaluator import external_report_dir
 
 pytestmark = pytest.mark.slow
 SEED = 0
@@ -214,9 +215,10 @@ def test_external_evaluation_maps_classes_and_keeps_the_internal_report(clean_ru
     )
     assert metrics["n"] == 40 and metrics["class_counts"] == [20, 20]
     assert metrics["threshold"] == pytest.approx(internal["threshold"])  # the run's own val split, unchanged
-    assert metrics["threshold_data"] == f"val split of the training dataset {os.path.abspath(data)}"
+    # The run's stored threshold (chosen on its own val split), applied unchanged.
+    assert metrics["threshold_source"] == "run" and metrics["threshold_data"].startswith("stored in the run")
     assert metrics["internal"]["auc"] == pytest.approx(internal["auc"])
-    folder = os.path.join(run, "external", "ext-all")
+    folder = external_report_dir(run, ext, "all", cxrdata.read_manifest(ext).digest())
     assert metrics["files"]["metrics"] == os.path.join(folder, "metrics.json")
     for name in ("metrics.json", "roc.png", "confusion_matrix.png", "comparison.png"):
         assert os.path.isfile(os.path.join(folder, name))

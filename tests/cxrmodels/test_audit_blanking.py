@@ -17,7 +17,7 @@ from cxrmodels.evaluation import _audit_blanking as blanking
 @pytest.mark.parametrize("size", [64, 299])
 def test_films_that_differ_only_in_the_lungs_are_identical_once_the_lungs_are_blanked(size):
     # One seed draws the same film with and without findings; the findings lie inside the mask only.
-    config = PreprocessConfig(image_size=size, radius=70)  # the default local equalization
+    config = PreprocessConfig(image_size=size, equalize_radius=70)  # the default local equalization
     for seed, kind in [(0, "covid"), (1, "pneumonia"), (2, "covid")]:
         sick, mask = make_phantom(size, label=kind, seed=seed, return_mask=True)
         plain = make_phantom(size, label="normal", seed=seed)
@@ -48,7 +48,7 @@ def test_the_fill_comes_from_the_kept_region_alone_and_is_neither_flat_nor_white
     np.testing.assert_array_equal(filled[~mask], film[~mask])
     hole = filled[mask].astype(float)
     assert hole.std() > 3 and np.bincount(filled[mask]).max() < 0.2 * mask.sum()  # texture, not one gray
-    equalized = preprocess_image(filled, PreprocessConfig(image_size=128, radius=30))
+    equalized = preprocess_image(filled, PreprocessConfig(image_size=128, equalize_radius=30))
     assert equalized[mask].mean() < 200 and equalized[mask].std() > 20  # not the white a flat region becomes
     assert not np.array_equal(filled, blanking.fill(film, mask, rng(1)))  # the texture follows the seed
 
