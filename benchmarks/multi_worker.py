@@ -1,4 +1,4 @@
-"""Training throughput of `cxr train --strategy multi-worker`: 1 against 2 workers on loopback.
+"""`cxr train --strategy multi-worker`: speed of 1 against 2 workers on loopback, and agreement with one device.
 
 Converts a phantom dataset (small shards, so 2 workers get files each), then
 runs `cxr train --strategy multi-worker` with the same global batch as one
@@ -6,9 +6,20 @@ worker and as two worker processes on 127.0.0.1 (TF_CONFIG per process), one
 after the other in the same run. The rate is train images times epochs over
 the chief's `config.json` "seconds" (model building and validation included).
 
+Beside the speed, each run is compared with ONE device trained by `Model.fit`
+on the same global batches (at each step, the concatenation of the batches the
+workers read, rebuilt with the same `cxrdata.load(input_context=...)`
+sharding): the table gives the largest absolute difference over all weights
+(BatchNorm's moving statistics included) between the chief's `model.keras`
+and the one-device model after the same N steps (N: the steps up to the best
+epoch, whose weights `model.keras` holds). Augmentation is off (`--augment
+none`), as its random draws would differ between the two. Float32 arithmetic
+in another order makes this a few 1e-5, not 0; see
+`tests/cxrmodels/test_multi_worker.py` for what larger differences mean.
+
 On one machine the workers share its cores: 2 workers on 2 cores cannot be
-faster than 1; the table shows the loop works and what its collectives and
-duplicated validation cost. The gain needs one machine (or accelerator) per worker.
+faster than 1; the table shows the loop works and what its collectives cost.
+The gain needs one machine (or accelerator) per worker.
 
 Usage:
     python benchmarks/multi_worker.py [--per-class 64] [--epochs 3] [--out bench-output/multi_worker.json]
@@ -23,6 +34,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -71,6 +84,8 @@ def _run(dataset: str, out: str, workers: int, args) -> dict:
                 "--quiet",
                 "--patience",
                 "100",
+                "--augment",
+                "none",
             ]
             procs.append(subprocess.Popen(argv, cwd=ROOT, env=env_i, stdout=subprocess.DEVNULL))
         for p in procs:
@@ -84,6 +99,65 @@ def _run(dataset: str, out: str, workers: int, args) -> dict:
     with open(os.path.join(out, "config.json")) as f:
         config = json.load(f)
     return config
+
+
+def _one_device_weights(dataset: str, workers: int, args) -> tuple[list[list], int]:
+    """`Model.fit` on one device over the global batches of `workers` workers: weights after each epoch, steps.
+
+    The same reference as `one_device_run` in tests/cxrmodels/test_multi_worker.py: each worker's
+    batches rebuilt with the loop's per-epoch seed and `input_context` sharding, concatenated step
+    by step, trained by one `fit` call (`steps_per_epoch` given).
+    """
+    import keras
+    import tensorflow as tf
+
+    import cxrdata
+    import cxrmodels
+
+    manifest = cxrdata.read_manifest(dataset)
+    shape, k = tuple(manifest.image_shape), manifest.num_classes
+    batches = []
+    for epoch in range(args.epochs):
+        parts = [
+            list(
+                cxrdata.load(
+                    dataset,
+                    "train",
+                    batch_size=args.batch_size // workers,
+                    shuffle=True,
+                    seed=epoch,  # the loop's epoch seed: seed * 100_003 + epoch, with seed 0
+                    input_context=tf.distribute.InputContext(workers, i, workers),
+                ).as_numpy_iterator()
+            )
+            for i in range(workers)
+        ]
+        steps = max(len(p) for p in parts)
+        batches += [
+            tuple(np.concatenate([p[j][n] for p in parts if j < len(p)]) for n in range(2))
+            for j in range(steps)
+        ]
+    keras.utils.set_random_seed(0)  # the runs' --seed
+    net = cxrmodels.create_model("seed_cnn", input_shape=shape, num_classes=k)
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.CategoricalCrossentropy())
+    spec = (tf.TensorSpec([None, *shape], tf.uint8), tf.TensorSpec([None, k], tf.float32))
+    weights = []
+    net.fit(
+        tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec),
+        steps_per_epoch=len(batches) // args.epochs,
+        epochs=args.epochs,
+        callbacks=[
+            keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights.append(net.get_weights()))
+        ],
+        verbose=0,
+    )
+    return weights, len(batches) // args.epochs
+
+
+def _weight_difference(run: str, reference: list[list], best_epoch: int) -> float:
+    from cxrmodels.models import load_model
+
+    got = load_model(os.path.join(run, "model.keras"), compile=False).get_weights()
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(got, reference[best_epoch - 1], strict=True))
 
 
 def main() -> None:
@@ -120,18 +194,30 @@ def main() -> None:
         for workers in (1, 2):
             config = _run(dataset, os.path.join(tmp, f"run{workers}"), workers, args)
             seconds = config["results"]["seconds"]
+            reference, steps = _one_device_weights(dataset, workers, args)
+            best = config["results"]["best_epoch"]
             results[workers] = {
                 "seconds": seconds,
                 "images_per_second": images * args.epochs / seconds,
                 "final_val_loss": config["results"]["best_val_loss"],
+                "steps_compared": best * steps,
+                "max_weight_difference_vs_one_device": _weight_difference(
+                    os.path.join(tmp, f"run{workers}"), reference, best
+                ),
             }
-            print(f"  {workers} worker(s): {results[workers]['images_per_second']:.1f} images/s", flush=True)
+            print(
+                f"  {workers} worker(s): {results[workers]['images_per_second']:.1f} images/s, max |w - one device| "
+                f"{results[workers]['max_weight_difference_vs_one_device']:.1e} after {best * steps} steps",
+                flush=True,
+            )
     rows = [
         [
             f"{w} worker{'s' * (w > 1)}",
             r["images_per_second"],
             r["seconds"],
             r["images_per_second"] / results[1]["images_per_second"],
+            r["steps_compared"],
+            f"{r['max_weight_difference_vs_one_device']:.1e}",
         ]
         for w, r in results.items()
     ]
@@ -139,7 +225,8 @@ def main() -> None:
         f"\nseed_cnn {args.image_size}x{args.image_size}, {images} train images, {args.epochs} epochs, "
         f"global batch {args.batch_size}, {os.cpu_count()} CPUs shared by all workers\n"
     )
-    print(markdown_table(["workers", "images/s", "seconds", "vs 1 worker"], rows))
+    headers = ["workers", "images/s", "seconds", "vs 1 worker", "N steps", "max |w - one device| after N"]
+    print(markdown_table(headers, rows))
     write_json(
         args.out,
         {
