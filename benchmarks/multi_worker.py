@@ -12,10 +12,15 @@ workers read, rebuilt with the same `cxrdata.load(input_context=...)`
 sharding): the table gives the largest absolute difference over all weights
 (BatchNorm's moving statistics included) between the chief's `model.keras`
 and the one-device model after the same N steps (N: the steps up to the best
-epoch, whose weights `model.keras` holds). Augmentation is off (`--augment
-none`), as its random draws would differ between the two. Float32 arithmetic
-in another order makes this a few 1e-5, not 0; see
-`tests/cxrmodels/test_multi_worker.py` for what larger differences mean.
+epoch, whose weights `model.keras` holds), and the floor: one device against
+itself with the examples of each global batch reversed (the same mathematics,
+float32 sums in another order). Augmentation is off (`--augment none`), as its
+random draws would differ between the two. The model is seed_cnn with filters
+4 8 8 and a dense layer of 8 by default, as in the tests: at its own size
+(`--filters 32 64 128 --dense-units 128`) Adam turns float32 noise into steps
+of the learning rate's size on weights whose true gradient is about 0 (a
+convolution's bias before BatchNorm), so one device already differs from
+itself reordered by about 1e-2 after 6 steps and the comparison says nothing.
 
 On one machine the workers share its cores: 2 workers on 2 cores cannot be
 faster than 1; the table shows the loop works and what its collectives cost.
@@ -86,6 +91,10 @@ def _run(dataset: str, out: str, workers: int, args) -> dict:
                 "100",
                 "--augment",
                 "none",
+                "--filters",
+                *map(str, args.filters),
+                "--dense-units",
+                str(args.dense_units),
             ]
             procs.append(subprocess.Popen(argv, cwd=ROOT, env=env_i, stdout=subprocess.DEVNULL))
         for p in procs:
@@ -101,12 +110,13 @@ def _run(dataset: str, out: str, workers: int, args) -> dict:
     return config
 
 
-def _one_device_weights(dataset: str, workers: int, args) -> tuple[list[list], int]:
+def _one_device_weights(dataset: str, workers: int, args, *, reverse: bool = False) -> tuple[list[list], int]:
     """`Model.fit` on one device over the global batches of `workers` workers: weights after each epoch, steps.
 
     The same reference as `one_device_run` in tests/cxrmodels/test_multi_worker.py: each worker's
     batches rebuilt with the loop's per-epoch seed and `input_context` sharding, concatenated step
-    by step, trained by one `fit` call (`steps_per_epoch` given).
+    by step, trained by one `fit` call (`steps_per_epoch` given). `reverse` reverses the order of
+    the examples within each global batch: the same mathematics, float32 sums in another order.
     """
     import keras
     import tensorflow as tf
@@ -114,6 +124,8 @@ def _one_device_weights(dataset: str, workers: int, args) -> tuple[list[list], i
     import cxrdata
     import cxrmodels
 
+    # First, as `train` does: `cxrdata.load(seed=...)` orders differently once TensorFlow's global seed is set.
+    keras.utils.set_random_seed(0)  # the runs' --seed
     manifest = cxrdata.read_manifest(dataset)
     shape, k = tuple(manifest.image_shape), manifest.num_classes
     batches = []
@@ -131,13 +143,12 @@ def _one_device_weights(dataset: str, workers: int, args) -> tuple[list[list], i
             )
             for i in range(workers)
         ]
-        steps = max(len(p) for p in parts)
-        batches += [
-            tuple(np.concatenate([p[j][n] for p in parts if j < len(p)]) for n in range(2))
-            for j in range(steps)
-        ]
-    keras.utils.set_random_seed(0)  # the runs' --seed
-    net = cxrmodels.create_model("seed_cnn", input_shape=shape, num_classes=k)
+        for j in range(max(len(p) for p in parts)):
+            x, y = (np.concatenate([p[j][n] for p in parts if j < len(p)]) for n in range(2))
+            batches.append((x[::-1], y[::-1]) if reverse else (x, y))
+    keras.utils.set_random_seed(0)  # the same initial weights as the runs'
+    model_kwargs = {"filters": tuple(args.filters), "dense_units": args.dense_units}
+    net = cxrmodels.create_model("seed_cnn", input_shape=shape, num_classes=k, **model_kwargs)
     net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.CategoricalCrossentropy())
     spec = (tf.TensorSpec([None, *shape], tf.uint8), tf.TensorSpec([None, k], tf.float32))
     weights = []
@@ -145,6 +156,7 @@ def _one_device_weights(dataset: str, workers: int, args) -> tuple[list[list], i
         tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec),
         steps_per_epoch=len(batches) // args.epochs,
         epochs=args.epochs,
+        shuffle=False,
         callbacks=[
             keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights.append(net.get_weights()))
         ],
@@ -153,11 +165,14 @@ def _one_device_weights(dataset: str, workers: int, args) -> tuple[list[list], i
     return weights, len(batches) // args.epochs
 
 
-def _weight_difference(run: str, reference: list[list], best_epoch: int) -> float:
+def _max_difference(got: list, want: list) -> float:
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(got, want, strict=True))
+
+
+def _run_weights(run: str) -> list:
     from cxrmodels.models import load_model
 
-    got = load_model(os.path.join(run, "model.keras"), compile=False).get_weights()
-    return max(float(np.max(np.abs(a - b))) for a, b in zip(got, reference[best_epoch - 1], strict=True))
+    return load_model(os.path.join(run, "model.keras"), compile=False).get_weights()
 
 
 def main() -> None:
@@ -169,6 +184,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="default: 3")
     parser.add_argument("--batch-size", type=int, default=16, help="global (default: 16)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per run (default: 600)")
+    parser.add_argument(
+        "--filters",
+        type=int,
+        nargs="+",
+        default=[4, 8, 8],
+        help="seed_cnn's (default: 4 8 8; the model's own: 32 64 128)",
+    )
+    parser.add_argument(
+        "--dense-units", type=int, default=8, help="seed_cnn's (default: 8; the model's own: 128)"
+    )
     parser.add_argument("--out", default="bench-output/multi_worker.json")
     args = parser.parse_args()
 
@@ -195,21 +220,25 @@ def main() -> None:
             config = _run(dataset, os.path.join(tmp, f"run{workers}"), workers, args)
             seconds = config["results"]["seconds"]
             reference, steps = _one_device_weights(dataset, workers, args)
-            best = config["results"]["best_epoch"]
+            best = config["results"]["best_epoch"]  # model.keras holds the best epoch's weights
             results[workers] = {
                 "seconds": seconds,
                 "images_per_second": images * args.epochs / seconds,
                 "final_val_loss": config["results"]["best_val_loss"],
                 "steps_compared": best * steps,
-                "max_weight_difference_vs_one_device": _weight_difference(
-                    os.path.join(tmp, f"run{workers}"), reference, best
+                "max_weight_difference_vs_one_device": _max_difference(
+                    _run_weights(os.path.join(tmp, f"run{workers}")), reference[best - 1]
                 ),
             }
             print(
-                f"  {workers} worker(s): {results[workers]['images_per_second']:.1f} images/s, max |w - one device| "
-                f"{results[workers]['max_weight_difference_vs_one_device']:.1e} after {best * steps} steps",
+                f"  {workers} worker(s): {results[workers]['images_per_second']:.1f} images/s, max |w - one "
+                f"device| {results[workers]['max_weight_difference_vs_one_device']:.1e} after {best * steps} steps",
                 flush=True,
             )
+        # The floor, on the 2-worker run's global batches and best epoch: one device against itself
+        # with the examples of each global batch reversed.
+        reversed_weights, _ = _one_device_weights(dataset, 2, args, reverse=True)
+        floor = _max_difference(reversed_weights[best - 1], reference[best - 1])
     rows = [
         [
             f"{w} worker{'s' * (w > 1)}",
@@ -221,11 +250,13 @@ def main() -> None:
         ]
         for w, r in results.items()
     ]
+    rows.append(["one device, batches reversed", "", "", "", best * steps, f"{floor:.1e}"])
     print(
-        f"\nseed_cnn {args.image_size}x{args.image_size}, {images} train images, {args.epochs} epochs, "
+        f"\nseed_cnn (filters {' '.join(map(str, args.filters))}, dense {args.dense_units}) "
+        f"{args.image_size}x{args.image_size}, {images} train images, {args.epochs} epochs, "
         f"global batch {args.batch_size}, {os.cpu_count()} CPUs shared by all workers\n"
     )
-    headers = ["workers", "images/s", "seconds", "vs 1 worker", "N steps", "max |w - one device| after N"]
+    headers = ["workers", "images/s", "seconds", "vs 1 worker", "N steps", "max abs(w - one device) after N"]
     print(markdown_table(headers, rows))
     write_json(
         args.out,
@@ -235,7 +266,10 @@ def main() -> None:
             "images": images,
             "epochs": args.epochs,
             "batch_size": args.batch_size,
+            "filters": args.filters,
+            "dense_units": args.dense_units,
             "results": {str(k): v for k, v in results.items()},
+            "max_weight_difference_one_device_reversed": floor,
         },
     )
     print(f"wrote {args.out}")
