@@ -226,26 +226,29 @@ class Loop:
         return self._reduce([tf.cast(v, tf.float64) for v in values], chief_only=False)
 
     def _reduce(self, values, *, chief_only: bool):
+        """`values` (float64 tensors) reduced as one flat vector: one collective, one trace per kind."""
         if not values:
             return []
         if chief_only not in self._reducers:
-            # One tf.function per kind, kept: a new one per call would trace at every call (and TensorFlow
-            # warns of it); every worker calls in the same order, so their collectives match.
+            # Kept: a tf.function made per call would trace at every call. Every worker calls in the same
+            # order, so their collectives match.
             self._reducers[chief_only] = tf.function(
-                lambda vs: self.strategy.run(
-                    functools.partial(self._replica_reduce, chief_only=chief_only), args=(vs,)
+                lambda flat: self.strategy.run(
+                    functools.partial(self._replica_reduce, chief_only=chief_only), args=(flat,)
                 ),
-                reduce_retracing=True,
+                input_signature=[tf.TensorSpec([None], tf.float64)],
             )
-        reduced = self._reducers[chief_only](values)
-        return [self.strategy.experimental_local_results(r)[0] for r in reduced]
+        flat = tf.concat([tf.reshape(v, [-1]) for v in values], axis=0)
+        reduced = self.strategy.experimental_local_results(self._reducers[chief_only](flat))[0]
+        parts = tf.split(reduced, [int(tf.size(v)) for v in values])
+        return [tf.reshape(part, tf.shape(v)) for part, v in zip(parts, values)]
 
     def _replica_reduce(self, values, *, chief_only: bool):
         ctx = tf.distribute.get_replica_context()
         local = max(1, self.strategy.num_replicas_in_sync // self.workers)
         rid = ctx.replica_id_in_sync_group
         keep = tf.equal(rid, 0) if chief_only else tf.equal(rid % local, 0)  # one replica per worker
-        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, [v * tf.cast(keep, tf.float64) for v in values])
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values * tf.cast(keep, tf.float64))
 
 
 def _one_finiteness_verdict(ctx, grads):
