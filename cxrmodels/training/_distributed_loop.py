@@ -8,6 +8,7 @@ its own train steps, validation and cluster-wide decisions. See
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -45,28 +46,27 @@ class Loop:
             lambda x: tf.cast(self.net(x, training=False), tf.float32), reduce_retracing=True
         )
         self._update = tf.function(_update, reduce_retracing=True)
+        self._reducers = {}  # chief_only -> the tf.function of `_reduce`
 
     # --- input ----------------------------------------------------------------------------------------
 
     def steps_per_epoch(self) -> int:
-        n = self.strategy.num_replicas_in_sync if self._per_replica_input() else self.workers
-        per_pipeline = self.config.batch_size // n
-        return max(math.ceil(sum(self.records[i::n]) / per_pipeline) for i in range(n))
-
-    def _per_replica_input(self) -> bool:
-        # One process with several replicas (the tests' reference): one pipeline per replica, as
-        # each worker of a cluster has its own.
-        return not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        """The steps of every worker: enough for the one with the most records, `batch_size / workers` a step."""
+        per_worker = self.config.batch_size // self.workers
+        return max(math.ceil(sum(self.records[i :: self.workers]) / per_worker) for i in range(self.workers))
 
     def _dataset_fn(self, epoch: int):
         config, steps = self.config, self.steps_per_epoch()
+        local_replicas = self.strategy.num_replicas_in_sync // self.workers  # this worker's devices
 
         def make(context: tf.distribute.InputContext):
-            per_pipeline = config.batch_size // context.num_input_pipelines
+            # Each of the worker's replicas takes the next batch of its pipeline at every step, so the
+            # batches are per replica: a step reads the worker's next `batch_size / workers` records
+            # whatever its number of devices, and the global batch is `batch_size`.
             ds = cxrdata.load(
                 config.dataset,
                 "train",
-                batch_size=per_pipeline,
+                batch_size=context.get_per_replica_batch_size(config.batch_size),
                 shuffle=True,
                 seed=config.seed * _EPOCH_SEED_STRIDE + epoch,
                 augment=self.session.augment,
@@ -77,17 +77,12 @@ class Loop:
                 tf.zeros([0, *self.shape], tf.uint8),
                 tf.zeros([0, self.num_classes], tf.float32),
             )
-            return ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat()).take(steps)
+            return ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat()).take(steps * local_replicas)
 
         return make
 
     def _distributed(self, epoch: int):
-        options = None
-        if self._per_replica_input():
-            options = tf.distribute.InputOptions(
-                experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA
-            )
-        return self.strategy.distribute_datasets_from_function(self._dataset_fn(epoch), options)
+        return self.strategy.distribute_datasets_from_function(self._dataset_fn(epoch))
 
     # --- one train step ---------------------------------------------------------------------------------
 
@@ -111,7 +106,7 @@ class Loop:
             if scaling:
                 grads = _one_finiteness_verdict(ctx, grads)
             optimizer.apply(grads, net.trainable_variables)  # all-reduces (sums) the gradients
-            return y, pred, per_example, weights
+            return y, pred, per_example
 
         results = self.strategy.run(replica_fn, args=(x, y))
         return [self.strategy.gather(t, axis=0) for t in results]
@@ -160,8 +155,8 @@ class Loop:
             self._step = tf.function(self._train_step, input_signature=batches.element_spec)
         for step, (x, y) in enumerate(batches):
             calls.on_train_batch_begin(step)
-            y_all, pred, losses, weights = self._step(x, y)
-            self._update(self.train_metrics, y_all, pred, losses, weights)
+            y_all, pred, losses = self._step(x, y)
+            self._update(self.train_metrics, y_all, pred, losses)
             calls.on_train_batch_end(step, {m.name: float(m.result()) for m in self.train_metrics})
         return {m.name: float(m.result()) for m in self.train_metrics}
 
@@ -176,7 +171,7 @@ class Loop:
             m.reset_state()
         for x, y in self._validation_batches():
             pred = self._predict(x)
-            self._update(self.val_metrics, y, pred, self.loss_fn(y, pred), tf.ones([tf.shape(y)[0]]))
+            self._update(self.val_metrics, y, pred, self.loss_fn(y, pred))
         variables = [v for m in self.val_metrics for v in m.variables]
         for var, total in zip(variables, self.all_reduce_sum([v.value for v in variables])):
             var.assign(tf.cast(total, var.dtype))
@@ -231,26 +226,37 @@ class Loop:
         return self._reduce([tf.cast(v, tf.float64) for v in values], chief_only=False)
 
     def _reduce(self, values, *, chief_only: bool):
-        local = max(1, self.strategy.num_replicas_in_sync // self.workers)
-
-        def replica_fn(values):
-            ctx = tf.distribute.get_replica_context()
-            rid = ctx.replica_id_in_sync_group
-            keep = tf.equal(rid, 0) if chief_only else tf.equal(rid % local, 0)  # one replica per worker
-            keep = tf.cast(keep, tf.float64)
-            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, [v * keep for v in values])
-
+        """`values` (float64 tensors) reduced as one flat vector: one collective, one trace per kind."""
         if not values:
             return []
-        reduced = tf.function(lambda vs: self.strategy.run(replica_fn, args=(vs,)))(values)
-        return [self.strategy.experimental_local_results(r)[0] for r in reduced]
+        if chief_only not in self._reducers:
+            # Kept: a tf.function made per call would trace at every call. Every worker calls in the same
+            # order, so their collectives match.
+            self._reducers[chief_only] = tf.function(
+                lambda flat: self.strategy.run(
+                    functools.partial(self._replica_reduce, chief_only=chief_only), args=(flat,)
+                ),
+                input_signature=[tf.TensorSpec([None], tf.float64)],
+            )
+        flat = tf.concat([tf.reshape(v, [-1]) for v in values], axis=0)
+        reduced = self.strategy.experimental_local_results(self._reducers[chief_only](flat))[0]
+        parts = tf.split(reduced, [int(tf.size(v)) for v in values])
+        return [tf.reshape(part, tf.shape(v)) for part, v in zip(parts, values)]
+
+    def _replica_reduce(self, values, *, chief_only: bool):
+        ctx = tf.distribute.get_replica_context()
+        local = max(1, self.strategy.num_replicas_in_sync // self.workers)
+        rid = ctx.replica_id_in_sync_group
+        keep = tf.equal(rid, 0) if chief_only else tf.equal(rid % local, 0)  # one replica per worker
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values * tf.cast(keep, tf.float64))
 
 
 def _one_finiteness_verdict(ctx, grads):
     """Gradients that are non-finite on every replica when they are on any (one skip/apply for all)."""
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
-    all_finite = ctx.all_reduce(tf.distribute.ReduceOp.MIN, tf.cast(finite, tf.float32))
-    poison = tf.where(all_finite > 0, 0.0, math.nan)
+    # The replicas with a non-finite gradient, counted: `tf.distribute.ReduceOp` has SUM and MEAN only.
+    non_finite = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+    poison = tf.where(non_finite > 0, math.nan, 0.0)
     return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
 
 
@@ -264,7 +270,10 @@ def _metrics(num_classes: int, positive: int | None) -> list:
     return [keras.metrics.Mean(name="loss")] + named
 
 
-def _update(metrics, y, pred, losses, weights) -> None:
+def _update(metrics, y, pred, losses) -> None:
+    # The loss as Model.fit reports it: the mean of the (class-weighted) per-example losses. The other
+    # metrics unweighted, as Model.fit updates `compile(metrics=...)`: class weights weight only the
+    # loss and `weighted_metrics` (keras/src/trainers/compile_utils.py, CompileMetrics.update_state).
     metrics[0].update_state(losses)
     for m in metrics[1:]:
-        m.update_state(y, pred, sample_weight=weights)
+        m.update_state(y, pred)

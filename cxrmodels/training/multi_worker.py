@@ -11,28 +11,38 @@ single-process core's: `plan_run`, `open_session` (model, compile, resume), the
 driven through a `keras.callbacks.CallbackList` with Keras' progress bar, and
 `lifecycle.finish`.
 
-What it means, as one device would on the same global batches:
+What it means: what one device would do on the same global batches (at each
+step, the concatenation of the batches every replica read), which
+`tests/cxrmodels/test_multi_worker.py` checks against `Model.fit` on one device:
 
 - BatchNormalization layers are synchronized across replicas (their moments
-  are all-reduced), so every worker computes the statistics of the global
-  batch and keeps the same moving averages.
+  are all-reduced), so every replica normalizes with the statistics of the
+  global batch and keeps the same moving averages. Saved models hold them
+  unsynchronized (`cxrmodels.save_model`): the file loads as an ordinary model.
 - Input is sharded by file (`cxrdata.load(input_context=...)`): each record is
-  read by one worker once per epoch. A worker whose files run out first feeds
-  empty batches, which add nothing to gradients, BatchNorm statistics or
-  metrics, so all take the same number of steps (the collectives need it).
-- The loss is the mean over the global batch (weighted by class weights, as
-  `Model.fit` weights it), and train metrics are updated with the same sample
-  weights as `Model.fit`'s, over the gathered global batch.
+  read by one worker once per epoch. A worker's replicas (its devices) take a
+  per-replica batch each from its pipeline, so a step reads `batch_size`
+  records in all, whatever the number of devices. A worker whose files run out
+  first feeds empty batches, which add nothing to gradients, BatchNorm
+  statistics (synchronized moments count the examples of every replica; an
+  empty batch's own moments would be NaN) or metrics, so all take the same
+  number of steps (the collectives need it).
+- The loss is the mean over the global batch of the per-example losses
+  weighted by class weights (`Model.fit`'s loss with `class_weight`); train
+  metrics are those of the gathered global batch, unweighted, as `Model.fit`
+  computes `compile(metrics=...)`.
 - Validation is sharded across workers (every W-th record) and its metric
-  states are summed across workers, so every worker holds the same figures;
-  early stopping, best weights and checkpoints follow them, and the chief's
-  stop decision is broadcast, so all workers leave the loop together.
+  states are summed across workers, so every worker holds, prints and records
+  the figures of the whole split; early stopping, best weights and checkpoints
+  follow them, and the chief's stop decision is broadcast each epoch, so all
+  workers leave the loop together.
 - Under `mixed_float16` the finiteness of the gradients is one verdict for the
   cluster (all-reduced before the optimizer sees them): every worker applies
   or skips a step and lowers the loss scale together.
 - Only the chief (task "chief", or "worker" 0 without one) writes the run
-  folder and holds its lock; a rerun of every worker resumes from the chief's
-  last committed epoch, which the chief broadcasts.
+  folder and holds its lock, as single-process training does; a rerun of every
+  worker resumes from the chief's last committed epoch, which the chief
+  broadcasts.
 """
 
 from __future__ import annotations
