@@ -203,3 +203,31 @@ def test_every_module_has_its_place_in_an_import_layer():
         named = {name.strip() for layer in contract["layers"] for name in layer.split("|")}
         children = {info.name for info in pkgutil.iter_modules(package.__path__)}
         assert children - named == set(), package.__name__
+
+
+def test_both_training_loops_share_one_core_and_the_multi_worker_loop_copies_none_of_it():
+    import ast
+
+    def calls(module: str) -> set[str]:
+        tree = ast.parse((ROOT / "cxrmodels" / "training" / f"{module}.py").read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                f = node.func
+                names.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+        return names
+
+    # One process (`trainer`) and several (`multi_worker`) call the same setup and finish...
+    for module in ("trainer", "multi_worker"):
+        assert {"prepare_run_dir", "open_session", "finish"} <= calls(module), module
+    # ...and the multi-worker loop writes nothing of the run itself: history, checkpoints, the best
+    # model, curves and config.json are the core's (`bookkeeping`, `run_state`, `lifecycle`).
+    writes = {
+        "write_history",
+        "write_config",
+        "save_model",
+        "commit_epoch",
+        "plot_learning_curves",
+        "save_weights",
+    }
+    assert not writes & (calls("multi_worker") | calls("_distributed_loop"))
