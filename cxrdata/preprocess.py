@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cxrdata.utils.argument_validation import check_int, standardize_image_size
+
 EQUALIZE_MODES = ("local", "clahe", "global", "none")
 RESAMPLERS = ("cxrdata", "pillow")
 # Filters `resampler="cxrdata"` computes itself (support, the filter function below).
@@ -72,26 +74,16 @@ class PreprocessConfig:
     resampler: str = "cxrdata"
 
     def __post_init__(self):
-        size = self.image_size
-        if isinstance(size, int):
-            size = (size, size)
-        size = tuple(size)
-        if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s >= 8 for s in size):
-            raise ValueError(
-                f"`image_size` must be an int or a (height, width) pair of ints, each at least 8. "
-                f"Received: image_size={self.image_size!r}"
-            )
-        object.__setattr__(self, "image_size", (int(size[0]), int(size[1])))
+        object.__setattr__(self, "image_size", standardize_image_size(self.image_size, minimum=8))
         _check_choice("aspect", self.aspect, ASPECT_MODES)
         _check_choice("equalize", self.equalize, EQUALIZE_MODES)
         _check_choice("interpolation", self.interpolation, tuple(INTERPOLATIONS))
         _check_choice("resampler", self.resampler, RESAMPLERS)
         if self.resampler == "cxrdata" and self.interpolation not in _SUPPORTS:
             object.__setattr__(self, "resampler", "pillow")  # nearest, lanczos: Pillow's own
-        if not isinstance(self.equalize_radius, (int, np.integer)) or self.equalize_radius < 1:
-            raise ValueError(
-                f"`equalize_radius` must be a positive int. Received: equalize_radius={self.equalize_radius!r}"
-            )
+        object.__setattr__(
+            self, "equalize_radius", check_int("equalize_radius", self.equalize_radius, minimum=1)
+        )
         if not 0 < float(self.clip_limit) <= 1:
             raise ValueError(f"`clip_limit` must be in (0, 1]. Received: clip_limit={self.clip_limit!r}")
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from cxrdata._phantom import SHORTCUTS, plant_shortcut, render, sample_acquisition, sample_anatomy
-from cxrdata.utils.argument_validation import check_bool, check_seed, is_int
+from cxrdata.utils.argument_validation import check_bool, check_seed, is_int, standardize_image_size
 from cxrdata.utils.io import atomic_write_text
 
 KINDS = ("normal", "covid", "pneumonia")
@@ -364,17 +364,7 @@ def _check_shortcut(shortcut, strength) -> None:
 
 
 def _check_size(image_size) -> tuple[int, int]:
-    size = (image_size, image_size) if is_int(image_size) else image_size
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or not all(is_int(s) and 16 <= s <= 8192 for s in size)
-    ):
-        raise ValueError(
-            "`image_size` must be an int or a (height, width) tuple of ints from 16 to 8192. "
-            f"Received: image_size={image_size!r}"
-        )
-    return int(size[0]), int(size[1])
+    return standardize_image_size(image_size, minimum=16, maximum=8192)
 
 
 def _check_kind(label) -> str:

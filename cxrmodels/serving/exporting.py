@@ -42,9 +42,9 @@ import shutil
 from PIL import Image
 
 from cxrdata.graph_preprocess import check_graph_preprocessing, preprocess_batch
-from cxrdata.layers.local_equalization import LocalEqualization
 from cxrdata.preprocess import PreprocessConfig
 from cxrdata.utils.io import atomic_write_text
+from cxrmodels.models.input_stack import serving_equalizer
 from cxrmodels.models.saving import load_run_model
 from cxrmodels.runs import run_folder
 
@@ -147,9 +147,7 @@ def _write_savedmodel(model, config: dict, path: str, max_image_pixels: int | No
     height, width, channels = (int(d) for d in config["model"]["input_shape"])
     class_names = [str(c) for c in config["class_names"]]
     preprocessing = PreprocessConfig.from_dict(config["preprocessing"])
-    equalizer = (
-        LocalEqualization(preprocessing.equalize_radius) if preprocessing.equalize == "local" else None
-    )
+    equalizer = serving_equalizer(config["preprocessing"])
 
     def predict_images(images):
         return {

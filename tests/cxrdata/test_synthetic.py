@@ -235,7 +235,6 @@ def test_kind_of():
     [
         (dict(label="tb"), "`label` must be one of"),
         (dict(image_size=8), "`image_size` must be an int or a"),
-        (dict(image_size=(64,)), r"Received: image_size=\(64,\)"),
         (dict(seed=1, rng=np.random.default_rng(1)), "not both"),
         (dict(rng=1), "`rng` must be a numpy.random.Generator"),
     ],
@@ -253,7 +252,6 @@ def test_make_phantom_rejects_bad_arguments(kwargs, match):
         (dict(classes=("Normal", "Normal")), "distinct"),
         (dict(per_class=-1), "`per_class` must be a non-negative int"),
         (dict(per_class={"COVID": 2}), "one count per class"),
-        (dict(image_size="big"), "`image_size` must be"),
         (dict(format="tiff"), r"`format` must be 'png' or 'jpeg'. Received: format='tiff'"),
         (dict(layout="flat"), "`layout` must be 'classes' or 'splits'"),
         (dict(splits=(0.7, 0.2, 0.2)), r"add up to 1. Received: splits=\(0.7, 0.2, 0.2\)"),
@@ -266,6 +264,15 @@ def test_make_phantom_rejects_bad_arguments(kwargs, match):
 def test_write_tree_rejects_bad_arguments_before_writing(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         write_tree(tmp_path / "tree", **{"per_class": 1, "image_size": 32, **kwargs})
+    assert not (tmp_path / "tree").exists()
+
+
+def test_an_image_size_of_the_wrong_type_is_a_type_error_as_everywhere(tmp_path):
+    # One rule for image sizes (`standardize_image_size`): a wrong type is a TypeError.
+    with pytest.raises(TypeError, match=r"Received: image_size=\(64,\)"):
+        make_phantom(image_size=(64,))
+    with pytest.raises(TypeError, match="`image_size` must be"):
+        write_tree(tmp_path / "tree", per_class=1, image_size="big")
     assert not (tmp_path / "tree").exists()
 
 
