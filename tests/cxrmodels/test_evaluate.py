@@ -110,7 +110,7 @@ def test_external_dataset_with_the_same_preprocessing_warns(trained_run, convert
     "change, match",
     [
         (
-            lambda m: m["preprocessing"].update(radius=70),
+            lambda m: m["preprocessing"].update(equalize_radius=70),
             r"preprocessed differently.*radius: 70 here, 20 in training",
         ),
         (
