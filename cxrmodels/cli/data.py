@@ -11,6 +11,11 @@ from cxrmodels.cli import add_command
 
 
 def register(subparsers) -> None:
+    _register_synth(subparsers)
+    _register_convert_verify_inspect(subparsers)
+
+
+def _register_synth(subparsers) -> None:
     p = add_command(
         subparsers,
         "synth",
@@ -53,6 +58,8 @@ def register(subparsers) -> None:
         "default: 1",
     )
 
+
+def _register_convert_verify_inspect(subparsers) -> None:
     p = add_command(
         subparsers,
         "convert",
