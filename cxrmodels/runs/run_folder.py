@@ -6,13 +6,14 @@ A run folder (`cxr train ... --out RUN`) holds:
 |-----------------------|----------------------------------------------------------|
 | `config.json`         | at the start (`"finished": false`) and last of all (`true`) |
 | `model.keras`         | best validation loss so far, and atomically at the end   |
-| `history.csv`         | one row per finished epoch (appended on resume)          |
+| `history.csv`         | one row per committed epoch (derived from `backup/state.json`) |
 | `learning_curves.png` | accuracy and loss, train and validation, at the end      |
-| `backup/`             | the `BackupAndRestore` state, until `config.json` is final |
+| `backup/`             | the committed training state (`state.json`, weights), until `config.json` is final |
 | `logs/`               | TensorBoard logs                                         |
 
 `evaluate`, `predict` and `export` read a run through `read_config` and
-`load_model`, which raise FileNotFoundError for a folder that is not a run.
+`cxrmodels.models.saving.load_run_model`, which raise FileNotFoundError for a
+folder that is not a run.
 """
 
 from __future__ import annotations
@@ -81,42 +82,8 @@ def write_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
     atomic_write_text(config_path(run_dir), json.dumps(config, indent=2) + "\n")
 
 
-def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
-    """Reads a CSVLogger file into `{column: values}`, one value per epoch.
-
-    A row repeated for the same epoch (an epoch rerun after a resume) keeps
-    its last copy; rows come out sorted by epoch. Missing file: `{}`.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        return {}
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    by_epoch: dict[int, dict[str, str]] = {}
-    for row in rows:
-        try:
-            by_epoch[int(row["epoch"])] = row
-        except (KeyError, TypeError, ValueError):
-            continue
-    columns = list(rows[0].keys()) if rows else []
-    history = {c: [] for c in columns}
-    for epoch in sorted(by_epoch):
-        for c in columns:
-            history[c].append(_number(by_epoch[epoch].get(c)))
-    if "epoch" in history:
-        history["epoch"] = [int(e) for e in history["epoch"]]
-    return history
-
-
-def _number(text) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def write_history(path: str | os.PathLike, history: dict[str, list]) -> None:
-    """Writes `{column: values}` back as a CSVLogger-style file, atomically."""
+    """Writes `{column: values}` as `history.csv` (a header, then one row per epoch), atomically."""
     columns = list(history)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -124,15 +91,6 @@ def write_history(path: str | os.PathLike, history: dict[str, list]) -> None:
     n = len(history[columns[0]]) if columns else 0
     writer.writerows([history[c][i] for c in columns] for i in range(n))
     atomic_write_text(path, buf.getvalue())
-
-
-def truncate_history(path: str | os.PathLike, epochs: int) -> None:
-    """Keeps the rows of the first `epochs` epochs (those a resumed run will not redo)."""
-    history = read_history(path)
-    if not history:
-        return
-    keep = [i for i, e in enumerate(history.get("epoch", [])) if e < epochs]
-    write_history(path, {c: [v[i] for i in keep] for c, v in history.items()})
 
 
 def plot_learning_curves(history: dict[str, list[float]], path: str | os.PathLike) -> str:

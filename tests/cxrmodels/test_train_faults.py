@@ -11,6 +11,7 @@ leaves: a rerun on each must finish the run without training a committed epoch a
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -67,8 +68,11 @@ class _Writes:
         return wrapped
 
 
-def _rows(run):
-    return run_folder.read_history(os.path.join(run, run_folder.HISTORY_NAME))
+def _rows(run) -> dict[str, list]:
+    """history.csv as `{column: values}`."""
+    with open(os.path.join(run, run_folder.HISTORY_NAME), newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [int(r[k]) if k == "epoch" else float(r[k]) for r in rows] for k in rows[0]}
 
 
 def _config(run):
