@@ -225,7 +225,7 @@ def main(argv=None) -> int:
         "gradcam": tally(rows, "gradcam"),
     }
     titles = {
-        "audit": "The audit's verdict (exit code 1 / 3 / 0), runs whose model learned its signal",
+        "audit": "The audit's verdict (exit code 4 / 3 / 0), runs whose model learned its signal",
         "lungs_blanked": "The lungs-blanked check alone",
         "gradcam": f"The Grad-CAM check at the last feature map ({rows[0]['gradcam_map']})",
     }

@@ -106,7 +106,11 @@ def _check_values(c: LoadConfig) -> None:
             f"`deterministic` must be True, False or None. Received: deterministic={c.deterministic!r}"
         )
     if c.cache is not None:
-        if not isinstance(c.cache, (str, os.PathLike)) or not os.fspath(c.cache):
+        if not isinstance(c.cache, (str, os.PathLike)):
+            raise TypeError(
+                f"`cache` must be 'memory', a file path prefix, or None. Received: cache={c.cache!r}"
+            )
+        if not os.fspath(c.cache):
             raise ValueError(
                 f"`cache` must be 'memory', a file path prefix, or None. Received: cache={c.cache!r}"
             )

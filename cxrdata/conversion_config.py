@@ -240,7 +240,7 @@ class ConvertConfig(Config):
 
     @classmethod
     def from_dataset(cls, dataset_dir) -> ConvertConfig:
-        """The options a dataset was converted with (`dataset.json`'s `source.config`; paths not kept).
+        """The options a dataset was converted with (`dataset.json`'s `source.config`).
 
         Raises:
             FileNotFoundError: not a converted dataset.

@@ -29,12 +29,12 @@ def parse_ratios(splits: str | Sequence[float]) -> tuple[float, ...]:
                 f"`splits` must be comma-separated numbers like 0.7,0.15,0.15. Received: splits={splits!r}"
             ) from None
     ratios = tuple(float(s) for s in splits)
-    if not 2 <= len(ratios) <= 3 or any(r < 0 for r in ratios):
+    if not 2 <= len(ratios) <= 3 or not all(r >= 0 for r in ratios):  # NaN is not >= 0
         raise ValueError(
             f"`splits` must be 2 or 3 non-negative ratios (train, val[, test]); 0,0,1 makes a "
             f"test-only dataset (an external test set). Received: splits={ratios}"
         )
-    if abs(sum(ratios) - 1.0) > 1e-6:
+    if not abs(sum(ratios) - 1.0) <= 1e-6:
         raise ValueError(f"`splits` must add up to 1. Received: splits={ratios} (sum {sum(ratios):g})")
     return ratios
 

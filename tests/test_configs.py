@@ -166,3 +166,31 @@ def test_config_json_and_dataset_json_load_back_into_their_configs(trained_run, 
         src=str(converted_dataset.parent / "src"), image_size=64, equalize_radius=20, shard_size=0.02
     )
     assert saved.differences(used) == [] and saved.out is None and saved.workers is None
+
+
+def test_a_flag_set_in_a_config_file_can_be_turned_off_and_an_interrupt_never_suggests_starting_over(
+    tmp_path,
+):
+    from cxrdata.utils.config import from_cli
+    from cxrmodels.cli import _resume_hint
+
+    path = tmp_path / "train.yaml"
+    TrainConfig(dataset=str(tmp_path / "d"), out=str(tmp_path / "r"), overwrite=True).to_file(path)
+    args = _subparser("train").parse_args(["--config", str(path)])
+    assert from_cli(TrainConfig, args).overwrite is True
+    assert "without --overwrite" in _resume_hint(args)  # rerunning it would wipe the committed epochs
+    args = _subparser("train").parse_args(["--config", str(path), "--no-overwrite"])
+    assert from_cli(TrainConfig, args).overwrite is False
+    assert _resume_hint(args) == "; rerun the same command to resume"
+    args = _subparser("convert").parse_args(["src", "out", "--overwrite"])
+    assert "without --overwrite" in _resume_hint(args)
+
+
+def test_yaml_reads_exponent_floats_as_numbers(tmp_path):
+    # YAML 1.1 (PyYAML) reads `1e-3` as a string; config files are written by people who write 1e-3.
+    path = tmp_path / "train.yaml"
+    path.write_text("dataset: d\nout: r\nlearning_rate: 1e-3\nepochs: 2\n")
+    config = TrainConfig.from_file(path)
+    assert config.learning_rate == 0.001 and config.epochs == 2
+    path.write_text("src: s\nout: o\nclip_limit: 5E-2\n")
+    assert ConvertConfig.from_file(path).clip_limit == 0.05

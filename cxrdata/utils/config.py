@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -179,7 +180,7 @@ class Config:
         """Writes the config as JSON or YAML, by the file's extension (atomically)."""
         path = os.fspath(path)
         if path.endswith((".yaml", ".yml")):
-            import yaml
+            import yaml  # deferred: only config files in YAML need it
 
             text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         else:
@@ -215,6 +216,18 @@ def _canonical_names(cls, values: dict[str, Any], *, source: str = "") -> dict[s
     return out
 
 
+def _load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, except that `1e-3` is a float (YAML 1.2's rule; PyYAML's 1.1 reads a string)."""
+    import yaml  # deferred: only config files in YAML need it
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent = re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # noqa: S506  a SafeLoader subclass
+
+
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """The mapping in a JSON or YAML file.
 
@@ -227,9 +240,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         text = f.read()
     try:
         if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            values = yaml.safe_load(text)
+            values = _load_yaml(text)
         else:
             values = json.loads(text)
     except Exception as e:  # noqa: BLE001  JSONDecodeError, yaml.YAMLError: one message either way
@@ -317,15 +328,25 @@ def add_arguments(
             _add_members(parser, field, opt)
             continue
         target.add_argument(*cli_flags(field), **kwargs)
+        if opt.cli == "flag":  # a flag set in a --config file can be turned off here
+            off = "--no-" + cli_flags(field)[0][2:]
+            target.add_argument(
+                off, dest=field.name, action="store_false", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
         _add_switches(target, field, opt)
     if config_file:
         parser.add_argument(
             "--config",
             metavar="FILE",
             default=None,
-            help="a YAML or JSON file of these options (keys as in Python: batch_size, learning_rate, "
-            "...); options given here override it",
+            help=f"a YAML or JSON file of these options (keys as in Python: {_example_keys(cls)}, ...); "
+            "options given here override it, and --no-FLAG turns off a flag the file sets",
         )
+
+
+def _example_keys(cls: type[Config]) -> str:
+    names = [f.name for f in dataclasses.fields(cls) if "_" in f.name and option_of(f).cli == "option"]
+    return ", ".join(names[:2])
 
 
 def _add_switches(target, field: dataclasses.Field, opt: Option) -> None:

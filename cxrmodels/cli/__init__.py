@@ -24,6 +24,7 @@ import sys
 import threading
 
 from cxrdata import __version__
+from cxrdata.utils.config import read_config_file
 
 RESUMABLE = frozenset({"convert", "train", "tune"})  # rerunning the same command resumes these
 COMMAND_MODULES = (
@@ -78,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_hint(args) -> str:
+    """How to resume an interrupted command: never by rerunning an `--overwrite` that would start over."""
+    overwrite = getattr(args, "overwrite", None)
+    if overwrite is None and getattr(args, "config", None):
+        try:
+            overwrite = bool(read_config_file(args.config).get("overwrite"))
+        except (OSError, ValueError):
+            overwrite = False
+    if overwrite:
+        return (
+            "; rerun it without --overwrite (or with --no-overwrite) to resume, since --overwrite starts over"
+        )
+    return "; rerun the same command to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-plugin noise on CPU hosts
     parser = build_parser()
@@ -99,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cxr {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = "; rerun the same command to resume" if args.command in RESUMABLE else ""
+        hint = _resume_hint(args) if args.command in RESUMABLE else ""
         print(f"cxr {args.command}: interrupted{' (SIGTERM)' if terminated else ''}{hint}", file=sys.stderr)
         return 143 if terminated else 130
     except Exception as e:  # a failure, not a usage error: say what broke

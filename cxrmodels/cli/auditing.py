@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         func=_audit,
         help="Shortcut audit: AUC with the lungs blanked and alone (and placebo regions), class-discriminative "
         "Grad-CAM inside the lungs, internal vs external; each check flagged, ok or inconclusive by its CI "
-        "(exit 1 if any is flagged, else 3 if any is inconclusive, else 0).",
+        "(exit 4 if any is flagged, else 3 if any is inconclusive, else 0; 1 is a failure).",
         examples="  cxr audit runs/a data/\n"
         "  cxr audit runs/a data/ --external hospital-b/ --class-map pneumonia=COVID\n"
         "  cxr audit runs/a data/ --max-blanked-signal 0.15 --min-lung-share 1.2",
@@ -57,7 +57,7 @@ def register(subparsers) -> None:
         ),
     ):
         p.add_argument(flag, dest=key, type=float, default=None, metavar=meta, help=text)
-    p.add_argument("--out", metavar="DIR", help="report folder (default: RUN/audit/DATASET-SPLIT)")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: RUN/audit/DATASET-DIGEST-SPLIT)")
     p.add_argument("--batch-size", type=int, default=32, help="default: 32")
     p.add_argument("--n-bootstrap", type=int, default=1000, help="default: 1000")
     p.add_argument(

@@ -42,7 +42,6 @@ from cxrmodels.models.predicting import predict_split, split_groups
 from cxrmodels.models.saving import load_run_model
 from cxrmodels.runs import run_folder
 
-EXTERNAL_DIR = "external"
 BY_CHOICES = ("group",)
 _FIGURES = ("roc", "confusion_matrix", "reliability", "by_group", "comparison")
 
@@ -233,7 +232,7 @@ def external_report_dir(run_dir: str, dataset_dir: str, split: str, digest: str)
     the same folder.
     """
     name = os.path.basename(os.path.normpath(os.path.abspath(dataset_dir))) or "dataset"
-    return os.path.join(run_dir, EXTERNAL_DIR, f"{name}-{digest[:8]}-{split}")
+    return os.path.join(run_dir, run_folder.EXTERNAL_DIR, f"{name}-{digest[:8]}-{split}")
 
 
 def _report_files(run_dir: str, dataset_dir: str, digest: str, split: str, *, external: bool) -> dict:

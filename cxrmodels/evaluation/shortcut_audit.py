@@ -46,8 +46,7 @@ from cxrmodels.metrics.clinical import positive_class_index
 from cxrmodels.models.saving import load_run_model
 from cxrmodels.runs import run_folder
 
-AUDIT_DIR = "audit"
-EXIT_CODES = {"ok": 0, "flagged": 1, "inconclusive": 3}
+EXIT_CODES = {"ok": 0, "inconclusive": 3, "flagged": 4}  # 1 is a failure, 2 a usage error
 _MASKED = ("lungs_blanked", "lungs_only", "gradcam_lung_share")
 
 
@@ -89,7 +88,8 @@ def audit(
             differently. Defaults to False.
         thresholds: Overrides of `DEFAULT_THRESHOLDS` ("lungs_blanked_signal",
             "lung_share", "external_drop", "min_skill_auc"). Defaults to None.
-        out: Output folder. Defaults to `run_dir/audit/<dataset folder>-<split>`.
+        out: Output folder. Defaults to `run_dir/audit/<dataset folder>-<digest[:8]>-<split>` (two
+            datasets whose folders share a name never share a report).
         batch_size: Images per batch. Defaults to 32.
         n_bootstrap: Bootstrap resamples for the intervals; 0 leaves every judged check
             inconclusive. Defaults to 1000.
@@ -107,7 +107,8 @@ def audit(
 
     Raises:
         FileNotFoundError: The run or a dataset is missing.
-        ValueError: A bad argument, or a dataset fed differently from the run's.
+        TypeError: An argument of the wrong type (`seed`, `gradcam_layer`, `thresholds`...).
+        ValueError: A bad value, or a dataset fed differently from the run's.
 
     Example:
         >>> report = audit("runs/a", "data/", external="hospital-b/")  # doctest: +SKIP
@@ -268,8 +269,9 @@ def _write(ctx, data, checks, limits, *, out, split, seed, n_bootstrap) -> dict:
         if out is not None
         else os.path.join(
             ctx["run_dir"],
-            AUDIT_DIR,
-            f"{os.path.basename(os.path.normpath(os.path.abspath(dataset_dir)))}-{split}",
+            run_folder.AUDIT_DIR,
+            f"{os.path.basename(os.path.normpath(os.path.abspath(dataset_dir)))}-"
+            f"{ctx['manifest'].digest()[:8]}-{split}",
         )
     )
     os.makedirs(folder, exist_ok=True)
@@ -283,6 +285,9 @@ def _write(ctx, data, checks, limits, *, out, split, seed, n_bootstrap) -> dict:
     if data.has_mask.any() and not data.has_mask.all():
         notes.append(f"{int((~data.has_mask).sum())} of {len(data.y)} records carry no lung mask")
     judged = {k: c["status"] for k, c in checks.items() if c["status"] in checks_.STATES}
+    if set(judged) <= {"original"}:  # no shortcut check ran: skill alone is not a clean audit
+        judged = {"original": "inconclusive"}
+        notes.append("no shortcut check could run on these records (see checks): the audit is inconclusive")
     report = {
         "run": os.path.abspath(ctx["run_dir"]),
         "model": ctx["config"]["model"]["name"],

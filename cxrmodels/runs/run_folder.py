@@ -35,7 +35,11 @@ CURVES_NAME = "learning_curves.png"
 BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
 FORMAT_VERSION = 2  # 2: the TrainConfig under "config", the decision threshold, backup/state.json
-# Everything `train` writes into a run folder; `overwrite` removes only these.
+EXTERNAL_DIR = "external"  # `cxr evaluate` on another dataset: external/<name>-<digest[:8]>-<split>/
+AUDIT_DIR = "audit"  # `cxr audit`: audit/<name>-<digest[:8]>-<split>/
+# The reports of the test split are metrics.json and <figure>.png, of another split <name>-<split>.
+REPORT_NAMES = ("metrics", "roc", "confusion_matrix", "reliability", "by_group")
+# Everything `train` and the reports on its model write into a run folder; `overwrite` removes only these.
 RUN_FILES = (
     CONFIG_NAME,
     MODEL_NAME,
@@ -43,10 +47,18 @@ RUN_FILES = (
     CURVES_NAME,
     BACKUP_DIR,
     LOGS_DIR,
-    "metrics.json",
-    "roc.png",
-    "confusion_matrix.png",
+    EXTERNAL_DIR,
+    AUDIT_DIR,
 )
+
+
+def is_run_file(name: str) -> bool:
+    """Whether `name`, in a run folder, is the run's (a file `overwrite` may remove) rather than the user's."""
+    if name in RUN_FILES:
+        return True
+    stem, ext = os.path.splitext(name)
+    report = stem.split("-", 1)[0]
+    return report in REPORT_NAMES and ext == (".json" if report == "metrics" else ".png")
 
 
 def config_path(run_dir: str | os.PathLike) -> str:

@@ -44,7 +44,9 @@ class TrainResult:
         history: `{metric: values}` per epoch over the whole run (resumed
             epochs included), as in `history.csv`.
         epochs: Epochs finished in all.
-        best_epoch: The epoch (1-based) with the lowest validation loss.
+        best_epoch: The epoch (1-based) whose weights the model holds: the one with the lowest
+            validation loss (if none was finite, the last; if a resume could not read the best
+            epoch's file, the best of the epochs trained since).
         best_val_loss: That loss.
         resumed_from: Epochs already done when this call started (0: fresh).
         seconds: Wall time of this call.
@@ -133,15 +135,7 @@ def _delete_set_aside(out: str) -> None:
 def _clear_run(out: str) -> None:
     for name in os.listdir(out):
         path = os.path.join(out, name)
-        ours = (
-            name in run_folder.RUN_FILES
-            or name == _DELETING
-            or (
-                name.startswith(("metrics-", "roc-", "confusion_matrix-"))
-                and name.endswith((".json", ".png"))
-            )
-        )
-        if not ours:
+        if not (run_folder.is_run_file(name) or name == _DELETING):
             continue
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -168,7 +162,9 @@ def finish(
     history = state.history
     run_folder.write_history(os.path.join(out, run_folder.HISTORY_NAME), history)
     losses = history.get("val_loss", [])
-    best = min(range(len(losses)), key=lambda i: (math.isnan(losses[i]), losses[i])) if losses else -1
+    # The epoch whose weights the model holds: the best one, or the last when no best could be kept
+    # (every val_loss NaN, or the best epoch's file unreadable on a resume).
+    best = state.best_epoch if state.best_epoch >= 0 else len(losses) - 1
     save_model(net, os.path.join(out, run_folder.MODEL_NAME))
     run_folder.plot_learning_curves(history, os.path.join(out, run_folder.CURVES_NAME))
     chosen = decision_thresholds(*val_predictions, run_config["class_names"])

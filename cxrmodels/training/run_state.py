@@ -205,7 +205,14 @@ def _best_weights(folder: str, net: keras.Model, state: RunState) -> list | None
         if entry["epoch"] == state.best_epoch + 1:
             try:
                 net.load_weights(os.path.join(folder, entry["file"]))
-            except Exception:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001  a damaged file, whatever h5py or Keras raise
+                warnings.warn(
+                    f"The best epoch's weights ({entry['file']}, epoch {entry['epoch']}) cannot be read "
+                    f"({type(e).__name__}): early stopping judges from the resumed epoch on, and the "
+                    "model keeps the best weights of the epochs trained from here (config.json's "
+                    "results.best_epoch names that epoch).",
+                    stacklevel=3,
+                )
                 return None
             return net.get_weights()
     return None

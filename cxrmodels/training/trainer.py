@@ -60,7 +60,7 @@ def train(
         **options: Any `TrainConfig` field, on top of `config`: `out` (the run
             folder, required), `model` ("seed_cnn"), `epochs` (30),
             `batch_size` (32), `learning_rate` (1e-3), `mixed_precision`
-            (False; True/"float16" or "bfloat16"), `augment` ("gpu", "cpu" or
+            (None: float32; True/"float16" or "bfloat16"), `augment` ("gpu", "cpu" or
             "none"), `augment_strength` (1.0), `balance` ("none",
             "oversample", "class-weight"), `image_size` (None: the dataset's),
             `resize_in_model` (False), `equalize_radius` (None;

@@ -88,7 +88,7 @@ class CXRHyperModel(kt.HyperModel):
             (its `learning_rate`, `augment_strength` and `equalize_radius` are
             hyperparameters: leave them at their defaults). Defaults to None.
         **train_options: `TrainConfig` fields on top of `config`, such as
-            `mixed_precision` (False; True/"float16" or "bfloat16"), `augment`
+            `mixed_precision` (None: float32; True/"float16" or "bfloat16"), `augment`
             ("gpu", "cpu" or "none"), `batch_size` (32), `seed` (0) and
             `model_kwargs` (fixed options of the model that are not tuned,
             such as `weights` or `freeze_batchnorm`).

@@ -135,7 +135,7 @@ def search(
             `CXRHyperModel`; `equalize_radius` only for a dataset converted
             with `equalize="none"`), `tune_new_entries` (True: also search the
             hyperparameters `hyperparameters` does not name; False: they keep
-            their reference values), `mixed_precision` (False, True or
+            their reference values), `mixed_precision` (None: float32; True or
             "float16", or "bfloat16"), `augment` ("gpu", "cpu" or "none"),
             `patience` (3; EarlyStopping's patience on the objective, None: no
             early stopping), `distributed` (False; see below), `worker_timeout`

@@ -563,6 +563,12 @@ def test_load_config_gives_the_batches_of_the_same_keywords(raw):
         (dict(seed=-1), ValueError, "`seed` must be an integer >= 0 or None. Received: seed=-1"),
         (dict(seed=1.5), TypeError, "Received: seed=1.5"),
         (dict(deterministic=1), TypeError, "`deterministic` must be True, False or None"),
+        (
+            dict(cache=1),
+            TypeError,
+            "`cache` must be 'memory', a file path prefix, or None. Received: cache=1",
+        ),
+        (dict(cache=""), ValueError, "`cache` must be 'memory', a file path prefix, or None"),
         (dict(input_context=(0, 2)), TypeError, "`input_context` must be a tf.distribute.InputContext"),
         (dict(with_masks=True, balance="oversample"), ValueError, "`with_masks=True` reads images"),
     ],

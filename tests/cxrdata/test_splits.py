@@ -14,6 +14,9 @@ def test_parse_ratios_accepts_strings_and_checks_the_sum():
         parse_ratios("a,b")
     with pytest.raises(ValueError, match="non-negative"):
         parse_ratios((1.2, -0.2))
+    for text in ("nan,nan,nan", "nan,0,1", "inf,0,0"):  # every comparison with NaN is False
+        with pytest.raises(ValueError, match="non-negative|add up to 1"):
+            parse_ratios(text)
 
 
 def test_units_join_shared_groups_and_identical_files():

@@ -127,12 +127,22 @@ def test_finished_run_is_refused_unless_overwrite(converted_dataset, tmp_path):
     _tiny_train(converted_dataset, run, epochs=2)
     with pytest.raises(FileExistsError, match="finished training run.*--overwrite"):
         _tiny_train(converted_dataset, run)
-    (run / "metrics.json").write_text("{}")
-    (run / "notes.txt").write_text("mine")
+    reports = ["metrics.json", "reliability.png", "by_group-val.png", "external/b-0123abcd-all/metrics.json"]
+    reports += ["audit/data-0123abcd-test/audit.json"]
+    for name in reports:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("{}")
+    for name in ("notes.txt", "metrics-notes.txt", "reliability.csv"):
+        (run / name).write_text("mine")
     result = _tiny_train(converted_dataset, run, overwrite=True)
     assert result.epochs == 1 and len(_history_rows(run)) == 1
-    assert not (run / "metrics.json").exists()  # an old evaluation of the replaced model is gone
-    assert (run / "notes.txt").read_text() == "mine"  # files that are not the run's are kept
+    # Every report on the replaced model is gone (an old audit verdict is the likeliest to be misread)...
+    assert [name for name in reports if (run / name).exists()] == []
+    assert not (run / "external").exists() and not (run / "audit").exists()
+    # ... and files that are not the run's are kept.
+    assert [(run / n).read_text() for n in ("notes.txt", "metrics-notes.txt", "reliability.csv")] == [
+        "mine"
+    ] * 3
 
 
 def test_cli_refuses_a_finished_run_with_exit_code_2(trained_run, converted_dataset, capsys):

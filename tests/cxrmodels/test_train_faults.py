@@ -196,6 +196,26 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_epoch_before(tiny_data, t
         assert rows[key][:2] == pytest.approx(history_before[key][:2], nan_ok=True), key
 
 
+def test_an_unreadable_best_epoch_is_named_and_the_results_name_the_epoch_the_model_holds(
+    tiny_data, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr("cxrmodels.training.trainer.finish", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            train(tiny_data, out=run, **OPTIONS)
+    state = run_state.read_state(str(run))
+    for entry in state.best_files:
+        (run / "backup" / entry["file"]).write_bytes(b"not hdf5")  # a disk fault
+    with pytest.warns(UserWarning, match="best epoch's weights .* cannot be read"):
+        result = train(tiny_data, out=run, **(OPTIONS | {"epochs": 4}))
+    # Early stopping judged from the resume on: the model holds epoch 4's weights, whatever
+    # epochs 1-3 scored, and the results say so (they named the lost epoch before).
+    assert result.resumed_from == 3 and result.best_epoch == 4
+    assert _config(run)["results"]["best_epoch"] == 4
+    assert _config(run)["results"]["best_val_loss"] == pytest.approx(_rows(run)["val_loss"][3])
+
+
 def test_an_unreadable_backup_is_refused_without_cutting_the_history(tiny_data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     with monkeypatch.context() as m:
