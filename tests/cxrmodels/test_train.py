@@ -271,10 +271,9 @@ def test_run_killed_after_its_last_epoch_only_finishes(converted_dataset, tmp_pa
     )
 
 
-# The child trains like `trained_run` and dies (os._exit: no cleanup, as a kill) at one point of `_finish`.
+# The child trains like `trained_run` and dies (os._exit: no cleanup, as a kill) at one point of `finish`.
 _KILLED_CHILD = """
 import os, sys
-from cxrmodels.models import saving
 from cxrmodels.runs import run_folder as run_dir
 from cxrmodels.training import trainer
 
@@ -288,21 +287,17 @@ def die_after(function, when=lambda *a, **k: True):
         return result
     return wrapped
 
-from cxrmodels.training import lifecycle
-if step == "fit_returned":
-    trainer.finish = lambda *args, **kwargs: os._exit(9)
-elif step == "history_written":
+if step == "history_written":
     run_dir.write_history = die_after(run_dir.write_history, lambda path, history: len(history.get("epoch", [])) == 2)
-elif step == "model_written":
-    lifecycle.save_model = die_after(lifecycle.save_model)
-elif step == "curves_written":
-    run_dir.plot_learning_curves = die_after(run_dir.plot_learning_curves)
 elif step == "config_finished":
     run_dir.write_config = die_after(run_dir.write_config, lambda out, config: config["finished"])
 trainer.train(sys.argv[1], out=sys.argv[2], epochs=2, batch_size=16, verbose=0,
               model_kwargs={"filters": (4, 8, 8), "dense_units": 8})
 """
-_FINISH_STEPS = ["fit_returned", "history_written", "model_written", "curves_written", "config_finished"]
+# Two real kills: right after the last epoch's history row (the issue's retrained epoch) and after the
+# finished config.json (the backup not yet removed). Every other step, and every write of the epochs,
+# is covered by test_train_faults.py, whose harness is exact for a kill before any write.
+_FINISH_STEPS = ["history_written", "config_finished"]
 
 
 @pytest.mark.slow
