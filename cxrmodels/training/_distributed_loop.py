@@ -251,6 +251,18 @@ class Loop:
         return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values * tf.cast(keep, tf.float64))
 
 
+def everyone_ok(strategy: tf.distribute.Strategy, ok: bool) -> bool:
+    """Whether every worker says ok: one collective, which every worker must join once."""
+
+    def replica(flag):
+        # tf.identity: a tensor made on the replica's device (the argument has none to reduce to)
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(flag))
+
+    failed = tf.constant([0.0 if ok else 1.0], tf.float64)
+    total = tf.function(lambda flag: strategy.run(replica, args=(flag,)))(failed)
+    return float(strategy.experimental_local_results(total)[0][0]) == 0.0
+
+
 def _one_finiteness_verdict(ctx, grads):
     """Gradients that are non-finite on every replica when they are on any (one skip/apply for all)."""
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])

@@ -160,9 +160,8 @@ def train_multi_worker(plan: RunPlan, *, start: float) -> TrainResult | None:
             f"Received: batch_size={config.batch_size}"
         )
     chief = cluster.is_chief
-    lock = lock_output_dir(config.out, what="training run") if chief else contextlib.nullcontext()
-    with lock, dtype_policy(config.mixed_precision):
-        state = prepare_run_dir(config, plan.run_config()) if chief else None
+    with contextlib.ExitStack() as stack, dtype_policy(config.mixed_precision):
+        state = _prepare_on_the_chief(stack, plan, strategy) if chief else _wait_for_the_chief(strategy)
         session = open_session(plan, strategy=strategy, state=state, writer=chief)
         synchronize_batch_norm(session.net, strategy.num_replicas_in_sync > 1)
         from cxrmodels.training._distributed_loop import Loop  # deferred: TensorFlow
@@ -182,6 +181,32 @@ def train_multi_worker(plan: RunPlan, *, start: float) -> TrainResult | None:
             resumed_from=session.resumed_from,
             start=start,
         )
+
+
+def _prepare_on_the_chief(stack: contextlib.ExitStack, plan: RunPlan, strategy):
+    """Locks and prepares RUN, then tells the workers whether it could (a refusal stops them all)."""
+    from cxrmodels.training._distributed_loop import everyone_ok  # deferred: TensorFlow
+
+    try:
+        stack.enter_context(lock_output_dir(plan.config.out, what="training run"))
+        state = prepare_run_dir(plan.config, plan.run_config())
+    except BaseException:
+        everyone_ok(strategy, False)  # the workers wait for this answer: they leave instead of hanging
+        raise
+    everyone_ok(strategy, True)
+    return state
+
+
+def _wait_for_the_chief(strategy) -> None:
+    """Waits for the chief to prepare RUN; raises if it refused (its own output says why)."""
+    from cxrmodels.training._distributed_loop import everyone_ok  # deferred: TensorFlow
+
+    if not everyone_ok(strategy, True):
+        raise RuntimeError(
+            "The chief (worker 0) refused this run, so this worker stops too: its output says why "
+            "(a finished run, a folder in use or with other files...)."
+        )
+    return None
 
 
 def synchronize_batch_norm(net: keras.Model, on: bool) -> int:

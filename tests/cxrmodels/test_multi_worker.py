@@ -518,6 +518,30 @@ def test_a_second_chief_is_refused_while_one_holds_the_run(converted_dataset, tm
         assert os.listdir(run) == [".cxr.lock"]  # nothing written
 
 
+@pytest.mark.slow
+def test_a_chief_that_refuses_the_run_stops_every_worker(converted_dataset, tmp_path):
+    outs = [tmp_path / "run", tmp_path / "worker1"]
+    outs[0].mkdir()
+    (outs[0] / "thesis.tex").write_text("mine")  # the chief refuses a folder that holds other files
+    procs = _start_workers(converted_dataset, outs, epochs=1, logs=tmp_path)
+    try:
+        codes = []
+        for i, (proc, _) in enumerate(procs):
+            try:
+                codes.append(proc.wait(timeout=TIMEOUT))
+            except subprocess.TimeoutExpired:  # a worker must never wait for a chief that left
+                pytest.fail(f"worker {i} hung:\n{(tmp_path / f'worker{i}.log').read_text()[-3000:]}")
+    finally:
+        _kill(procs)
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [2, 1], logs
+    assert "holds no training run" in logs[0]
+    # Before: "failed: UnavailableError: ... Collective ops is aborted by: Socket closed" (and a chief
+    # that stays alive, as in a notebook, left it waiting in its first collective).
+    assert "The chief (worker 0) refused this run" in logs[1]
+    assert sorted(os.listdir(outs[0])) == ["thesis.tex"]  # nothing written
+
+
 def _train_images(dataset, context=None):
     ds = cxrdata.load(dataset, "train", batch_size=8, shuffle=True, seed=1, input_context=context)
     return [
