@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+import cxrdata
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
@@ -59,4 +61,8 @@ def test_audit_calibration_smoke(tmp_path):
         assert 0 <= row["original_auc"] <= 1 and row["gradcam_map"] == "9x9" and row["finer_map"] == "26x26"
     assert set(payload["summaries"]) == {"audit", "lungs_blanked", "gradcam", "finer_gradcam"}
     assert set(payload["rates"]["audit"]) == {"detected", "false_alarm"}
-    assert (work / "marker-0" / "run" / "audit" / "data-test" / "audit.json").is_file()
+    # The default report folder, RUN/audit/<dataset>-<digest[:8]>-<split>/, beside the finer layer's.
+    digest = cxrdata.read_manifest(work / "marker-0" / "data").digest()[:8]
+    audits = work / "marker-0" / "run" / "audit"
+    assert sorted(p.name for p in audits.iterdir()) == [f"data-{digest}-test", "finer"]
+    assert (audits / f"data-{digest}-test" / "audit.json").is_file()
