@@ -72,18 +72,6 @@ def _write_dataset(directory, encoding="raw", *, counts=None, shards=None, sort_
     return order
 
 
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("raw")
-    return directory, _write_dataset(directory, "raw")
-
-
-@pytest.fixture(scope="module")
-def png(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("png")
-    return directory, _write_dataset(directory, "png")
-
-
 @pytest.fixture
 def fresh(tmp_path):
     """A dataset of its own, for tests that damage it."""

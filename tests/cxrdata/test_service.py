@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import select
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import tensorflow as tf
 
 import cxrdata
 from tests.cxrdata.test_pipeline import _batches, _write_dataset, start_local_service
+from tests.loopback import free_ports
 
 # One tf.data service server per process, on the loopback port it is given; says "ready", then serves.
 _SERVER = """
@@ -33,24 +33,13 @@ server.join()
 _START_TIMEOUT = 180  # seconds for the server processes to import TensorFlow and start, all at once
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @contextlib.contextmanager
 def _services(*workers: int):
     """One dispatcher per entry of `workers`, with that many workers, each server its own process.
 
     All processes start at once (a worker waits for its dispatcher); yields the dispatchers' addresses.
     """
-    ports = iter(_free_ports(len(workers) + sum(workers)))
+    ports = iter(free_ports(len(workers) + sum(workers)))
     procs, targets = [], []
     try:
         for n in workers:

@@ -17,18 +17,6 @@ from tests.cxrdata.test_pipeline import _batches, _tf_config, _write_dataset
 _INTERLEAVES = ("InterleaveDataset", "ParallelInterleaveDatasetV4", "ParallelInterleaveDatasetV3")
 
 
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("raw")
-    return directory, _write_dataset(directory, "raw")
-
-
-@pytest.fixture(scope="module")
-def png(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("png")
-    return directory, _write_dataset(directory, "png")
-
-
 def _scopes(graph: tf.compat.v1.GraphDef):
     """Each node of `graph` and of every function in it, with the nodes of its scope by name."""
     for nodes in [list(graph.node)] + [list(f.node_def) for f in graph.library.function]:

@@ -17,7 +17,6 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import pytest
 
 import cxrdata
 from cxrmodels.training.multi_worker import check_cluster, cluster_from_env
+from tests.loopback import free_ports
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # seconds: a bound on every wait (a hang fails the test), far above what the runs take
@@ -122,17 +122,6 @@ if _fault and os.environ.get("TF_CONFIG"):
 """
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _env(
     tf_config: dict | None = None, *, hook: pathlib.Path | None = None, fault: str | None = None
 ) -> dict:
@@ -149,7 +138,7 @@ def _env(
 
 def _start_workers(dataset, outs, *, epochs, logs, args=(), fault=None):
     """Starts one `cxr train --strategy multi-worker` per folder in `outs` (worker i writes to outs[i])."""
-    hosts = [f"127.0.0.1:{p}" for p in _free_ports(len(outs))]
+    hosts = [f"127.0.0.1:{p}" for p in free_ports(len(outs))]
     hook = None
     if fault:
         hook = logs / "hook"

@@ -19,6 +19,7 @@ from cxrmodels.cli import main
 from cxrmodels.tuning import distribute as _distribute
 from cxrmodels.tuning import tuners as _tuners
 from cxrmodels.tuning.searcher import ENV_VARS, search
+from tests.loopback import free_ports
 
 TIMEOUT = 240  # seconds: a bound on every wait, far above the ~1 minute the search takes
 
@@ -108,12 +109,6 @@ def test_the_chief_ends_the_trial_of_a_worker_whose_heartbeat_stopped(tmp_path, 
         assert json.load(f)["status"] == "FAILED"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _trial_run_by(project_dir, tuner_id) -> dict | None:
     if not os.path.isdir(project_dir):
         return None
@@ -136,7 +131,7 @@ def _wait_for(condition, what: str):
 
 @pytest.mark.slow
 def test_chief_and_two_workers_finish_the_search_when_a_third_worker_dies(tiny_data, tmp_path):
-    out, port = tmp_path / "search", _free_port()
+    out, port = tmp_path / "search", free_ports(1)[0]
     args = [
         sys.executable,
         "-m",
